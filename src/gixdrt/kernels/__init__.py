@@ -1,0 +1,100 @@
+"""Image kernels with one NumPy reference, a Numba CPU fast path and a CUDA path each.
+
+Public entry points pick the implementation through :mod:`gixdrt.kernels.registry`:
+
+- :func:`polar_remap`: raw detector frame(s) → polar (φ, |Q|) image through a :class:`~gixdrt.geometry.PolarMap`.
+- :func:`contrast`: the published contrast chain (min–max, log10, uint16, single-tile 16-bit CLAHE, min–max).
+- :func:`clahe`: contrast-limited adaptive histogram equalisation with OpenCV's semantics.
+
+``backend=None`` chooses from where the input lives (NumPy → ``cpu``, device array → ``cuda``);
+``backend="reference" | "cpu" | "cuda"`` forces one and raises
+:class:`~gixdrt.kernels.registry.BackendUnavailableError` if it cannot run here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .registry import BACKENDS, BackendUnavailableError, available, register, registered, resolve
+
+for _backend, _module in (
+    ("reference", "gixdrt.kernels.reference"),
+    ("cpu", "gixdrt.kernels.cpu"),
+    ("cuda", "gixdrt.kernels.cuda"),
+):
+    register("polar_remap", _backend, f"{_module}.polar:polar_remap")
+    register("contrast", _backend, f"{_module}.contrast:contrast")
+    register("clahe", _backend, f"{_module}.contrast:clahe")
+
+
+def polar_remap(frames: Any, pmap: Any, *, out: Any = None, backend: str | None = None, stream: Any = None) -> Any:
+    """Sample raw frame(s) onto the polar grid of ``pmap`` (bilinear, constant border 0).
+
+    frames: [H, W] or [N, H, W] detector counts, float32/float64/uint16/uint32/int32 (N frames are summed,
+        as the published pipeline sums consecutive frames). Non-finite pixels count as 0.
+    pmap: :class:`gixdrt.geometry.PolarMap` built for this detector shape (flips are folded into it).
+    out: optional float32[n_phi, n_q] buffer (a device array for the cuda backend, where it is required
+        unless the caller accepts a fresh allocation).
+    Returns float32[n_phi, n_q]: rows = φ from 0° (in plane) to 90°, columns = |Q| from 0 to q_max.
+    Undefined or out-of-detector positions give 0, never NaN.
+    """
+    name, fn = resolve("polar_remap", backend, frames)
+    if name == "cuda":
+        return fn(frames, pmap, out=out, stream=stream)
+    return fn(frames, pmap, out=out)
+
+
+def contrast(
+    polar: Any,
+    *,
+    coef: float = 5000.0,
+    clip_limit: float = 2000.0,
+    log: bool = True,
+    out: Any = None,
+    backend: str | None = None,
+    stream: Any = None,
+) -> Any:
+    """The published contrast chain: float32[H, W] polar image → float32[H, W] in [0, 1].
+
+    n(v) = (v − min)/(max − min); a = log10(coef·n(P) + 1) (or n(P) when ``log`` is False);
+    u = uint16(coef·n(a)) (truncation); c = CLAHE(u, clip_limit, 1×1 tile, 16 bit); result n(c).
+    Constant or non-finite input gives a defined result (non-finite pixels count as the minimum; a
+    constant image gives zeros) and a :class:`gixdrt.errors.DataWarning` (host backends).
+    """
+    name, fn = resolve("contrast", backend, polar)
+    kw = dict(coef=coef, clip_limit=clip_limit, log=log, out=out)
+    if name == "cuda":
+        kw["stream"] = stream
+    return fn(polar, **kw)
+
+
+def clahe(
+    image: Any,
+    clip_limit: float = 40.0,
+    tile_grid: tuple[int, int] = (8, 8),
+    *,
+    out: Any = None,
+    backend: str | None = None,
+    stream: Any = None,
+) -> Any:
+    """CLAHE with OpenCV's semantics (``cv2.createCLAHE(clip_limit, tile_grid).apply``).
+
+    image: uint8[H, W] (256 bins) or uint16[H, W] (65,536 bins). tile_grid: (tiles_x, tiles_y) as in
+    OpenCV. clip_limit ≤ 0 disables clipping. Returns an array of the input dtype.
+    """
+    name, fn = resolve("clahe", backend, image)
+    if name == "cuda":
+        return fn(image, clip_limit, tile_grid, out=out, stream=stream)
+    return fn(image, clip_limit, tile_grid, out=out)
+
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available",
+    "clahe",
+    "contrast",
+    "polar_remap",
+    "register",
+    "registered",
+    "resolve",
+]

@@ -1,0 +1,1 @@
+"""cpu implementations of the gixdrt kernels."""

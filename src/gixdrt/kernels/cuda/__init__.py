@@ -1,0 +1,1 @@
+"""cuda implementations of the gixdrt kernels."""

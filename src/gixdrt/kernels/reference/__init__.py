@@ -1,0 +1,1 @@
+"""reference implementations of the gixdrt kernels."""

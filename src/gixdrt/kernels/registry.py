@@ -1,0 +1,156 @@
+"""One registry for every kernel: NumPy reference, Numba CPU and CUDA implementations.
+
+Each operation (``"polar_remap"``, ``"contrast"``, ``"clahe"``, ...) has up to three registered
+implementations:
+
+``reference``
+    Plain NumPy. It is the specification: slow, readable, always available.
+``cpu``
+    Numba (parallel, cached compilation). Takes and returns NumPy arrays.
+``cuda``
+    Numba CUDA kernels. Takes device arrays (anything exposing ``__cuda_array_interface__``:
+    CuPy arrays, Numba device arrays, PyTorch CUDA tensors through ``numba.cuda.as_cuda_array``),
+    a stream, and writes into a caller-provided device buffer.
+
+:func:`resolve` picks an implementation: with ``backend=None`` it looks at where the first array
+lives (a device array → ``cuda``, anything else → ``cpu`` when Numba is importable, else
+``reference``). A backend named by the caller that is not available raises
+:class:`BackendUnavailableError`; there is no silent fallback when the caller asked for a backend.
+Implementations are registered lazily (module path + attribute) so importing :mod:`gixdrt` never
+imports Numba or any CUDA stack.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+BACKENDS = ("reference", "cpu", "cuda")
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A kernel backend was asked for by name but cannot run here."""
+
+
+@dataclass
+class _Entry:
+    module: str
+    attr: str
+    probe: Callable[[], str | None]  # returns None when usable, else the reason it is not
+    _fn: Callable[..., Any] | None = None
+
+    def load(self) -> Callable[..., Any]:
+        if self._fn is None:
+            self._fn = getattr(importlib.import_module(self.module), self.attr)
+        return self._fn
+
+
+_REGISTRY: dict[str, dict[str, _Entry]] = {}
+_PROBE_CACHE: dict[str, str | None] = {}
+
+
+def _always() -> str | None:
+    return None
+
+
+def numba_unavailable_reason() -> str | None:
+    """None when Numba can be imported, else why not."""
+    if "numba" not in _PROBE_CACHE:
+        try:
+            import numba  # noqa: F401
+
+            _PROBE_CACHE["numba"] = None
+        except Exception as exc:  # pragma: no cover - depends on the install
+            _PROBE_CACHE["numba"] = f"numba is not importable ({exc})"
+    return _PROBE_CACHE["numba"]
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when Numba CUDA can launch kernels here (a GPU, or NUMBA_ENABLE_CUDASIM=1), else why not.
+
+    Not cached: tests switch the CUDA simulator on and off.
+    """
+    reason = numba_unavailable_reason()
+    if reason:
+        return reason
+    try:
+        from numba import cuda
+    except Exception as exc:  # pragma: no cover
+        return f"numba.cuda is not importable ({exc})"
+    try:
+        if not cuda.is_available():
+            return "no CUDA GPU or driver was found (set NUMBA_ENABLE_CUDASIM=1 to use the simulator)"
+    except Exception as exc:  # pragma: no cover
+        return f"CUDA probe failed ({exc})"
+    return None
+
+
+_PROBES = {"reference": _always, "cpu": numba_unavailable_reason, "cuda": cuda_unavailable_reason}
+
+
+def register(op: str, backend: str, target: str) -> None:
+    """Register ``target`` (``"package.module:function"``) as ``backend`` implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    module, _, attr = target.partition(":")
+    _REGISTRY.setdefault(op, {})[backend] = _Entry(module, attr, _PROBES[backend])
+
+
+def is_device_array(x: Any) -> bool:
+    """True for arrays that live on a CUDA device: they expose ``__cuda_array_interface__`` (or are the
+    CUDA simulator's fake device arrays, which carry ``__cuda_ndarray__``)."""
+    return hasattr(x, "__cuda_array_interface__") or getattr(x, "__cuda_ndarray__", False) is True
+
+
+def cudasim() -> bool:
+    """True when Numba's CUDA simulator is switched on (NUMBA_ENABLE_CUDASIM=1)."""
+    import os
+
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def available(op: str) -> dict[str, str | None]:
+    """For each registered backend of ``op``: None if usable, else the reason it is not."""
+    if op not in _REGISTRY:
+        raise KeyError(f"no kernel named {op!r}; known: {sorted(_REGISTRY)}")
+    return {name: entry.probe() for name, entry in _REGISTRY[op].items()}
+
+
+def resolve(op: str, backend: str | None = None, like: Any = None) -> tuple[str, Callable[..., Any]]:
+    """Return ``(backend_name, function)`` for ``op``.
+
+    backend: None (choose from where ``like`` lives), or one of :data:`BACKENDS`.
+    """
+    if op not in _REGISTRY:
+        raise KeyError(f"no kernel named {op!r}; known: {sorted(_REGISTRY)}")
+    entries = _REGISTRY[op]
+    if backend is None:
+        if like is not None and is_device_array(like):
+            backend = "cuda"
+        else:
+            backend = "cpu" if "cpu" in entries and entries["cpu"].probe() is None else "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for {op}; expected one of {BACKENDS}")
+    if backend not in entries:
+        raise BackendUnavailableError(f"{op}: no {backend!r} implementation is registered")
+    reason = entries[backend].probe()
+    if reason is not None:
+        raise BackendUnavailableError(f"{op}: backend {backend!r} is unavailable: {reason}")
+    if like is not None:
+        on_device = is_device_array(like)
+        if backend == "cuda" and not on_device:
+            raise TypeError(
+                f"{op}: the cuda backend takes device arrays; copy the input to the GPU first "
+                "(e.g. cupy.asarray or numba.cuda.to_device) so the copy is visible at the call site"
+            )
+        if backend != "cuda" and on_device:
+            raise TypeError(f"{op}: the {backend} backend takes host (NumPy) arrays, got a device array")
+    return backend, entries[backend].load()
+
+
+def registered() -> dict[str, list[str]]:
+    """Names of all operations and their registered backends."""
+    return {op: sorted(entries) for op, entries in sorted(_REGISTRY.items())}

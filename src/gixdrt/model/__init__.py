@@ -1,0 +1,1 @@
+"""PyTorch reference detector and checkpoint import. Arrives with the reference-detector issue."""

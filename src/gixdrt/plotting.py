@@ -1,0 +1,83 @@
+"""PNG figures of frames and polar images (matplotlib, headless Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import Geometry
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_raw(frame: np.ndarray, path: str | Path, title: str = "raw frame") -> Path:
+    """The raw detector frame as stored (row 0 at the top), log-scaled counts above the 1st percentile."""
+    plt = _figure()
+    img = np.asarray(frame, np.float64)
+    finite = img[np.isfinite(img)]
+    base = np.percentile(finite, 1) if finite.size else 0.0
+    # Dark-subtracted frames have negative counts: shift by the 1st percentile before the log.
+    shown = np.log10(np.clip(np.where(np.isfinite(img), img, base) - base, 0, None) + 1.0)
+    lo, hi = np.percentile(shown, [5, 99.9])
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(shown, cmap="magma", origin="upper", interpolation="nearest", vmin=lo, vmax=max(hi, lo + 1e-6))
+    ax.set_xlabel("detector column (px)")
+    ax.set_ylabel("detector row (px)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log10(counts − p1 + 1)")
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out
+
+
+def plot_polar(
+    image: np.ndarray,
+    geometry: Geometry,
+    path: str | Path,
+    title: str,
+    label: str,
+    log: bool = False,
+) -> Path:
+    """A polar image with |Q| (Å⁻¹) on x and φ (°) on y, φ = 0° at the bottom."""
+    plt = _figure()
+    img = np.asarray(image, np.float64)
+    if log:
+        img = np.log10(np.clip(img - np.nanmin(img) + 1.0, 1.0, None))
+    n_phi, n_q = img.shape
+    dq = geometry.q_max / (n_q - 1)
+    dphi = 90.0 / (n_phi - 1)
+    # Pixel centres sit on the axis values: extend by half a pixel each side.
+    extent = (-dq / 2, geometry.q_max + dq / 2, -dphi / 2, 90 + dphi / 2)
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    lo, hi = np.percentile(img, [1, 99.9]) if log else (None, None)  # a log image: clip the tails for contrast
+    im = ax.imshow(
+        img, cmap="viridis", origin="lower", extent=extent, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi
+    )
+    ax.set_xlabel("|Q| (Å⁻¹)")
+    ax.set_ylabel("φ (°)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out

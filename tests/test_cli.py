@@ -1,0 +1,129 @@
+"""The gixdrt command: preprocess, demo, doctor, and its error messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from gixdrt.cli import main
+
+
+@pytest.fixture()
+def small_setup(tmp_path):
+    """A small detector and config (fast), and a frame that fits it."""
+    cfg = {
+        "q_space": dict(size_x=80, size_y=60, pixel_size=0.2, distance=100, wavelength=1.0, incidence_angle=0.5,
+                        y0=10, z0=8, q_xy_max=2.0, q_z_max=2.0, flip_y=True, flip_x=False),
+        "polar_config": {"algorithm": 1, "angular_size": 32, "q_size": 64},
+        "contrast": {"coef": 5000.0, "limit": 2000.0, "log": True, "disable": False},
+    }
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    frame = np.random.default_rng(3).random((60, 80)).astype(np.float32) * 100
+    frame_path = tmp_path / "frame.npy"
+    np.save(frame_path, frame)
+    return cfg_path, frame_path, frame
+
+
+@pytest.mark.parametrize("stage", ["polar", "contrast"])
+def test_preprocess_npy_matches_library(small_setup, tmp_path, stage, capsys):
+    from gixdrt.geometry import load_config
+    from gixdrt.preprocess import preprocess
+
+    cfg_path, frame_path, frame = small_setup
+    out = tmp_path / f"{stage}.npy"
+    assert main(["preprocess", str(frame_path), "--config", str(cfg_path), "--stage", stage, "--out", str(out)]) == 0
+    got = np.load(out)
+    want = preprocess(frame, load_config(cfg_path), stage, backend="reference")
+    np.testing.assert_array_equal(got, want)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_preprocess_tif_and_png(small_setup, tmp_path):
+    import tifffile
+
+    cfg_path, frame_path, _ = small_setup
+    tif, png = tmp_path / "p.tif", tmp_path / "p.png"
+    assert main(["preprocess", str(frame_path), "--config", str(cfg_path), "--stage", "polar", "--out", str(tif)]) == 0
+    assert main(["preprocess", str(frame_path), "--config", str(cfg_path), "--out", str(png)]) == 0
+    assert tifffile.imread(tif).dtype == np.float32 and tifffile.imread(tif).shape == (32, 64)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_preprocess_sum_of_stack(small_setup, tmp_path):
+    from gixdrt.geometry import load_config
+    from gixdrt.preprocess import preprocess
+
+    cfg_path, _, frame = small_setup
+    stack = np.stack([frame, 2 * frame, 3 * frame])
+    stack_path = tmp_path / "stack.npy"
+    np.save(stack_path, stack)
+    out = tmp_path / "s.npy"
+    args = ["preprocess", str(stack_path), "--config", str(cfg_path), "--stage", "polar", "--out", str(out)]
+    assert main(args + ["--sum", "2", "--index", "1"]) == 0
+    want = preprocess(stack[1:3], load_config(cfg_path), "polar", backend="reference")
+    np.testing.assert_array_equal(np.load(out), want)
+    assert main(args + ["--sum", "3", "--index", "1"]) == 1  # runs past the end of the stack
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("wrong_shape", "does not match the geometry"),
+        ("bad_config", "q_space.distance: must be > 0"),
+        ("missing_frame", "file not found"),
+        ("not_image", "not a readable image"),
+        ("bad_suffix", "unsupported output format"),
+    ],
+)
+def test_preprocess_errors_name_file_and_problem(small_setup, tmp_path, capsys, case, expect):
+    cfg_path, frame_path, _ = small_setup
+    out = tmp_path / "o.npy"
+    if case == "wrong_shape":
+        frame_path = tmp_path / "small.npy"
+        np.save(frame_path, np.zeros((10, 10), np.float32))
+    elif case == "bad_config":
+        text = cfg_path.read_text().replace("distance: 100", "distance: -1")
+        cfg_path = tmp_path / "bad.yaml"
+        cfg_path.write_text(text)
+    elif case == "missing_frame":
+        frame_path = tmp_path / "nope.tif"
+    elif case == "not_image":
+        frame_path = tmp_path / "text.tif"
+        frame_path.write_text("hello, not a TIFF")
+    elif case == "bad_suffix":
+        out = tmp_path / "o.jpg"
+    code = main(["preprocess", str(frame_path), "--config", str(cfg_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert expect in err
+    named = {"bad_config": cfg_path, "bad_suffix": out}.get(case, frame_path)
+    assert str(named) in err
+    assert not out.exists()
+
+
+@pytest.mark.published
+def test_demo_writes_figures(tmp_path, capsys, published_assets):
+    outdir = tmp_path / "demo"
+    assert main(["demo", "--out-dir", str(outdir)]) == 0
+    text = capsys.readouterr().out
+    for name in ("raw.png", "polar.png", "contrast.png"):
+        path = outdir / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+        assert str(path.resolve()) in text
+    processed = np.load(outdir / "contrast.npy")
+    assert abs(processed.mean(dtype=np.float64) - 0.478479) <= 1e-5
+    assert "0.47847" in text and "Å⁻¹" in text
+
+
+def test_doctor_lists_components(capsys):
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    for name in ("numpy", "numba", "cuda gpu", "cupy", "onnxruntime", "tensorrt", "gixdrt._ext", "kernel polar_remap"):
+        assert name in text
+    assert "cuda=" in text  # the compiled module's build info
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "preprocess" in capsys.readouterr().out
