@@ -29,6 +29,15 @@ class FrameError(GixdrtError, ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class CheckpointError(GixdrtError, ValueError):
+    """A model checkpoint cannot be used (unreadable, corrupt, wrong keys or shapes): names the file and the problem."""
+
+    def __init__(self, problem: str, *, path: str | os.PathLike | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
 class AssetError(GixdrtError, RuntimeError):
     """A published asset could not be downloaded, extracted or verified."""
 

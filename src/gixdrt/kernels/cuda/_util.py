@@ -43,6 +43,8 @@ def device_out(out: Any, shape: tuple[int, ...], dtype, stream):
     if out is None:
         return cuda.device_array(shape, dtype=dtype, stream=stream) if not cudasim() else cuda.device_array(shape, dtype=dtype)
     view = as_device(out, "out")
-    if tuple(view.shape) != tuple(shape) or view.dtype != np.dtype(dtype):
-        raise ValueError(f"out must be a {np.dtype(dtype).name}{list(shape)} device array, got {view.dtype}{list(view.shape)}")
+    if view.dtype != np.dtype(dtype):
+        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {view.dtype}")
+    if tuple(view.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(view.shape)}")
     return view

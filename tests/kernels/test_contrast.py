@@ -1,0 +1,244 @@
+"""The published contrast chain: reference against an independent composition with cv2, Numba CPU and
+CUDA (simulator) against the reference, degenerate inputs, ``out=`` handling."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from gixdrt import kernels
+from gixdrt.errors import DataWarning
+from gixdrt.kernels.reference import contrast as ref
+from gixdrt.kernels.registry import cuda_unavailable_reason
+
+# Allowed deviation of each backend from the reference: (max |difference|, max fraction of pixels,
+# reason). All 0: every backend evaluates the same float32 operations; log10 is the correctly
+# rounded float32 value in all of them (the CPU/CUDA series equals NumPy's float64 log10 rounded to
+# float32 on every float32 in [1, 65536], checked exhaustively), so u and the result are bit-identical.
+TOLERANCE = {
+    "cpu": (0.0, 0.0, "same float32 operations, log10 series verified exhaustively against NumPy"),
+    "cuda": (0.0, 0.0, "same float32 operations through __f*_rn intrinsics, same log10 series"),
+}
+
+
+def _images(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yield "uniform", rng.random(shape).astype(np.float32)
+    yield "heavy-tail", (rng.random(shape) ** 6 * 1e4 - 3.0).astype(np.float32)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    peaks = 50.0 * np.exp(-((x - w / 3) ** 2 + (y - h / 2) ** 2) / 20.0) + 5.0 * np.exp(-((x - 0.7 * w) ** 2) / 8.0)
+    yield "peaks+background", (peaks + 0.01 * x + rng.normal(0, 0.05, shape)).astype(np.float32)
+
+
+def _independent_contrast(p, coef, clip, log):
+    """The chain written out directly with cv2's CLAHE (finite, non-constant input)."""
+    import cv2
+
+    f32 = np.float32
+
+    def n(v):
+        return (v - v.min()) / (v.max() - v.min())
+
+    a = n(p)
+    if log:
+        a = np.log10((f32(coef) * a + f32(1)).astype(np.float64)).astype(np.float32)
+    u = (f32(coef) * n(a)).astype(np.uint16)
+    c = cv2.createCLAHE(clipLimit=clip, tileGridSize=(1, 1)).apply(u).astype(np.float32)
+    return n(c)
+
+
+def _assert_close(got, want, backend, what):
+    max_abs, max_frac, reason = TOLERANCE[backend]
+    assert got.dtype == np.float32 and got.shape == want.shape, what
+    d = np.abs(got.astype(np.float64) - want)
+    n_bad = int(np.count_nonzero(d))
+    assert d.max(initial=0) <= max_abs and n_bad <= max_frac * d.size, (
+        f"{what}: {n_bad} px differ (max {d.max()}), allowed {max_abs} on {max_frac:.0%} ({reason})"
+    )
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_reference_matches_chain_with_cv2(log):
+    pytest.importorskip("cv2")
+    for name, img in _images((96, 160)):
+        for coef, clip in [(5000.0, 2000.0), (5000.0, 2.0), (1000.0, 0.0), (65535.0, 40.0)]:
+            got = ref.contrast(img, coef=coef, clip_limit=clip, log=log)
+            want = _independent_contrast(img, coef, clip, log)
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {coef} {clip}")
+            assert got.dtype == np.float32 and got.min() == 0.0 and got.max() == 1.0
+
+
+@pytest.mark.parametrize("log", [True, False])
+@pytest.mark.parametrize("clip", [0.0, 1.0, 2.0, 40.0, 2000.0])
+def test_cpu_matches_reference(clip, log):
+    for name, img in _images((200, 333), seed=1):
+        for coef in (5000.0, 100.0, 65535.0):
+            want = ref.contrast(img, coef=coef, clip_limit=clip, log=log)
+            got = kernels.contrast(img, coef=coef, clip_limit=clip, log=log, backend="cpu")
+            _assert_close(got, want, "cpu", f"{name} coef={coef} clip={clip} log={log}")
+
+
+def test_cpu_default_and_full_size():
+    img = np.random.default_rng(2).random((512, 1024)).astype(np.float32)
+    want = ref.contrast(img)
+    _assert_close(kernels.contrast(img), want, "cpu", "default backend, 512x1024")  # backend=None → cpu
+    _assert_close(kernels.contrast(np.asfortranarray(img), backend="cpu"), want, "cpu", "Fortran-ordered input")
+
+
+# ------------------------------------------------------------------------------------------------
+# degenerate data (host backends warn; CUDA gives the same result silently)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("value", [0.0, 3.5, -1e30])
+def test_constant_image_gives_zeros(backend, value):
+    img = np.full((17, 23), value, np.float32)
+    with pytest.warns(DataWarning, match="constant"):
+        res = kernels.contrast(img, backend=backend)
+    assert res.dtype == np.float32 and res.shape == img.shape and not res.any()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_non_finite_pixels_count_as_minimum(backend):
+    img = next(_images((40, 50), seed=3))[1]
+    bad = img.copy()
+    bad[1, 2], bad[5, 7], bad[30, 1], bad[39, 49] = np.nan, np.inf, -np.inf, np.nan
+    filled = bad.copy()
+    filled[~np.isfinite(bad)] = img[np.isfinite(bad)].min()
+    with pytest.warns(DataWarning, match="4 non-finite"):
+        res = kernels.contrast(bad, backend=backend)
+    assert not np.isnan(res).any()
+    assert res[1, 2] == res[5, 7] == res[30, 1] == res[39, 49] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finite image warns nothing
+        want = kernels.contrast(filled, backend=backend)
+    np.testing.assert_array_equal(res, want)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_all_non_finite_gives_zeros(backend):
+    img = np.full((9, 11), np.nan, np.float32)
+    img[0, 0] = np.inf
+    with pytest.warns(DataWarning, match="no finite pixel"):
+        res = kernels.contrast(img, backend=backend)
+    assert not res.any() and not np.isnan(res).any()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_single_non_constant_pixel_and_overflowing_range(backend):
+    one_spike = np.zeros((30, 30), np.float32)
+    one_spike[3, 3] = 1.0
+    res = kernels.contrast(one_spike, backend=backend)
+    assert res[3, 3] == 1.0 and res.sum() == 1.0
+    # max - min overflows float32: evaluated on halved values, no NaN
+    huge = np.random.default_rng(4).uniform(-3e38, 3e38, (20, 25)).astype(np.float32)
+    res = kernels.contrast(huge, backend=backend)
+    assert np.isfinite(res).all() and res.min() == 0.0 and res.max() == 1.0
+    np.testing.assert_array_equal(res, ref.contrast(huge))
+
+
+def test_clahe_to_one_level_gives_zeros():
+    # 199,999 zeros and one spike, no clipping: CLAHE maps both levels to 65535 → n(c) undefined → zeros
+    img = np.zeros((400, 500), np.float32)
+    img[0, 0] = 1.0
+    for backend in ("reference", "cpu"):
+        with pytest.warns(DataWarning, match="one level"):
+            res = kernels.contrast(img, clip_limit=0.0, backend=backend)
+        assert not res.any()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_out_and_argument_errors(backend):
+    img = next(_images((21, 34), seed=5))[1]
+    want = ref.contrast(img)
+    out = np.full(img.shape, np.nan, np.float32)
+    assert kernels.contrast(img, out=out, backend=backend) is out
+    np.testing.assert_array_equal(out, want)
+    strided = np.full((21, 68), np.nan, np.float32)[:, ::2]  # non-contiguous out
+    assert kernels.contrast(img, out=strided, backend=backend) is strided
+    np.testing.assert_array_equal(strided, want)
+    with pytest.raises(TypeError, match="float32"):
+        kernels.contrast(img, out=np.empty(img.shape, np.float64), backend=backend)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.contrast(img, out=np.empty((21, 35), np.float32), backend=backend)
+    with pytest.raises(TypeError, match="float32"):
+        kernels.contrast(img.astype(np.float64), backend=backend)
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.contrast(img[None], backend=backend)
+    with pytest.raises(ValueError, match="coef"):
+        kernels.contrast(img, coef=70000.0, backend=backend)
+    with pytest.raises(ValueError, match="coef"):
+        kernels.contrast(img, coef=0.0, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA (simulator without a GPU: tiny images)
+# ------------------------------------------------------------------------------------------------
+def _gpu():
+    if cuda_unavailable_reason():
+        pytest.skip(cuda_unavailable_reason())
+    from numba import cuda
+
+    from gixdrt.kernels.cuda import contrast as gpu
+
+    return cuda, gpu
+
+
+def _quiet_ref(img, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return ref.contrast(img, **kw)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize(
+    "kind,log,clip,coef",
+    [("heavy-tail", True, 2000.0, 5000.0), ("peaks+background", False, 2.0, 5000.0), ("uniform", True, 0.0, 300.0)],
+)
+def test_cuda_matches_reference(kind, log, clip, coef):
+    cuda, gpu = _gpu()
+    img = dict(_images((24, 40), seed=6))[kind]
+    img[2, 3] = np.nan  # non-finite pixel: minimum, no warning on the device
+    stream = cuda.stream()
+    d_out = cuda.device_array(img.shape, np.float32, stream=stream)
+    d_img = cuda.to_device(img, stream=stream)
+    res = gpu.contrast(d_img, coef=coef, clip_limit=clip, log=log, out=d_out, stream=stream)
+    assert res is d_out
+    got = res.copy_to_host(stream=stream)
+    stream.synchronize()
+    _assert_close(got, _quiet_ref(img, coef=coef, clip_limit=clip, log=log), "cuda", f"{kind} log={log} clip={clip}")
+
+
+@pytest.mark.cudasim
+def test_cuda_degenerate_inputs_give_zeros():
+    cuda, gpu = _gpu()
+    for img in (np.zeros((6, 10), np.float32), np.full((6, 10), 2.5, np.float32), np.full((6, 10), np.nan, np.float32)):
+        got = gpu.contrast(cuda.to_device(img)).copy_to_host()
+        assert got.dtype == np.float32 and not got.any() and not np.isnan(got).any()
+        np.testing.assert_array_equal(got, _quiet_ref(img))
+
+
+@pytest.mark.cudasim
+def test_cuda_argument_errors():
+    cuda, gpu = _gpu()
+    img = np.zeros((4, 4), np.float32)
+    with pytest.raises(TypeError, match="device array"):
+        gpu.contrast(img)
+    with pytest.raises(TypeError, match="float32"):
+        gpu.contrast(cuda.to_device(img.astype(np.float64)))
+    with pytest.raises(ValueError, match="shape"):
+        gpu.contrast(cuda.to_device(img), out=cuda.device_array((4, 5), np.float32))
+
+
+@pytest.mark.cudasim
+def test_public_dispatch_picks_cuda_for_device_arrays():
+    """kernels.contrast / kernels.clahe route a device array to the cuda backend (no host round trip)."""
+    cuda, _ = _gpu()
+    img = dict(_images((16, 24), seed=9))["heavy-tail"]
+    res = kernels.contrast(cuda.to_device(img))
+    assert hasattr(res, "copy_to_host")  # stayed on the device
+    np.testing.assert_array_equal(res.copy_to_host(), _quiet_ref(img))
+    u8 = (np.arange(16 * 24).reshape(16, 24) % 251).astype(np.uint8)
+    got = kernels.clahe(cuda.to_device(u8), 2.0, (2, 2)).copy_to_host()
+    np.testing.assert_array_equal(got, ref.clahe(u8, 2.0, (2, 2)))
