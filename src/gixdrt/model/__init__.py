@@ -1,1 +1,76 @@
-"""PyTorch reference detector and checkpoint import. Arrives with the reference-detector issue."""
+"""PyTorch reference detector of the published GIXD model: network, anchors, box ops, checkpoints.
+
+>>> from gixdrt.model import load_published
+>>> model = load_published(assets.default_checkpoint)          # strict; CheckpointError on any mismatch
+>>> dets = model(torch.from_numpy(contrast)[None, None])       # [{"boxes": float32[K, 4], "scores": float32[K]}]
+>>> trace = model.trace(images)                                 # stage outputs + seconds per stage
+
+Attributes are imported lazily, so ``gixdrt.model.reference_ops`` (NumPy only) can be used without PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GixdDetector": "detector",
+    "DetectorConfig": "detector",
+    "Dense": "detector",
+    "Proposals": "detector",
+    "Trace": "detector",
+    "STAGES": "detector",
+    "AnchorGenerator": "anchors",
+    "PUBLISHED_ANCHOR_SIZES": "anchors",
+    "load_published": "checkpoint",
+    "read_published_state": "checkpoint",
+    "check_state_dict": "checkpoint",
+    "save_model": "checkpoint",
+    "load_model": "checkpoint",
+    "read_card": "checkpoint",
+    "convert_published": "checkpoint",
+    "decode_boxes": "ops",
+    "encode_boxes": "ops",
+    "clip_boxes": "ops",
+    "box_iou": "ops",
+    "nms": "ops",
+    "batched_nms": "ops",
+    "roi_align": "ops",
+}
+
+__all__ = [
+    "PUBLISHED_ANCHOR_SIZES",
+    "STAGES",
+    "AnchorGenerator",
+    "Dense",
+    "DetectorConfig",
+    "GixdDetector",
+    "Proposals",
+    "Trace",
+    "batched_nms",
+    "box_iou",
+    "check_state_dict",
+    "clip_boxes",
+    "convert_published",
+    "decode_boxes",
+    "encode_boxes",
+    "load_model",
+    "load_published",
+    "nms",
+    "read_card",
+    "read_published_state",
+    "roi_align",
+    "save_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
