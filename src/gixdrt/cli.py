@@ -75,10 +75,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     c = cfg.contrast
     processed = contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, backend=args.backend)
     t3 = time.perf_counter()
+    from .engine import Detector
+    from .io import write_peaks
+    from .model import zoo
+    from .peaks import PeakTable
+
+    detector = Detector(args.model, score_threshold=cfg.postprocessing.score_level, nms_iou=cfg.postprocessing.nms_level)
+    t4 = time.perf_counter()
+    (boxes, scores), = detector.boxes(processed)
+    t5 = time.perf_counter()
+    peaks = PeakTable.from_boxes(boxes, scores, frame=0, source=assets.frame.name, image_shape=processed.shape,
+                                 q_max=g.q_max, polar=polar)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_peaks(outdir / "peaks.csv", peaks, n_frames=1)
     paths = [
         plot_raw(frame, outdir / "raw.png", title=f"raw frame {assets.frame.name}"),
         plot_polar(polar, g, outdir / "polar.png", "polar image", "log10(counts − min + 1)", log=True),
         plot_polar(processed, g, outdir / "contrast.png", "contrast-enhanced (detector input)", "intensity"),
+        plot_polar(processed, g, outdir / "peaks.png", f"{len(peaks)} peaks (labels: |Q| in Å⁻¹)", "intensity", peaks=peaks),
+        outdir / "peaks.csv",
     ]
     np.save(outdir / "contrast.npy", processed)
     paths.append(outdir / "contrast.npy")
@@ -94,9 +109,99 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(published mean {REFERENCE_PROCESSED_MEAN}, difference {pm - REFERENCE_PROCESSED_MEAN:+.1e})")
     print(f"  time     map {1e3 * (t1 - t0):.1f} ms (once per geometry), remap {1e3 * (t2 - t1):.1f} ms, "
           f"contrast {1e3 * (t3 - t2):.1f} ms (first call includes JIT compilation)")
+    print(f"  detect   {len(peaks)} peaks with model {zoo.describe(args.model)} ({1e3 * (t5 - t4):.0f} ms):")
+    for k in np.argsort(peaks.q):
+        print(f"    |Q| {peaks.q[k]:.4f} Å⁻¹  φ {peaks.phi[k]:5.1f}°  width {peaks.q_width[k]:.4f} Å⁻¹ × {peaks.phi_width[k]:5.1f}°"
+              f"  score {peaks.score[k]:.4f}")
     print("  wrote:")
     for p in paths:
         print(f"    {p.resolve()}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .engine import Detector
+    from .geometry import load_config
+    from .io import count_frames, iter_frames, write_peaks
+    from .model import zoo
+    from .pipeline import Pipeline
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".h5", ".hdf5"):
+        raise GixdrtError(f"{out}: unsupported output format {out.suffix or '(none)'}; use .csv, .h5 or .hdf5")
+    cfg = load_config(args.config) if args.config else None
+    if args.input == "raw" and cfg is None:
+        raise GixdrtError("raw frames need the experiment geometry: pass --config CONFIG.yaml (or --input polar|processed)")
+    expect = cfg.geometry.frame_shape if (cfg is not None and args.input == "raw") else None
+    n_frames = count_frames(args.inputs, args.sum)
+    frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=expect)
+    pp = cfg.postprocessing if cfg is not None else None
+    detector = Detector(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else 0.6),
+        nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else 0.1),
+        max_detections=args.max_detections,
+    )
+    pipe = Pipeline(cfg, detector, input=args.input, kernel_backend=args.kernel_backend, batch=args.batch)
+    print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.backend} "
+          f"on {detector.device}, thresholds score ≥ {detector.thresholds['score_threshold']}, "
+          f"NMS IoU {detector.thresholds['nms_iou']}", file=sys.stderr)
+    bar = None
+    found = 0
+    if n_frames > 1 and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_frames, unit="frame", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(table) -> None:
+        nonlocal found
+        found += len(table)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(peaks=found, refresh=False)
+
+    t0 = time.perf_counter()
+    try:
+        table = pipe.run(frames, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.perf_counter() - t0
+    metadata = {
+        "config": cfg,
+        "model_card": detector.card,
+        "model": args.model,
+        "backend": detector.backend,
+        "device": str(detector.device),
+        "input": args.input,
+        "sum": args.sum,
+        "inputs": [str(x) for x in args.inputs],
+        **{k: float(v) for k, v in detector.thresholds.items()},
+    }
+    write_peaks(out, table, n_frames=n_frames, metadata=metadata)
+    done = len(np.unique(table.frame)) if len(table) else 0
+    print(f"{len(table)} peak(s) in {n_frames} frame(s) ({done} with peaks), {dt:.2f} s "
+          f"({n_frames / dt if dt > 0 else float('inf'):.2f} frames/s) → {out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .io import cache_dir, fetch_published
+    from .model import convert_published
+
+    if args.checkpoint == "published" or args.checkpoint.startswith("published:"):
+        name = args.checkpoint.partition(":")[2] or "save_only_largest_2"
+        checkpoints = fetch_published().checkpoints
+        if name not in checkpoints:
+            raise GixdrtError(f"no published checkpoint named {name!r}; known: {', '.join(sorted(checkpoints))}")
+        src = checkpoints[name]
+    else:
+        src = Path(args.checkpoint)
+    dst = Path(args.out) if args.out else cache_dir() / "models" / (src.stem + ("-fp16" if args.fp16 else ""))
+    card = convert_published(src, dst, fp16=args.fp16)
+    print(f"converted {src} → {card.parent} ({card.name} + weights); use it with --model {card.parent}")
     return 0
 
 
@@ -125,9 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends, default=None, help="kernel backend (default: cpu for host data)")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("demo", help="fetch the published real frame and preprocess it, writing PNGs")
+    p = sub.add_parser("detect", help="raw frames (or polar images) → peak table (.csv or .h5)")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="frames: .tif (multi-page ok), .npy stacks, .edf/.cbf (fabio), FILE.h5::/dataset, glob patterns")
+    p.add_argument("--config", help="geometry config (published gixi YAML); required for raw frames")
+    p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
+                   help="raw detector frames (default), polar images, or processed (contrast-enhanced) polar images")
+    p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch"], help="detector backend (default auto)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--score-threshold", type=float, default=None, help="keep peaks scoring ≥ this (default: config or 0.6)")
+    p.add_argument("--nms-iou", type=float, default=None, help="final NMS IoU (default: config or 0.1)")
+    p.add_argument("--max-detections", type=int, default=250, help="at most this many peaks per frame (default 250)")
+    p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
+    p.add_argument("--batch", type=int, default=1, help="frames per detector call (default 1)")
+    p.add_argument("--kernel-backend", choices=backends, default=None, help="preprocessing kernel backend")
+    p.add_argument("--out", required=True, help="peak table: .csv or .h5")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("convert", help="published checkpoint → gixdrt's format (safetensors + model card)")
+    p.add_argument("checkpoint", nargs="?", default="published", help="published[:NAME] (default) or a .h5 path")
+    p.add_argument("--out", help="output directory (default: the user cache, models/NAME)")
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="the whole job on the published real frame: PNGs, peaks.csv, a summary")
     p.add_argument("--out-dir", default="gixdrt-demo", help="where to write the figures (default ./gixdrt-demo)")
     p.add_argument("--backend", choices=backends, default=None, help="kernel backend (default: cpu)")
+    p.add_argument("--model", default="default", help="detector model (default: default)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("doctor", help="print versions and which backends are available")
@@ -143,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "sum", 1) < 1:
         parser.error("--sum must be ≥ 1")
+    if getattr(args, "batch", 1) < 1:
+        parser.error("--batch must be ≥ 1")
     try:
         return args.func(args)
     except GixdrtError as exc:

@@ -57,8 +57,12 @@ def plot_polar(
     title: str,
     label: str,
     log: bool = False,
+    peaks=None,
 ) -> Path:
-    """A polar image with |Q| (Å⁻¹) on x and φ (°) on y, φ = 0° at the bottom."""
+    """A polar image with |Q| (Å⁻¹) on x and φ (°) on y, φ = 0° at the bottom.
+
+    peaks: optional :class:`gixdrt.peaks.PeakTable` of this image: boxes drawn, each labelled with |Q|.
+    """
     plt = _figure()
     img = np.asarray(image, np.float64)
     if log:
@@ -71,12 +75,22 @@ def plot_polar(
     fig, ax = plt.subplots(figsize=(9, 4.8))
     lo, hi = np.percentile(img, [1, 99.9]) if log else (None, None)  # a log image: clip the tails for contrast
     im = ax.imshow(
-        img, cmap="viridis", origin="lower", extent=extent, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi
+        img, cmap="gray" if peaks is not None else "viridis", origin="lower", extent=extent, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi
     )
     ax.set_xlabel("|Q| (Å⁻¹)")
     ax.set_ylabel("φ (°)")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=label)
+    if peaks is not None and len(peaks):
+        from matplotlib.patches import Rectangle
+
+        for k in range(len(peaks)):
+            x0, y0, x1, y1 = peaks.x0[k] * dq, peaks.y0[k] * dphi, peaks.x1[k] * dq, peaks.y1[k] * dphi
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.0))
+            label_q = peaks.q[k] if np.isfinite(peaks.q[k]) else (x0 + x1) / 2
+            ax.text((x0 + x1) / 2, min(y1, 89.0), f"{label_q:.3f}", color="red", fontsize=7, rotation=90,
+                    ha="center", va="top", clip_on=True,
+                    bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)

@@ -15,7 +15,12 @@ import numpy as np
 from ..errors import FrameError
 
 SUPPORTED_DTYPES = ("float32", "float64", "uint8", "uint16", "int16", "uint32", "int32")
+TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+NPY_SUFFIXES = frozenset({".npy"})
+H5_SUFFIXES = frozenset({".h5", ".hdf5", ".nxs", ".hdf", ".nx5"})
 _FABIO_SUFFIXES = {".edf", ".cbf", ".img", ".mccd", ".mar3450", ".sfrm", ".gfrm", ".esperanto", ".msk"}
+FABIO_SUFFIXES = frozenset(_FABIO_SUFFIXES)
+NEXUS_DEFAULT = "/entry/data/data"
 
 
 def _split_h5(spec: str) -> tuple[str, str | None]:
@@ -25,32 +30,45 @@ def _split_h5(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def read_frame(spec: str | os.PathLike) -> np.ndarray:
-    """Read a frame or a stack of frames from ``spec`` (a path, or ``file.h5::/dataset``)."""
-    path_str, dataset = _split_h5(os.fspath(spec))
-    path = Path(path_str)
+def _check_file(path: Path) -> None:
+    """FrameError unless ``path`` is an existing, non-empty regular file."""
     if not path.exists():
         raise FrameError("file not found", path=path)
     if path.is_dir():
         raise FrameError("is a directory, expected a frame file", path=path)
     if path.stat().st_size == 0:
         raise FrameError("empty file", path=path)
+
+
+def _format_of(path: Path) -> str:
+    """'tiff', 'npy', 'h5' or 'fabio' from the suffix; FrameError for anything else."""
     suffix = path.suffix.lower()
+    kinds = (("tiff", TIFF_SUFFIXES), ("npy", NPY_SUFFIXES), ("h5", H5_SUFFIXES), ("fabio", FABIO_SUFFIXES))
+    for kind, suffixes in kinds:
+        if suffix in suffixes:
+            return kind
+    raise FrameError(
+        f"unknown frame format {suffix or '(no suffix)'}; expected .tif/.tiff, .npy, .h5::/dataset, "
+        "or a detector format read by fabio (.edf, .cbf, ...)",
+        path=path,
+    )
+
+
+def read_frame(spec: str | os.PathLike) -> np.ndarray:
+    """Read a frame or a stack of frames from ``spec`` (a path, or ``file.h5::/dataset``)."""
+    path_str, dataset = _split_h5(os.fspath(spec))
+    path = Path(path_str)
+    _check_file(path)
+    kind = _format_of(path)
     try:
-        if suffix in (".tif", ".tiff"):
+        if kind == "tiff":
             arr = _read_tiff(path)
-        elif suffix == ".npy":
+        elif kind == "npy":
             arr = np.load(path, allow_pickle=False)
-        elif suffix in (".h5", ".hdf5", ".nxs", ".hdf", ".nx5"):
+        elif kind == "h5":
             arr = _read_h5(path, dataset)
-        elif suffix in _FABIO_SUFFIXES:
-            arr = _read_fabio(path)
         else:
-            raise FrameError(
-                f"unknown frame format {suffix or '(no suffix)'}; expected .tif/.tiff, .npy, .h5::/dataset, "
-                "or a detector format read by fabio (.edf, .cbf, ...)",
-                path=path,
-            )
+            arr = _read_fabio(path)
     except FrameError:
         raise
     except Exception as exc:  # the readers raise many kinds for corrupt files
@@ -58,16 +76,27 @@ def read_frame(spec: str | os.PathLike) -> np.ndarray:
     return _check(arr, path)
 
 
+def _check_dtype(dtype: np.dtype, path: Path | str | None) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.name not in SUPPORTED_DTYPES:
+        raise FrameError(f"unsupported pixel dtype {dtype}; expected one of {', '.join(SUPPORTED_DTYPES)}", path=path)
+
+
+def _check_shape(shape: tuple[int, ...], dtype: np.dtype, path: Path | str | None) -> None:
+    """The checks of :func:`_check` that need only the shape and dtype (no pixel data)."""
+    shape = tuple(int(n) for n in shape)
+    _check_dtype(dtype, path)
+    if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
+        raise FrameError(f"looks like a colour image (shape {shape}); expected a detector frame", path=path)
+    if len(shape) not in (2, 3):
+        raise FrameError(f"expected a 2-D frame or a 3-D stack, got shape {shape}", path=path)
+    if int(np.prod(shape)) == 0:
+        raise FrameError(f"no pixels (shape {shape})", path=path)
+
+
 def _check(arr: np.ndarray, path: Path) -> np.ndarray:
     arr = np.asarray(arr)
-    if arr.dtype.name not in SUPPORTED_DTYPES:
-        raise FrameError(f"unsupported pixel dtype {arr.dtype}; expected one of {', '.join(SUPPORTED_DTYPES)}", path=path)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
-        raise FrameError(f"looks like a colour image (shape {arr.shape}); expected a detector frame", path=path)
-    if arr.ndim not in (2, 3):
-        raise FrameError(f"expected a 2-D frame or a 3-D stack, got shape {arr.shape}", path=path)
-    if arr.size == 0:
-        raise FrameError(f"no pixels (shape {arr.shape})", path=path)
+    _check_shape(arr.shape, arr.dtype, path)
     return arr
 
 
@@ -77,18 +106,23 @@ def _read_tiff(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
-def _read_fabio(path: Path) -> np.ndarray:
+def _import_fabio(path: Path):
     try:
         import fabio
     except ImportError:
         raise FrameError("reading this format needs fabio: pip install fabio", path=path) from None
+    return fabio
+
+
+def _read_fabio(path: Path) -> np.ndarray:
+    fabio = _import_fabio(path)
     img = fabio.open(str(path))
     if getattr(img, "nframes", 1) > 1:
         return np.stack([img.getframe(i).data for i in range(img.nframes)])
     return img.data
 
 
-def _read_h5(path: Path, dataset: str | None) -> np.ndarray:
+def _import_h5py(path: Path):
     try:
         import h5py
     except ImportError:
@@ -97,19 +131,48 @@ def _read_h5(path: Path, dataset: str | None) -> np.ndarray:
         import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 filters of Eiger files)
     except ImportError:
         pass
-    with h5py.File(path, "r") as f:
-        if dataset is None:
-            found: list[str] = []
-            f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) else None)
-            if len(found) != 1:
-                raise FrameError(
-                    "name the dataset as FILE.h5::/path/to/data" + (f" (candidates: {', '.join(found[:5])})" if found else " (no 2-D/3-D dataset found)"),
-                    path=path,
-                )
-            dataset = found[0]
+    return h5py
+
+
+def _h5_datasets(f, dataset: str | None, path: Path) -> list[str]:
+    """The dataset(s) holding the frames of an open HDF5 file ``f``.
+
+    A named ``dataset`` must exist. Without one: the NeXus default ``/entry/data/data``; else the
+    ``/entry/data/data_NNNNNN`` links of an Eiger master file (all, in order); else the only 2-D/3-D
+    dataset in the file; anything else is a FrameError listing the candidates.
+    """
+    import h5py
+
+    if dataset is not None:
         if dataset not in f:
             raise FrameError(f"no dataset {dataset!r} in the file", path=path)
-        return f[dataset][()]
+        if not isinstance(f[dataset], h5py.Dataset):
+            raise FrameError(f"{dataset!r} is a group, not a dataset", path=path)
+        return [dataset]
+    if isinstance(f.get(NEXUS_DEFAULT), h5py.Dataset) and f[NEXUS_DEFAULT].ndim in (2, 3):
+        return [NEXUS_DEFAULT]
+    group = f.get("/entry/data")
+    if isinstance(group, h5py.Group):
+        eiger = sorted(k for k in group if k.startswith("data_") and k[5:].isdigit())
+        if eiger:
+            return [f"/entry/data/{k}" for k in eiger]
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) else None)
+    if len(found) != 1:
+        raise FrameError(
+            "name the dataset as FILE.h5::/path/to/data"
+            + (f" (candidates: {', '.join(found[:5])})" if found else " (no 2-D/3-D dataset found)"),
+            path=path,
+        )
+    return ["/" + found[0]]
+
+
+def _read_h5(path: Path, dataset: str | None) -> np.ndarray:
+    h5py = _import_h5py(path)
+    with h5py.File(path, "r") as f:
+        names = _h5_datasets(f, dataset, path)
+        parts = [f[name][()] for name in names]
+    return parts[0] if len(parts) == 1 else np.concatenate([p if p.ndim == 3 else p[None] for p in parts])
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -35,6 +35,7 @@ _EXPORTS = {
     "nms": "ops",
     "batched_nms": "ops",
     "roi_align": "ops",
+    "load": "zoo",
 }
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "convert_published",
     "decode_boxes",
     "encode_boxes",
+    "load",
     "load_model",
     "load_published",
     "nms",

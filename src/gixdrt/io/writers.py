@@ -1,0 +1,278 @@
+"""Peak-table files: CSV and HDF5, written atomically, and read back.
+
+- ``.csv``: a header with exactly the columns of :data:`gixdrt.peaks.COLUMNS`, one row per peak; floats as
+  Python's shortest round-trip repr, NaN as an empty field; ``source`` quoted by the csv module where needed.
+  A CSV carries no metadata.
+- ``.h5``/``.hdf5``: ``/peaks``, a compound dataset with the same fields (``source`` a variable-length UTF-8
+  string, ``frame``/``peak`` int64, the rest float64); ``/frame_counts``, int64[n_frames] peaks per frame;
+  ``/metadata``, a group whose attributes hold ``gixdrt_version``, ``created`` (ISO 8601, UTC), ``n_frames``,
+  ``config`` (YAML text), ``model_card`` (JSON text) and the caller's ``metadata`` entries (strings and numbers
+  as attributes, dicts and lists as JSON text listed in the ``json_keys`` attribute, arrays as datasets).
+
+Both are written under a temporary name in the target directory and renamed when complete: an interrupted or
+failed write leaves any previous file under the final name untouched and no temporary file behind.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..peaks import COLUMNS, PeakTable
+
+__all__ = ["read_peaks", "write_peaks"]
+
+_INT_COLUMNS = ("frame", "peak")
+_H5_SUFFIXES = (".h5", ".hdf5")
+UNITS = {
+    "q": "1/angstrom",
+    "phi": "degree",
+    "q_width": "1/angstrom",
+    "phi_width": "degree",
+    "x0": "polar pixel",
+    "y0": "polar pixel",
+    "x1": "polar pixel",
+    "y1": "polar pixel",
+    "intensity": "counts (uncorrected polar image)",
+}
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in _H5_SUFFIXES:
+        return "h5"
+    raise ValueError(f"{path}: unsupported peak table format {suffix or '(no suffix)'}; use .csv, .h5 or .hdf5")
+
+
+def write_peaks(
+    path: str | os.PathLike, table: PeakTable, *, n_frames: int, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``table`` to ``path`` (.csv, .h5 or .hdf5), atomically. Returns the path.
+
+    n_frames: number of (summed) frames processed, including those without peaks (HDF5 ``/frame_counts``).
+    metadata (HDF5 only; ignored for CSV): ``config`` (a Config, a mapping, YAML text or a path to the YAML
+    file), ``model_card`` (a mapping or JSON text) and any other entries (see the module docstring).
+    """
+    path = Path(path)
+    kind = _kind(path)
+    n_frames = int(n_frames)
+    if n_frames < 0:
+        raise ValueError(f"{path}: n_frames must be ≥ 0, got {n_frames}")
+    if len(table) and (table.frame.min() < 0 or table.frame.max() >= n_frames):
+        raise ValueError(
+            f"{path}: frame indices {table.frame.min()}…{table.frame.max()} do not fit n_frames={n_frames}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic(path) as tmp:
+        if kind == "csv":
+            _write_csv(tmp, table)
+        else:
+            _write_h5(tmp, table, n_frames, dict(metadata or {}), final=path)
+    return path
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path``, renamed onto it when the block completes, removed otherwise."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash never leaves a truncated file
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# CSV
+# -------------------------------------------------------------------------------------------------
+def _fmt(values: np.ndarray) -> list[str]:
+    # repr of a Python float is the shortest string that reads back to the same float64
+    return ["" if math.isnan(v) else repr(v) for v in values.tolist()]
+
+
+def _write_csv(path: Path, table: PeakTable) -> None:
+    cols = []
+    for name in COLUMNS:
+        col = getattr(table, name)
+        if name in _INT_COLUMNS or name == "source":
+            cols.append([str(v) for v in col.tolist()])
+        else:
+            cols.append(_fmt(col))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(zip(*cols))
+
+
+def _read_csv(path: Path) -> PeakTable:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header) != COLUMNS:
+            raise ValueError(f"{path}: not a gixdrt peak table: header {header} is not {list(COLUMNS)}")
+        rows = list(reader)
+    for i, row in enumerate(rows):
+        if len(row) != len(COLUMNS):
+            raise ValueError(f"{path}: line {i + 2} has {len(row)} fields, expected {len(COLUMNS)}")
+    cols = list(zip(*rows)) if rows else [()] * len(COLUMNS)
+    data: dict[str, np.ndarray] = {}
+    for name, col in zip(COLUMNS, cols):
+        if name in _INT_COLUMNS:
+            data[name] = np.array([int(v) for v in col], np.int64)
+        elif name == "source":
+            data[name] = np.array(list(col), dtype=object)
+        else:
+            data[name] = np.array([float(v) if v else math.nan for v in col], np.float64)
+    return PeakTable(**data)
+
+
+# -------------------------------------------------------------------------------------------------
+# HDF5
+# -------------------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Plain Python values for YAML/JSON (NumPy scalars and arrays, tuples, paths, objects with to_dict)."""
+    if hasattr(value, "to_dict") and not isinstance(value, Mapping):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _config_text(config: Any) -> str:
+    import yaml
+
+    if isinstance(config, str):
+        return config
+    if isinstance(config, os.PathLike):
+        return Path(config).read_text(encoding="utf-8")
+    return yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
+
+
+def _h5_dtype():
+    import h5py
+
+    fields = []
+    for name in COLUMNS:
+        if name == "source":
+            fields.append((name, h5py.string_dtype("utf-8")))
+        elif name in _INT_COLUMNS:
+            fields.append((name, "<i8"))
+        else:
+            fields.append((name, "<f8"))
+    return np.dtype(fields)
+
+
+def _write_h5(path: Path, table: PeakTable, n_frames: int, metadata: dict[str, Any], *, final: Path) -> None:
+    import h5py
+
+    from .. import __version__
+
+    rows = np.empty(len(table), _h5_dtype())
+    for name in COLUMNS:
+        col = getattr(table, name)
+        rows[name] = [str(v) for v in col.tolist()] if name == "source" else col
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("peaks", data=rows, **({"compression": "gzip", "chunks": True} if len(rows) else {}))
+        ds.attrs["columns"] = ",".join(COLUMNS)
+        ds.attrs["units"] = json.dumps(UNITS)
+        f.create_dataset("frame_counts", data=table.counts_per_frame(n_frames))
+        meta = f.create_group("metadata")
+        meta.attrs["gixdrt_version"] = __version__
+        meta.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        meta.attrs["n_frames"] = np.int64(n_frames)
+        json_keys: list[str] = []
+        for key, value in metadata.items():
+            key = str(key)
+            if key in ("json_keys", "gixdrt_version", "created", "n_frames"):
+                raise ValueError(f"{final}: metadata key {key!r} is reserved")
+            if value is None:
+                continue
+            if key == "config":
+                meta.attrs[key] = _config_text(value)
+            elif key == "model_card":
+                meta.attrs[key] = value if isinstance(value, str) else json.dumps(_plain(value))
+            elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                meta.create_dataset(key, data=value)
+            elif isinstance(value, (str, bool, int, float, np.generic)):
+                meta.attrs[key] = value
+            elif isinstance(value, os.PathLike):
+                meta.attrs[key] = os.fspath(value)
+            elif isinstance(value, (Mapping, list, tuple)) or hasattr(value, "to_dict"):
+                meta.attrs[key] = json.dumps(_plain(value))
+                json_keys.append(key)
+            else:
+                raise ValueError(f"{final}: metadata {key!r}: cannot store a {type(value).__name__}")
+        if json_keys:
+            meta.attrs["json_keys"] = json.dumps(json_keys)
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _read_h5(path: Path) -> tuple[PeakTable, dict[str, Any]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "peaks" not in f:
+            raise ValueError(f"{path}: not a gixdrt peak table: no /peaks dataset")
+        rows = f["peaks"][()]
+        missing = [name for name in COLUMNS if name not in (rows.dtype.names or ())]
+        if missing:
+            raise ValueError(f"{path}: /peaks lacks the fields {', '.join(missing)}")
+        data = {}
+        for name in COLUMNS:
+            col = rows[name]
+            data[name] = np.array([_attr(v) for v in col], dtype=object) if name == "source" else col
+        meta: dict[str, Any] = {}
+        group = f.get("metadata")
+        if group is not None:
+            meta.update({key: _attr(value) for key, value in group.attrs.items()})
+            for key, item in group.items():
+                if isinstance(item, h5py.Dataset):
+                    meta[key] = item[()]
+        for key in json.loads(meta.pop("json_keys", "[]")):
+            meta[key] = json.loads(meta[key])
+        if "frame_counts" in f:
+            meta["frame_counts"] = f["frame_counts"][()]
+    return PeakTable(**data), meta
+
+
+def read_peaks(path: str | os.PathLike) -> tuple[PeakTable, dict[str, Any]]:
+    """Read a peak table written by :func:`write_peaks`.
+
+    Returns (table, metadata). For HDF5, metadata holds the ``/metadata`` entries (``config`` as YAML text,
+    ``model_card`` as JSON text, other dicts/lists decoded) plus ``frame_counts`` (int64[n_frames]); for CSV
+    it is empty.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    if kind == "csv":
+        return _read_csv(path), {}
+    return _read_h5(path)

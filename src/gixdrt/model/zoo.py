@@ -1,0 +1,55 @@
+"""Model names the CLI and the Python API accept, and where their weights come from.
+
+- ``published``: the authors' default checkpoint ``save_only_largest_2`` (downloaded once into the cache);
+  ``published:segments_detector_6`` (or any other published name) picks the other one;
+- ``default``: gixdrt's own weights, shipped in the package, once they exist; until then the published
+  default checkpoint;
+- a path: a directory, ``.json`` or ``.safetensors`` file in gixdrt's format, or a published-format
+  ``.h5``/``.pt``/``.pth`` state dict.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+#: where gixdrt's own default weights live inside the package (model.safetensors + model.json)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
+PUBLISHED_DEFAULT = "save_only_largest_2"
+
+
+def has_default_weights() -> bool:
+    return (DEFAULT_WEIGHTS / "model.json").is_file()
+
+
+def describe(spec: str) -> str:
+    """A one-line description of what ``spec`` resolves to (without loading it)."""
+    if spec == "default" and not has_default_weights():
+        return f"default (gixdrt's own weights are not trained yet: using published {PUBLISHED_DEFAULT})"
+    return spec
+
+
+def load(spec: str | os.PathLike):
+    """Load a model by name or path → :class:`gixdrt.model.GixdDetector` (eval, fp32, CPU)."""
+    from .checkpoint import load_model, load_published
+
+    text = os.fspath(spec)
+    if text == "default":
+        return load_model(DEFAULT_WEIGHTS) if has_default_weights() else load(f"published:{PUBLISHED_DEFAULT}")
+    if text == "published" or text.startswith("published:"):
+        from ..io import fetch_published
+
+        name = text.partition(":")[2] or PUBLISHED_DEFAULT
+        checkpoints = fetch_published(quiet=False).checkpoints
+        if name not in checkpoints:
+            raise CheckpointError(f"no published checkpoint named {name!r}; known: {', '.join(sorted(checkpoints))}")
+        model = load_published(checkpoints[name])
+        model.card = {"name": name, "provenance": {"source": "published", "package": "gixi 0.0.1 (GPL-3.0)"}}
+        return model
+    path = Path(text)
+    if not path.exists():
+        raise CheckpointError("no such model file or directory (expected published, default or a path)", path=path)
+    if path.is_dir() or path.suffix.lower() in (".json", ".safetensors"):
+        return load_model(path)
+    return load_published(path)

@@ -1,0 +1,135 @@
+"""Raw frames → peaks: preprocessing (geometry map, remap, contrast) then the detector, in batches.
+
+>>> pipe = Pipeline(load_config("beamline.yaml"), Detector("published"))
+>>> table = pipe.detect(frame)                    # one raw frame [H, W] (or [N, H, W] summed) → PeakTable
+>>> table = pipe.run(iter_frames(["scan.h5::/entry/data/data"]))   # a stream of Frame objects
+
+``input="polar"`` takes polar images (the contrast chain is applied) and ``input="processed"`` takes the
+detector's input directly; neither needs a geometry, and the physical columns are filled only when a
+config is given.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from .engine import Detector
+from .errors import DataWarning, FrameError
+from .geometry import Config, ContrastConfig
+from .peaks import PeakTable
+from .preprocess import Preprocessor
+
+INPUTS = ("raw", "polar", "processed")
+
+
+@dataclass
+class Pipeline:
+    """Preprocessing + detection for one config.
+
+    config: the geometry/contrast config (required for ``input="raw"``). detector: a :class:`Detector`.
+    kernel_backend: backend of the preprocessing kernels (None: by data location). batch: frames per
+    detector call.
+    """
+
+    config: Config | None
+    detector: Detector
+    input: str = "raw"
+    kernel_backend: str | None = None
+    batch: int = 1
+    _pre: Preprocessor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.input not in INPUTS:
+            raise ValueError(f"unknown input kind {self.input!r}; expected one of {INPUTS}")
+        if self.input == "raw" and self.config is None:
+            raise ValueError("raw frames need a config with the experiment geometry (--config)")
+        if self.batch < 1:
+            raise ValueError(f"batch must be ≥ 1, got {self.batch}")
+        if self.config is not None:
+            self._pre = Preprocessor(self.config, backend=self.kernel_backend)
+
+    @property
+    def q_max(self) -> float | None:
+        return None if self.config is None else self.config.geometry.q_max
+
+    def _contrast(self, polar: np.ndarray) -> np.ndarray:
+        if self._pre is not None:
+            return self._pre.contrast(polar)
+        from . import kernels
+
+        c = ContrastConfig()
+        return kernels.contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, backend=self.kernel_backend)
+
+    def prepare(self, data: np.ndarray, source: str = "") -> tuple[np.ndarray | None, np.ndarray]:
+        """One frame's data → (uncorrected polar image or None, processed image float32[H, W])."""
+        if self.input == "processed":
+            img = np.asarray(data, np.float32)
+            if img.ndim != 2:
+                raise FrameError(f"a processed image must be 2-D, got shape {img.shape}", path=source or None)
+            return None, img
+        if self.input == "polar":
+            polar = np.asarray(data, np.float32)
+            if polar.ndim == 3:  # a group of polar images to sum
+                polar = polar.sum(axis=0, dtype=np.float32)
+            if polar.ndim != 2:
+                raise FrameError(f"a polar image must be 2-D, got shape {polar.shape}", path=source or None)
+            return polar, self._contrast(polar)
+        assert self._pre is not None
+        self.config.geometry.check_frame_shape(np.shape(data), source or None)
+        polar = self._pre.polar(data)
+        pmap = self._pre.map
+        inside = polar[pmap.inside]
+        if inside.size and inside.min() == inside.max():
+            # A constant frame carries no information; its only "edge" is the detector footprint.
+            warnings.warn(f"{source or 'frame'}: constant frame, no peaks can be found", DataWarning, stacklevel=2)
+            return polar, np.zeros_like(polar)
+        return polar, self._pre.contrast(polar)
+
+    def detect(self, data: np.ndarray, *, frame: int = 0, source: str = "") -> PeakTable:
+        """One frame (or a group of frames to sum) → its :class:`PeakTable`."""
+        return self._detect_batch([(frame, source, data)])[0]
+
+    def _detect_batch(self, items: list[tuple[int, str, np.ndarray]]) -> list[PeakTable]:
+        polars, images = [], []
+        for _, source, data in items:
+            polar, img = self.prepare(data, source)
+            polars.append(polar)
+            images.append(img)
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise FrameError(f"images of different shapes in one batch: {sorted(shapes)}")
+        results = self.detector.boxes(np.stack(images))
+        tables = []
+        for (frame, source, _), polar, (boxes, scores) in zip(items, polars, results):
+            tables.append(
+                PeakTable.from_boxes(
+                    boxes, scores, frame=frame, source=source, image_shape=images[0].shape, q_max=self.q_max, polar=polar
+                )
+            )
+        return tables
+
+    def iter_tables(self, frames: Iterable[Any]) -> Iterator[PeakTable]:
+        """Stream of frames (objects with ``index``, ``source``, ``data``) → one PeakTable per frame, in order.
+
+        Frames are grouped into batches of ``batch``; only one batch is held in memory at a time.
+        """
+        pending: list[tuple[int, str, np.ndarray]] = []
+        for fr in frames:
+            pending.append((fr.index, fr.source, fr.data))
+            if len(pending) == self.batch:
+                yield from self._detect_batch(pending)
+                pending = []
+        if pending:
+            yield from self._detect_batch(pending)
+
+    def run(self, frames: Iterable[Any], progress: Callable[[PeakTable], None] | None = None) -> PeakTable:
+        """All frames → one PeakTable; ``progress`` is called after each frame with its table."""
+        tables = []
+        for table in self.iter_tables(frames):
+            tables.append(table)
+            if progress is not None:
+                progress(table)
+        return PeakTable.concat(tables)
