@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, save, timeit  # noqa: E402
+from _common import environment, save, timeit
 
 
 def opencv_chain(frame, mx, my, coef: float, clip: float):
@@ -61,17 +61,16 @@ def main(argv=None) -> int:
     for backend in ("reference", "cpu"):
         polar = np.empty(g.polar_shape, np.float32)
         proc = np.empty(g.polar_shape, np.float32)
-        stages[f"remap/{backend}"] = timeit(lambda: kernels.polar_remap(frame, pmap, out=polar, backend=backend), args.runs)
-        stages[f"contrast/{backend}"] = timeit(
-            lambda: kernels.contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, out=proc, backend=backend), args.runs
-        )
-        stages[f"remap+contrast/{backend}"] = timeit(
-            lambda: kernels.contrast(
-                kernels.polar_remap(frame, pmap, out=polar, backend=backend),
-                coef=c.coef, clip_limit=c.limit, log=c.log, out=proc, backend=backend,
-            ),
-            args.runs,
-        )
+
+        def remap(b=backend, o=polar):
+            return kernels.polar_remap(frame, pmap, out=o, backend=b)
+
+        def enhance(b=backend, p=polar, o=proc):
+            return kernels.contrast(p, coef=c.coef, clip_limit=c.limit, log=c.log, out=o, backend=b)
+
+        stages[f"remap/{backend}"] = timeit(remap, args.runs)
+        stages[f"contrast/{backend}"] = timeit(enhance, args.runs)
+        stages[f"remap+contrast/{backend}"] = timeit(lambda r=remap, e=enhance: (r(), e()), args.runs)
         stages[f"remap/{backend}"]["max_abs_diff_vs_reference"] = float(np.abs(polar - ref_polar).max())
         stages[f"contrast/{backend}"]["max_abs_diff_vs_reference"] = float(np.abs(proc - ref_proc).max())
 

@@ -155,9 +155,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=n_frames, unit="frame", file=sys.stderr, dynamic_ncols=True)
 
-    def progress(table) -> None:
+    gixi = None
+    if args.gixi_compat:
+        from .io.gixi_compat import GixiCompatWriter
+
+        if args.input == "processed":
+            raise GixdrtError("--gixi-compat stores the polar image: use --input raw or polar")
+        gixi = GixiCompatWriter(Path(args.gixi_compat))
+
+    def progress(result) -> None:
         nonlocal found
-        found += len(table)
+        found += len(result.table)
+        if gixi is not None:
+            gixi.add(result.frame, result.source, result.table, result.polar)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(peaks=found, refresh=False)
@@ -165,6 +175,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         table = pipe.run(frames, progress=progress)
+    except BaseException as exc:
+        if gixi is not None:
+            gixi.__exit__(type(exc), exc, exc.__traceback__)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -181,6 +195,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         **{k: float(v) for k, v in detector.thresholds.items()},
     }
     write_peaks(out, table, n_frames=n_frames, metadata=metadata)
+    if gixi is not None:
+        gixi.close()
+        print(f"gixi-compatible file ({gixi.frames} frame groups) → {gixi.path}", file=sys.stderr)
     done = len(np.unique(table.frame)) if len(table) else 0
     print(f"{len(table)} peak(s) in {n_frames} frame(s) ({done} with peaks), {dt:.2f} s "
           f"({n_frames / dt if dt > 0 else float('inf'):.2f} frames/s) → {out}")
@@ -246,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="frames per detector call (default 1)")
     p.add_argument("--kernel-backend", choices=backends, default=None, help="preprocessing kernel backend")
     p.add_argument("--out", required=True, help="peak table: .csv or .h5")
+    p.add_argument("--gixi-compat", metavar="FILE.h5",
+                   help="also write the authors' per-frame-group HDF5 layout (normalized boxes, scores, polar image, "
+                        "intensities) that their viewer opens")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
 

@@ -29,20 +29,21 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
 
 __all__ = [
-    "Geometry",
-    "ContrastConfig",
-    "PostprocessConfig",
     "Config",
+    "ContrastConfig",
+    "Geometry",
     "PolarMap",
+    "PostprocessConfig",
     "load_config",
     "polar_map",
 ]
@@ -183,7 +184,7 @@ class Geometry:
 
     # -- constructors ----------------------------------------------------------------------------
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any], path: str | os.PathLike | None = None) -> "Geometry":
+    def from_mapping(cls, cfg: Mapping[str, Any], path: str | os.PathLike | None = None) -> Geometry:
         """Build from the published gixi YAML layout (``q_space`` and ``polar_config`` sections)."""
         p = None if path is None else os.fspath(path)
         if not isinstance(cfg, Mapping):
@@ -234,7 +235,7 @@ class Geometry:
         n_q: int = 1024,
         flip_y: bool = True,
         flip_x: bool = False,
-    ) -> "Geometry":
+    ) -> Geometry:
         """Build from a pyFAI PONI file (versions 1 and 2) plus the incidence angle α in degrees.
 
         pyFAI gives distances in metres with the origin at the corner of the first pixel; pixel centres
@@ -345,7 +346,7 @@ class ContrastConfig:
     disable: bool = False
 
     @classmethod
-    def from_mapping(cls, section: Mapping[str, Any] | None, path: str | None = None) -> "ContrastConfig":
+    def from_mapping(cls, section: Mapping[str, Any] | None, path: str | None = None) -> ContrastConfig:
         s = section or {}
         if not isinstance(s, Mapping):
             raise ConfigError("expected a mapping", path=path, key="contrast")
@@ -371,7 +372,7 @@ class PostprocessConfig:
     score_level: float = 0.6
 
     @classmethod
-    def from_mapping(cls, section: Mapping[str, Any] | None, path: str | None = None) -> "PostprocessConfig":
+    def from_mapping(cls, section: Mapping[str, Any] | None, path: str | None = None) -> PostprocessConfig:
         s = section or {}
         if not isinstance(s, Mapping):
             raise ConfigError("expected a mapping", path=path, key="postprocessing_config")

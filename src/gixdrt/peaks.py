@@ -17,8 +17,8 @@ Without a geometry (polar or processed images given directly) ``q``, ``phi`` and
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class PeakTable:
     def columns(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in COLUMNS}
 
-    def select(self, mask: np.ndarray) -> "PeakTable":
+    def select(self, mask: np.ndarray) -> PeakTable:
         return PeakTable(**{name: col[mask] for name, col in self.columns().items()})
 
     def counts_per_frame(self, n_frames: int | None = None) -> np.ndarray:
@@ -76,11 +76,11 @@ class PeakTable:
         return np.bincount(self.frame, minlength=n).astype(np.int64)
 
     @classmethod
-    def empty(cls) -> "PeakTable":
+    def empty(cls) -> PeakTable:
         return cls(**{name: np.zeros(0) for name in COLUMNS})
 
     @classmethod
-    def concat(cls, tables: Iterable["PeakTable"]) -> "PeakTable":
+    def concat(cls, tables: Iterable[PeakTable]) -> PeakTable:
         tables = list(tables)
         if not tables:
             return cls.empty()
@@ -97,7 +97,7 @@ class PeakTable:
         image_shape: Sequence[int],
         q_max: float | None = None,
         polar: np.ndarray | None = None,
-    ) -> "PeakTable":
+    ) -> PeakTable:
         """Build the table of one frame.
 
         boxes: float[K, 4] (x0, y0, x1, y1) in polar pixels; scores: float[K] (sorted or not: rows are

@@ -11,8 +11,9 @@ config is given.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,32 @@ from .peaks import PeakTable
 from .preprocess import Preprocessor
 
 INPUTS = ("raw", "polar", "processed")
+
+
+def _constant_frames(data: Any) -> bool:
+    """True when every raw frame of ``data`` ([H, W] or [N, H, W], NumPy or CuPy) is constant."""
+    d = data if hasattr(data, "reshape") and hasattr(data, "min") else np.asarray(data)
+    if not d.size:
+        return False
+    d = d.reshape(d.shape[0] if d.ndim == 3 else 1, -1)
+    return bool((d.min(axis=1) == d.max(axis=1)).all())
+
+
+def _constant_inside(polar: np.ndarray, inside: np.ndarray) -> bool:
+    """True when the polar image is constant over the pixels that sample the detector."""
+    values = polar[inside]
+    return bool(values.size and values.min() == values.max())
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame's outcome: its index and source, its peaks, and its uncorrected polar image (None for
+    ``input="processed"``)."""
+
+    frame: int
+    source: str
+    table: PeakTable
+    polar: np.ndarray | None
 
 
 @dataclass
@@ -80,9 +107,9 @@ class Pipeline:
         assert self._pre is not None
         self.config.geometry.check_frame_shape(np.shape(data), source or None)
         polar = self._pre.polar(data)
-        pmap = self._pre.map
-        inside = polar[pmap.inside]
-        if inside.size and inside.min() == inside.max():
+        # Test the raw frame(s), not only the polar image: pixels only partly on the detector mix a
+        # constant value with the zero border, so the polar image of a constant frame is not constant.
+        if _constant_frames(data) or _constant_inside(polar, self._pre.map.inside):
             # A constant frame carries no information; its only "edge" is the detector footprint.
             warnings.warn(f"{source or 'frame'}: constant frame, no peaks can be found", DataWarning, stacklevel=2)
             return polar, np.zeros_like(polar)
@@ -90,9 +117,9 @@ class Pipeline:
 
     def detect(self, data: np.ndarray, *, frame: int = 0, source: str = "") -> PeakTable:
         """One frame (or a group of frames to sum) → its :class:`PeakTable`."""
-        return self._detect_batch([(frame, source, data)])[0]
+        return self._detect_batch([(frame, source, data)])[0].table
 
-    def _detect_batch(self, items: list[tuple[int, str, np.ndarray]]) -> list[PeakTable]:
+    def _detect_batch(self, items: list[tuple[int, str, np.ndarray]]) -> list[FrameResult]:
         polars, images = [], []
         for _, source, data in items:
             polar, img = self.prepare(data, source)
@@ -102,20 +129,17 @@ class Pipeline:
         if len(shapes) != 1:
             raise FrameError(f"images of different shapes in one batch: {sorted(shapes)}")
         results = self.detector.boxes(np.stack(images))
-        tables = []
+        out = []
         for (frame, source, _), polar, (boxes, scores) in zip(items, polars, results):
-            tables.append(
-                PeakTable.from_boxes(
-                    boxes, scores, frame=frame, source=source, image_shape=images[0].shape, q_max=self.q_max, polar=polar
-                )
+            table = PeakTable.from_boxes(
+                boxes, scores, frame=frame, source=source, image_shape=images[0].shape, q_max=self.q_max, polar=polar
             )
-        return tables
+            out.append(FrameResult(frame, source, table, polar))
+        return out
 
-    def iter_tables(self, frames: Iterable[Any]) -> Iterator[PeakTable]:
-        """Stream of frames (objects with ``index``, ``source``, ``data``) → one PeakTable per frame, in order.
-
-        Frames are grouped into batches of ``batch``; only one batch is held in memory at a time.
-        """
+    def iter_results(self, frames: Iterable[Any]) -> Iterator[FrameResult]:
+        """Stream of frames (objects with ``index``, ``source``, ``data``) → one :class:`FrameResult` per
+        frame, in order. Frames are grouped into batches of ``batch``; one batch is held at a time."""
         pending: list[tuple[int, str, np.ndarray]] = []
         for fr in frames:
             pending.append((fr.index, fr.source, fr.data))
@@ -125,11 +149,16 @@ class Pipeline:
         if pending:
             yield from self._detect_batch(pending)
 
-    def run(self, frames: Iterable[Any], progress: Callable[[PeakTable], None] | None = None) -> PeakTable:
-        """All frames → one PeakTable; ``progress`` is called after each frame with its table."""
+    def iter_tables(self, frames: Iterable[Any]) -> Iterator[PeakTable]:
+        """Like :meth:`iter_results`, tables only."""
+        for result in self.iter_results(frames):
+            yield result.table
+
+    def run(self, frames: Iterable[Any], progress: Callable[[FrameResult], None] | None = None) -> PeakTable:
+        """All frames → one PeakTable; ``progress(result)`` is called after each frame."""
         tables = []
-        for table in self.iter_tables(frames):
-            tables.append(table)
+        for result in self.iter_results(frames):
+            tables.append(result.table)
             if progress is not None:
-                progress(table)
+                progress(result)
         return PeakTable.concat(tables)

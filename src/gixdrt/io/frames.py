@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FrameError
+from .atomic import atomic_path
 
 SUPPORTED_DTYPES = ("float32", "float64", "uint8", "uint16", "int16", "uint32", "int32")
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
@@ -185,9 +186,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".tif", ".tiff", ".png"):
         raise ValueError(f"{path}: unsupported output format {suffix or '(no suffix)'}; use .npy, .tif or .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, image)
@@ -197,9 +196,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
             tifffile.imwrite(tmp, image)
         else:
             _write_png16(tmp, image)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

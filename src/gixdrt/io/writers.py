@@ -18,8 +18,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..peaks import COLUMNS, PeakTable
+from .atomic import atomic_path
 
 __all__ = ["read_peaks", "write_peaks"]
 
@@ -73,25 +73,12 @@ def write_peaks(
             f"{path}: frame indices {table.frame.min()}…{table.frame.max()} do not fit n_frames={n_frames}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         if kind == "csv":
             _write_csv(tmp, table)
         else:
             _write_h5(tmp, table, n_frames, dict(metadata or {}), final=path)
     return path
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path``, renamed onto it when the block completes, removed otherwise."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part{path.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash never leaves a truncated file
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from gixdrt.kernels.reference.contrast import (
     check_contrast_args,
     clahe_geometry,
     clip_count,
+    degenerate,
     reflect101,
     span_scale,
 )
@@ -72,8 +73,7 @@ def _clip_lut(hist, clip, bins, area, lut):
     for i in range(m):
         c = hist[i]
         if clip > 0:
-            if c > clip:
-                c = clip
+            c = min(c, clip)
             c += batch
             if left > 0 and i == next_r:
                 c += 1
@@ -81,8 +81,7 @@ def _clip_lut(hist, clip, bins, area, lut):
                 next_r += step
         s += c
         v = np.rint(np.float32(s) * scale)
-        if v > top:
-            v = top
+        v = min(v, top)
         lut[i] = v
 
 
@@ -406,22 +405,9 @@ def contrast(
     bad = np.empty(nchunks, dtype=np.int64)
     _minmax(p, nchunks, mins, maxs, bad)
     n_bad = int(bad.sum())
-    if n_bad == size:
-        warnings.warn(
-            f"contrast: no finite pixel in the {polar.shape} image; returning zeros", DataWarning, stacklevel=2
-        )
-        out[...] = 0
-        return out
-    if n_bad:
-        warnings.warn(
-            f"contrast: {n_bad} non-finite pixel(s) (NaN/Inf) treated as the image minimum",
-            DataWarning,
-            stacklevel=2,
-        )
-    vmin = np.float32(mins.min())
-    vmax = np.float32(maxs.max())
-    if vmax == vmin:
-        warnings.warn(f"contrast: constant image (all pixels = {vmin}); returning zeros", DataWarning, stacklevel=2)
+    vmin = np.float32(mins.min()) if n_bad < size else None
+    vmax = np.float32(maxs.max()) if n_bad < size else None
+    if degenerate(polar.shape, n_bad, vmin, vmax, stacklevel=3):
         out[...] = 0
         return out
 

@@ -234,8 +234,7 @@ def _hist16_kernel(img, parts, tiles_x, th, tw, hist):
 def _clipped(hcount, i, clip, batch, residual, step):
     c = hcount
     if clip > 0:
-        if c > clip:
-            c = clip
+        c = min(c, clip)
         c += batch
         if residual > 0 and i % step == 0 and i // step < residual:
             c += 1
@@ -305,7 +304,7 @@ def _lut_kernel(hist, m, clip, bins, scale, luts, fold):
     for i in range(i0, i1):
         s += _clipped(hist[base + i], i, clip, batch, residual, step)
         lv = _rintf(_fmul(np.float32(s), scale))
-        luts[base + i] = lv if lv <= top else top
+        luts[base + i] = min(lv, top)
     if not fold:
         return
 
@@ -365,7 +364,7 @@ def _interp_kernel(img, luts, bins, tiles_x, tiles_y, inv_tw, inv_th, out):
         t1 = _fadd(_fmul(luts[(r1 + x1) * bins + v], xa1), _fmul(luts[(r1 + x2) * bins + v], xa))
         t2 = _fadd(_fmul(luts[(r2 + x1) * bins + v], xa1), _fmul(luts[(r2 + x2) * bins + v], xa))
         r = _rintf(_fadd(_fmul(t1, ya1), _fmul(t2, ya)))
-        out[y, x] = r if r <= top else top
+        out[y, x] = min(r, top)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 
 from gixdrt.errors import DataWarning
 
-__all__ = ["clahe", "contrast", "check_clahe_args", "check_contrast_args", "clahe_geometry", "clip_count"]
+__all__ = ["check_clahe_args", "check_contrast_args", "clahe", "clahe_geometry", "clip_count", "contrast"]
 
 _BINS = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
 #: largest clip value OpenCV can represent (an ``int``); a larger one means "no clipping" here.
@@ -262,6 +262,28 @@ def span_scale(vmin: np.float32, vmax: np.float32) -> np.float32:
         return np.float32(1.0) if np.isfinite(vmax - vmin) else np.float32(0.5)
 
 
+def degenerate(shape: tuple[int, ...], n_bad: int, vmin, vmax, *, stacklevel: int = 2) -> bool:
+    """Warn about degenerate contrast input; True when the chain's result is all zeros.
+
+    n_bad: number of non-finite pixels; vmin/vmax: the finite extrema (None when there is none).
+    Shared by the host backends so that they warn alike.
+    """
+    size = int(np.prod(shape))
+    if n_bad == size:
+        warnings.warn(f"contrast: no finite pixel in the {shape} image; returning zeros", DataWarning, stacklevel=stacklevel + 1)
+        return True
+    if n_bad:
+        warnings.warn(
+            f"contrast: {n_bad} non-finite pixel(s) (NaN/Inf) treated as the image minimum",
+            DataWarning,
+            stacklevel=stacklevel + 1,
+        )
+    if vmax == vmin:
+        warnings.warn(f"contrast: constant image (all pixels = {vmin}); returning zeros", DataWarning, stacklevel=stacklevel + 1)
+        return True
+    return False
+
+
 def contrast(
     polar: np.ndarray,
     *,
@@ -298,25 +320,12 @@ def contrast(
 
     finite = np.isfinite(polar)
     n_bad = int(finite.size - np.count_nonzero(finite))
-    if n_bad == finite.size:
-        warnings.warn(
-            f"contrast: no finite pixel in the {polar.shape} image; returning zeros", DataWarning, stacklevel=2
-        )
+    vmin = polar[finite].min() if n_bad < finite.size else None
+    vmax = polar[finite].max() if n_bad < finite.size else None
+    if degenerate(polar.shape, n_bad, vmin, vmax, stacklevel=3):
         out[...] = 0
         return out
-    if n_bad:
-        warnings.warn(
-            f"contrast: {n_bad} non-finite pixel(s) (NaN/Inf) treated as the image minimum",
-            DataWarning,
-            stacklevel=2,
-        )
-    vmin = polar[finite].min()
-    vmax = polar[finite].max()
     p = np.where(finite, polar, vmin).astype(np.float32)
-    if vmax == vmin:
-        warnings.warn(f"contrast: constant image (all pixels = {vmin}); returning zeros", DataWarning, stacklevel=2)
-        out[...] = 0
-        return out
 
     one = np.float32(1.0)
     s = span_scale(vmin, vmax)
