@@ -38,6 +38,31 @@ def timeit(fn: Callable[[], Any], runs: int, warmup: int = 3, sync: Callable[[],
     }
 
 
+def timeit_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Time several candidates round-robin (one run of each in turn), so that load from other processes
+    on a shared machine falls on all of them alike. Returns ``{name: stats}`` as :func:`timeit`."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: np.empty(runs) for name in fns}
+    for i in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name][i] = time.perf_counter() - t0
+    out = {}
+    for name, t in times.items():
+        ms = t * 1e3
+        out[name] = {
+            "median_ms": float(np.median(ms)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "min_ms": float(ms.min()),
+            "mean_ms": float(ms.mean()),
+            "runs": runs,
+        }
+    return out
+
+
 def environment() -> dict[str, Any]:
     """Machine and library versions for a result file."""
     import numba
