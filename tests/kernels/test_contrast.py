@@ -173,6 +173,144 @@ def test_out_and_argument_errors(backend):
 
 
 # ------------------------------------------------------------------------------------------------
+# CPU fast path internals: the thresholds of u(p) (see gixdrt.kernels.cpu.contrast)
+# ------------------------------------------------------------------------------------------------
+def _u_reference(img, coef, log):
+    """u per pixel with the reference's float32 operations (NaN/±Inf count as the minimum)."""
+    f32 = np.float32
+    finite = np.isfinite(img)
+    vmin, vmax = img[finite].min(), img[finite].max()
+    p = np.where(finite, img, vmin).astype(np.float32)
+    s = ref.span_scale(vmin, vmax)
+    n = (p * s - vmin * s) / (vmax * s - vmin * s)
+    a = ref.log10_f32(f32(coef) * n + f32(1.0)) if log else n
+    amin, amax = a.min(), a.max()
+    if int(f32(coef)) == 0:  # 0/0 when amax == amin; the reference's uint16(NaN) is 0 on x86
+        return np.zeros(img.shape, np.uint16)
+    return (f32(coef) * ((a - amin) / (amax - amin))).astype(np.uint16)
+
+
+def _hard_images():
+    rng = np.random.default_rng(11)
+    f32 = np.float32
+    yield "heavy-tail", (rng.random(4000) ** 6 * 1e3 - 70.0).astype(f32)
+    yield "negative", -(10.0 ** rng.uniform(-3, 5, 4000)).astype(f32)
+    yield "huge-range", rng.uniform(-3e38, 3e38, 4000).astype(f32)  # vmax - vmin overflows: s = 0.5
+    tiny = np.concatenate([rng.uniform(-3e38, 3e38, 2000), [1e-45, 3e-39, -2e-44, 0.0]])
+    yield "huge-range+subnormals", tiny.astype(f32)  # v·0.5 rounds on subnormals
+    yield "decades", (10.0 ** rng.uniform(-30, 30, 4000)).astype(f32)
+    yield "subnormal", (rng.random(4000) * 1e-39).astype(f32)
+    one_up = np.nextafter(f32(1.0), f32(2.0))
+    yield "few-ulps", np.array([1.0, one_up, np.nextafter(one_up, f32(2.0)), 1.0 + 2**-20], f32)  # u jumps
+    bad = (rng.random(4000) * 50.0).astype(f32)
+    bad[::97], bad[5], bad[7] = np.nan, np.inf, -np.inf
+    yield "non-finite", bad
+
+
+def _around_thresholds(img, thr):
+    """img plus every threshold and its two float32 neighbours (clipped to the finite range, so
+    that the extrema and hence the thresholds stay the same)."""
+    finite = img[np.isfinite(img)]
+    lo, hi = finite.min(), finite.max()
+    f32 = np.float32
+    around = np.concatenate([thr, np.nextafter(thr, f32(-np.inf)), np.nextafter(thr, f32(np.inf))])
+    return np.concatenate([img, np.clip(around, lo, hi)]).astype(f32)
+
+
+@pytest.mark.parametrize("log", [True, False])
+@pytest.mark.parametrize("coef", [300.0, 5000.0, 65535.0, 1000.5, 1.5, 0.5])
+def test_cpu_thresholds_exact(coef, log):
+    """The thresholds are the smallest float32 values of each level, and u from the bucket grid equals
+    the per-pixel u on values exactly at and one ulp around every threshold."""
+    from gixdrt.kernels.cpu import contrast as cpu
+
+    f32 = np.float32
+    c32 = f32(coef)
+    umax = int(c32)
+    for name, base in _hard_images():
+        finite = base[np.isfinite(base)]
+        vmin, vmax = finite.min(), finite.max()
+        _, _, _, _, thr_pad = cpu._prepare(vmin, vmax, c32, log, 2, cpu._MAX_BUCKETS)
+        thr = thr_pad[1:-1]
+        assert thr.size == umax and thr_pad[0] == -np.inf and thr_pad[-1] == np.inf
+        img = _around_thresholds(base, thr)
+        want = _u_reference(img, coef, log)
+        # T_k is the smallest value with u >= k
+        if umax:
+            k = np.arange(1, umax + 1)
+            below = np.clip(np.nextafter(thr, f32(-np.inf)), vmin, vmax)
+            u_at, u_below = want[base.size:base.size + umax], want[base.size + umax:base.size + 2 * umax]
+            assert np.array_equal(img[base.size:base.size + 2 * umax], np.concatenate([thr, below])), name
+            assert (u_at >= k).all(), f"{name}: u(T_k) < k"
+            assert (u_below < k).all(), f"{name}: u just below T_k reaches k"
+            assert (thr > vmin).all() and (thr <= vmax).all() and (np.diff(thr) >= 0).all(), name
+        for direct in (False, True):
+            for max_buckets in (cpu._MAX_BUCKETS, 8 if umax <= 5000 else 512):  # many thresholds per bucket
+                for nchunks in (1, 3):
+                    u, hist = cpu._levels(img, vmin, vmax, c32, log, nchunks, direct=direct, max_buckets=max_buckets)
+                    what = f"{name} coef={coef} log={log} direct={direct} buckets<={max_buckets} chunks={nchunks}"
+                    np.testing.assert_array_equal(u, want, err_msg=what)
+                    counts = np.bincount(want, minlength=umax + 1)
+                    np.testing.assert_array_equal(hist.sum(axis=(0, 2)), counts, err_msg=what)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            got = kernels.contrast(img[None, :], coef=coef, log=log, backend="cpu")
+            np.testing.assert_array_equal(got, ref.contrast(img[None, :], coef=coef, log=log), err_msg=name)
+
+
+def test_cpu_threshold_search_safety_net():
+    """The bisection that backs up the guesses finds the same thresholds from arbitrary starting values."""
+    from gixdrt.kernels.cpu import contrast as cpu
+
+    rng = np.random.default_rng(13)
+    f32 = np.float32
+    cases = [  # (step, constant, value at vmin, value at vmax)
+        (cpu._MUL, f32(5000.0), f32(0.0), f32(1.0)),
+        (cpu._DIV, f32(3.7), f32(0.0), f32(3.7)),
+        (cpu._SUB, f32(-70.2), f32(-70.2), f32(1048.2)),
+        (cpu._ADD, f32(1.0), f32(0.0), f32(65535.0)),
+        (cpu._LOG, f32(0.0), f32(1.0), f32(5001.0)),
+    ]
+    for kind, c, lo, hi in cases:
+        ops = np.array([cpu._op(kind, v, c) for v in (lo, hi)], f32)
+        tgt = np.unique(rng.uniform(ops[0], ops[1], 300).astype(f32))
+        tgt = tgt[(tgt > ops[0]) & (tgt <= ops[1])]
+        want = np.empty_like(tgt)
+        cpu._stage(kind, c, lo, hi, tgt, want)
+        for start in (np.full_like(tgt, lo), np.full_like(tgt, hi), rng.uniform(lo, hi, tgt.size).astype(f32)):
+            got = start.copy()
+            cpu._stage_search(kind, c, lo, hi, tgt, got)
+            np.testing.assert_array_equal(got, want, err_msg=f"kind {kind}")
+        # and they are the smallest values reaching the targets
+        at = np.array([cpu._op(kind, v, c) for v in want], f32)
+        below = np.array([cpu._op(kind, v, c) for v in np.nextafter(want, f32(-np.inf))], f32)
+        assert (at >= tgt).all() and (below < tgt).all(), f"kind {kind}"
+
+
+def test_cpu_thresholds_one_part_equals_two():
+    from gixdrt.kernels.cpu import contrast as cpu
+
+    img = dict(_hard_images())["heavy-tail"]
+    args = (img.min(), img.max(), np.float32(5000.0), True)
+    one = cpu._prepare(*args, 1, cpu._MAX_BUCKETS)[-1]
+    two = cpu._prepare(*args, 2, cpu._MAX_BUCKETS)[-1]
+    np.testing.assert_array_equal(one, two)
+
+
+def test_cpu_full_size_uses_thresholds_and_matches():
+    """512x1024 with the default coef takes the threshold path; an inexact threshold shows in u."""
+    from gixdrt.kernels.cpu import contrast as cpu
+
+    rng = np.random.default_rng(12)
+    img = (rng.standard_cauchy((512, 1024)) * 5.0 + 20.0).astype(np.float32)
+    assert img.size >= cpu._DIRECT_BELOW * 5001  # the threshold path is the default here
+    p = img.reshape(-1)
+    u, _ = cpu._levels(p, p.min(), p.max(), np.float32(5000.0), True, 2)
+    np.testing.assert_array_equal(u, _u_reference(p, 5000.0, True))
+    np.testing.assert_array_equal(kernels.contrast(img, backend="cpu"), ref.contrast(img))
+
+
+# ------------------------------------------------------------------------------------------------
 # CUDA (simulator without a GPU: tiny images)
 # ------------------------------------------------------------------------------------------------
 def _gpu():
