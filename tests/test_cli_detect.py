@@ -280,8 +280,9 @@ def test_convert_then_detect_with_converted_model(real_csv, published_assets, tm
     assert card["name"] == "save_only_largest_2"
     assert card["provenance"]["file"] == "save_only_largest_2.h5" and len(card["provenance"]["sha256"]) == 64
     out = tmp_path / "q.csv"
+    # the same backend as the first run (torch), so the weights alone are compared, to 1e-4 px
     assert main(["detect", str(published_assets.frame), "--config", str(published_assets.config),
-                 "--model", str(model_dir), "--out", str(out)]) == 0
+                 "--model", str(model_dir), "--backend", "torch", "--out", str(out)]) == 0
     _, _, table = read_csv(out)
     first = read_csv(real_csv)[2]
     match(table.boxes, table.score)

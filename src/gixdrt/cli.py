@@ -140,6 +140,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         args.model,
         backend=args.backend,
         device=args.device,
+        precision=args.precision,
+        threads=args.threads,
         score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else 0.6),
         nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else 0.1),
         max_detections=args.max_detections,
@@ -222,6 +224,40 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from .sim import SimConfig, simulate_to_file
+
+    config = None
+    if args.sim_config:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(args.sim_config).read_text(encoding="utf-8")) or {}
+            config = SimConfig.from_dict(data.get("sim", data))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise GixdrtError(f"{args.sim_config}: {exc}") from None
+    try:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        if len(size) != 2:
+            raise ValueError
+    except ValueError:
+        raise GixdrtError(f"--size {args.size!r}: expected HxW, e.g. 512x512") from None
+    t0 = time.perf_counter()
+    try:
+        out = simulate_to_file(args.n, args.seed, args.out, size=size, config=config,
+                               progress=not args.no_progress, start=args.start, workers=args.workers)
+    except ValueError as exc:
+        raise GixdrtError(str(exc)) from None
+    dt = time.perf_counter() - t0
+    print(f"{args.n} simulated {size[0]}×{size[1]} images (seed {args.seed}) in {dt:.1f} s "
+          f"({args.n / dt if dt > 0 else float('inf'):.1f} images/s) → {out}")
+    if args.verbose:
+        print(json.dumps((config or SimConfig()).to_dict(), indent=2))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import print_report
 
@@ -254,8 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
                    help="raw detector frames (default), polar images, or processed (contrast-enhanced) polar images")
     p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch"], help="detector backend (default auto)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                   help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
     p.add_argument("--score-threshold", type=float, default=None, help="keep peaks scoring ≥ this (default: config or 0.6)")
     p.add_argument("--nms-iou", type=float, default=None, help="final NMS IoU (default: config or 0.1)")
     p.add_argument("--max-detections", type=int, default=250, help="at most this many peaks per frame (default 250)")
@@ -280,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends, default=None, help="kernel backend (default: cpu)")
     p.add_argument("--model", default="default", help="detector model (default: default)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="simulated polar GIXD images with ground-truth boxes → .npz")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="seed (image i of a seed is always the same)")
+    p.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")
+    p.add_argument("--size", default="512x512", help="HxW: 512x512 (default) or 512x1024")
+    p.add_argument("--sim-config", help="YAML with simulator parameters (a 'sim' section or the parameters)")
+    p.add_argument("--workers", type=int, default=1, help="processes (the result does not depend on it)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="print the simulator configuration")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)

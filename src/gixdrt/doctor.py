@@ -60,6 +60,13 @@ def report() -> dict[str, Any]:
         rows["gixdrt._ext"] = (True, detail)
     except Exception as exc:
         rows["gixdrt._ext"] = (False, f"not importable ({exc}); the pure-Python paths still work")
+    try:
+        from .engine import backend_status
+
+        for (backend, kind), why in backend_status().items():
+            rows[f"detector {backend} on {kind}"] = (why is None, "available" if why is None else why)
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        rows["detector backends"] = (False, f"probe failed ({exc})")
     from . import kernels
 
     for op in kernels.registered():

@@ -1,10 +1,56 @@
 """Runners for the detector graphs behind one :class:`Detector` facade.
 
-Backends: ``torch`` (the reference, CPU or CUDA). ONNX Runtime and TensorRT runners join with the engines
-issue; ``auto`` picks the best available backend in a stated order and says which.
+Runners (one lifecycle: ``activate()``, ``infer(feed) -> dict``, ``deactivate()``, or a ``with`` block):
+:class:`TorchRunner` (the reference), :class:`OnnxRuntimeRunner` (CPU provider by default, CUDA where
+onnxruntime-gpu and a GPU exist), :class:`TensorRTRunner` (availability only, for now).
+:class:`Detector` chooses a backend (``auto``: tensorrt > onnxruntime on a GPU > onnxruntime on the CPU >
+torch, logged) and says which; :data:`BACKENDS` lists those available here (probed on first access).
+Runtimes are imported only when used.
 """
 from __future__ import annotations
 
-from .detector import BACKENDS, Detector
+import importlib
+from typing import Any
 
-__all__ = ["BACKENDS", "Detector"]
+from .base import EngineUnavailableError, Runner, TensorMeta, cuda_gpu
+from .detector import PREFERENCE, Detector, backend_status
+
+_LAZY = {
+    "BACKENDS": "detector",
+    "TorchRunner": "pyt",
+    "OnnxRuntimeRunner": "onnxrt",
+    "session_from_onnx": "onnxrt",
+    "onnxruntime_devices": "onnxrt",
+    "TensorRTRunner": "trt",
+    "tensorrt_status": "trt",
+    "OrtStages": "staged",
+}
+
+__all__ = [
+    "BACKENDS",
+    "PREFERENCE",
+    "Detector",
+    "EngineUnavailableError",
+    "OnnxRuntimeRunner",
+    "OrtStages",
+    "Runner",
+    "TensorMeta",
+    "TensorRTRunner",
+    "TorchRunner",
+    "backend_status",
+    "cuda_gpu",
+    "onnxruntime_devices",
+    "session_from_onnx",
+    "tensorrt_status",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,8 @@
-"""The :class:`Detector` facade: contrast-processed polar images in, peak tables out."""
+"""The :class:`Detector` facade: contrast-processed polar images in, peak tables out, on a chosen backend."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -8,11 +10,86 @@ from typing import Any
 import numpy as np
 
 from ..peaks import PeakTable
+from .base import EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
-#: backends in the order ``auto`` prefers them
-BACKENDS = ("torch",)
+__all__ = ["BACKENDS",  # noqa: F822 - computed on first access
+           "PREFERENCE", "Detector", "backend_status"]
+
+#: every backend name, in the order ``auto`` prefers them (each on a GPU before the CPU)
+PREFERENCE = ("tensorrt", "onnxruntime", "torch")
+_CHOICES = (("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("onnxruntime", "cpu"), ("torch", "cpu"))
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@functools.lru_cache(maxsize=1)
+def backend_status() -> dict[tuple[str, str], str | None]:
+    """(backend, device kind) → None when the :class:`Detector` can run it here, else why not.
+
+    Probes once per process: the GPU through the CUDA driver (never TensorRT), ONNX Runtime's providers.
+    """
+    from .trt import tensorrt_status
+
+    torch_ok = _has("torch")
+    no_torch = "PyTorch is not installed (pip install gixdrt[torch])"
+    status: dict[tuple[str, str], str | None] = {}
+    cuda_torch = None
+    if torch_ok:
+        import torch
+
+        cuda_torch = None if torch.cuda.is_available() else "PyTorch sees no CUDA GPU"
+    status["torch", "cpu"] = None if torch_ok else no_torch
+    status["torch", "cuda"] = no_torch if not torch_ok else cuda_torch
+    trt = tensorrt_status()
+    status["tensorrt", "cuda"] = trt or "the TensorRT engine runner is not part of this gixdrt version yet"
+    status["tensorrt", "cpu"] = "TensorRT runs on a CUDA GPU only"
+    if not (_has("onnxruntime") and _has("onnx")):
+        why = "ONNX Runtime and onnx are not installed (pip install gixdrt[onnx])"
+        status["onnxruntime", "cpu"] = status["onnxruntime", "cuda"] = why
+    elif not torch_ok:
+        status["onnxruntime", "cpu"] = status["onnxruntime", "cuda"] = f"{no_torch}: it exports the graphs"
+    else:
+        from .onnxrt import onnxruntime_devices
+
+        devices = onnxruntime_devices()
+        status["onnxruntime", "cpu"] = devices["cpu"]
+        status["onnxruntime", "cuda"] = devices["cuda"] or cuda_torch
+    return status
+
+
+def _available() -> tuple[str, ...]:
+    status = backend_status()
+    return tuple(b for b in PREFERENCE if any(status[b, d] is None for d in ("cuda", "cpu")))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BACKENDS":  # computed on first use: probing imports ONNX Runtime and asks the CUDA driver
+        return _available()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_logged: set[tuple[str, str]] = set()
+
+
+def _choose(device_kind: str | None) -> tuple[str, str]:
+    """``auto``: the first available (backend, device kind) of :data:`_CHOICES` on ``device_kind`` (None: any)."""
+    status = backend_status()
+    candidates = [(b, d) for b, d in _CHOICES if device_kind in (None, d)]
+    if device_kind == "cuda":
+        candidates.append(("torch", "cuda"))
+    for choice in candidates:
+        if status[choice] is None:
+            if choice not in _logged:
+                skipped = "; ".join(f"{b} on {d}: {status[b, d]}" for b, d in candidates[: candidates.index(choice)])
+                log.info("backend auto → %s on %s%s", *choice, f" (not {skipped})" if skipped else "")
+                _logged.add(choice)
+            return choice
+    reasons = "; ".join(f"{b} on {d}: {status[b, d]}" for b, d in candidates)
+    raise EngineUnavailableError(f"no detector backend can run here ({reasons})")
 
 
 class Detector:
@@ -20,9 +97,16 @@ class Detector:
 
     model: a :class:`gixdrt.model.GixdDetector`, or a name/path for :func:`gixdrt.model.load`
         (``"published"``, ``"default"``, a checkpoint path).
-    backend: ``"auto"`` or one of :data:`BACKENDS`. device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    backend: ``"auto"`` (the first available of TensorRT, ONNX Runtime on a GPU, ONNX Runtime on the CPU,
+        PyTorch; logged) or one of ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``; a named backend that cannot
+        run here raises :class:`gixdrt.engine.EngineUnavailableError`. :data:`BACKENDS` lists the available ones.
+    device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None lets ``auto`` choose (the CPU for a named backend
+        other than TensorRT).
+    precision: ``"fp32"`` or ``"fp16"`` (ONNX Runtime graphs only; box arithmetic stays fp32).
+    threads: ONNX Runtime's CPU threads (None: one per core). onnx_cache: where exported graphs are kept
+        (True: ``gixdrt.io.cache_dir() / "onnx"``; a directory; False: a temporary one).
     Thresholds (``score_threshold`` default 0.6, ``nms_iou`` 0.1, ``max_detections`` 250) override the
-    model card's when given.
+    model card's when given. ``last_timings`` holds the seconds per stage of the last CPU call.
     """
 
     def __init__(
@@ -30,29 +114,46 @@ class Detector:
         model: Any = "default",
         *,
         backend: str = "auto",
-        device: str = "cpu",
+        device: str | None = None,
+        precision: str = "fp32",
+        threads: int | None = None,
+        onnx_cache: Any = True,
         score_threshold: float | None = None,
         nms_iou: float | None = None,
         max_detections: int | None = None,
     ):
+        if backend != "auto" and backend not in PREFERENCE:
+            raise ValueError(f"unknown backend {backend!r}; expected auto or one of {', '.join(PREFERENCE)}")
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"unknown precision {precision!r}; expected fp32 or fp16")
         import torch
+
+        try:
+            dev = torch.device(device) if device is not None else None
+        except RuntimeError as exc:
+            raise ValueError(f"invalid device {device!r}: {exc}") from None
+        if dev is not None and dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"invalid device {device!r}: expected cpu or cuda[:N]")
+        if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU")
+        if backend == "auto":
+            backend, kind = _choose(None if dev is None else dev.type)
+        else:
+            kind = dev.type if dev is not None else ("cuda" if backend == "tensorrt" else "cpu")
+            why = backend_status()[backend, kind]
+            if why:
+                raise EngineUnavailableError(f"backend {backend!r} on {kind} is not available here: {why}")
+        if precision != "fp32" and backend == "torch":
+            raise ValueError("precision fp16 is for the exported graphs (backend onnxruntime); torch runs fp32")
+        self.backend = backend
+        self.device = dev if dev is not None else torch.device(kind)
+        self.precision = precision
+        self.last_timings: dict[str, float] = {}
 
         from .. import model as model_pkg
 
-        if backend == "auto":
-            backend = BACKENDS[0]
-            log.info("backend auto → %s", backend)
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown or unavailable backend {backend!r}; available here: {', '.join(BACKENDS)}")
-        self.backend = backend
         self.model_spec = model if isinstance(model, str) else getattr(model, "card", None) or "in-memory model"
         net = model_pkg.load(model) if not isinstance(model, torch.nn.Module) else model
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"invalid device {device!r}: {exc}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU")
         self.model = net.to(self.device).eval()
         if score_threshold is not None:
             self.model.score_threshold = float(score_threshold)
@@ -60,6 +161,12 @@ class Detector:
             self.model.nms_iou = float(nms_iou)
         if max_detections is not None:
             self.model.max_detections = int(max_detections)
+        self._stages = None
+        if backend == "onnxruntime":
+            from .staged import OrtStages
+
+            self._stages = OrtStages(self.model, device=str(self.device), precision=precision, threads=threads,
+                                     cache=onnx_cache)
 
     @property
     def card(self) -> dict[str, Any] | None:
@@ -69,6 +176,21 @@ class Detector:
     def thresholds(self) -> dict[str, float]:
         m = self.model
         return {"score_threshold": m.score_threshold, "nms_iou": m.nms_iou, "max_detections": m.max_detections}
+
+    def describe(self) -> str:
+        """One line: backend, device, precision."""
+        return f"{self.backend} on {self.device}, {self.precision}"
+
+    def close(self) -> None:
+        """Release the runtime sessions (a later call opens them again)."""
+        if self._stages is not None:
+            self._stages.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def boxes(self, images: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """images: float32[N, H, W] or [H, W] processed polar images in [0, 1] (NumPy or torch)
@@ -80,8 +202,16 @@ class Detector:
             x = x[None]
         if x.ndim != 3:
             raise ValueError(f"expected images [N, H, W] or [H, W], got shape {tuple(x.shape)}")
-        with torch.inference_mode():
-            dets = self.model(x[:, None].to(self.device, torch.float32))
+        if x.shape[0] == 0:
+            return []
+        x = x[:, None].to(self.device, torch.float32)
+        if self._stages is not None:
+            dets = self._stages(x)
+            self.last_timings = dict(self._stages.timings)
+        else:
+            with torch.inference_mode():
+                trace = self.model.trace(x, timed=self.device.type == "cpu")
+            dets, self.last_timings = trace.detections, dict(trace.timings)
         return [(d["boxes"].cpu().numpy(), d["scores"].cpu().numpy()) for d in dets]
 
     def detect(

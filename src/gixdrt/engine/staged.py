@@ -1,0 +1,189 @@
+"""The detector as exported graphs plus the between-graph steps: dense graph → proposals → RoIAlign →
+head graph → final filter, on ONNX Runtime.
+
+The two graphs run in ONNX Runtime; proposals, RoIAlign and the final filter are the PyTorch reference ops
+of :mod:`gixdrt.model` on tensors that view the runtime's outputs without copying (``torch.from_numpy`` on
+the CPU). Graphs are exported once per (model weights, image shape, batch, precision) and cached as files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .onnxrt import OnnxRuntimeRunner
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OrtStages", "graph_cache_dir"]
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def graph_cache_dir() -> Path:
+    """Where exported graphs are cached: ``gixdrt.io.cache_dir() / "onnx"``."""
+    from ..io import cache_dir
+
+    return cache_dir() / "onnx"
+
+
+class OrtStages:
+    """Runs ``model`` (a :class:`gixdrt.model.GixdDetector` on the CPU) as exported graphs on ONNX Runtime.
+
+    device: ``"cpu"`` or ``"cuda[:N]"`` (the ONNX Runtime provider; the between-graph ops run on the same
+    device in PyTorch). precision: ``"fp32"`` or ``"fp16"`` (graph weights and activations; inputs, outputs
+    and box arithmetic stay fp32). threads: ONNX Runtime's CPU threads (None: one per core).
+    cache: True (the user cache, :func:`graph_cache_dir`), a directory, or False (a temporary directory
+    removed with this object).
+    """
+
+    def __init__(self, model, *, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 cache: bool | str | os.PathLike = True):
+        from ..export.graphs import model_digest
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.threads = threads
+        if cache is True:
+            self.cache = graph_cache_dir()
+        elif cache is False:
+            self.cache = Path(tempfile.mkdtemp(prefix="gixdrt-onnx-"))
+            weakref.finalize(self, shutil.rmtree, self.cache, True)
+        else:
+            self.cache = Path(cache)
+        self.digest = model_digest(model)
+        self._dense: dict[tuple[int, int, int], OnnxRuntimeRunner] = {}
+        self._head: dict[int, tuple[OnnxRuntimeRunner, Any]] = {}
+        self.timings: dict[str, float] = {}
+
+    # --- graphs ---------------------------------------------------------------------------------
+    def graph_path(self, kind: str, tag: str) -> Path:
+        from ..export.graphs import EXPORT_VERSION
+
+        return self.cache / f"{kind}-{self.digest[:16]}-{tag}-{self.precision}-v{EXPORT_VERSION}.onnx"
+
+    def _runner(self, path: Path, export) -> OnnxRuntimeRunner:
+        """A runner for the cached graph at ``path``, exporting it first when absent or stale."""
+        from ..export.graphs import EXPORT_VERSION
+
+        fresh = not path.is_file()
+        if fresh:
+            t0 = time.perf_counter()
+            export(path)
+            log.info("exported %s in %.1f s", path.name, time.perf_counter() - t0)
+        # no spinning: PyTorch ops run between the graphs and need the cores the idle pool would spin on
+        runner = OnnxRuntimeRunner(path, device=self.device, threads=self.threads, spin=False).activate()
+        meta = runner.metadata()
+        if meta.get("gixdrt.model_sha256") != self.digest or meta.get("gixdrt.export_version") != str(EXPORT_VERSION):
+            if fresh:
+                raise RuntimeError(f"{path}: the exported graph does not carry this model's digest")
+            runner.deactivate()
+            log.warning("%s: cached graph is stale or foreign; exporting again", path)
+            path.unlink(missing_ok=True)
+            return self._runner(path, export)
+        return runner
+
+    def dense_runner(self, height: int, width: int, batch: int) -> OnnxRuntimeRunner:
+        key = (height, width, batch)
+        if key not in self._dense:
+            from ..export import export_dense
+
+            path = self.graph_path("dense", f"{height}x{width}-b{batch}")
+            fp16 = self.precision == "fp16"
+            self._dense[key] = self._runner(
+                path, lambda p: export_dense(self.model, p, shape=(height, width), batch=batch, fp16=fp16)
+            )
+        return self._dense[key]
+
+    def head_runner(self, rois: int) -> tuple[OnnxRuntimeRunner, Any]:
+        """The head graph for ``rois`` RoIs and its padded input buffer (float32[R, C, P, P], reused)."""
+        if rois not in self._head:
+            from ..export import export_head
+
+            path = self.graph_path("head", f"r{rois}")
+            fp16 = self.precision == "fp16"
+            runner = self._runner(path, lambda p: export_head(self.model, p, rois=rois, fp16=fp16))
+            meta = runner.input_metadata()["roi_features"]
+            self._head[rois] = (runner, self._buffer(meta.shape))
+        return self._head[rois]
+
+    def _buffer(self, shape: tuple[int, ...]):
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.zeros(shape, dtype=torch.float32, device=self.device)
+        return torch.from_numpy(np.zeros(shape, np.float32))
+
+    def close(self) -> None:
+        for runner in self._dense.values():
+            runner.deactivate()
+        for runner, _ in self._head.values():
+            runner.deactivate()
+        self._dense.clear()
+        self._head.clear()
+
+    # --- running --------------------------------------------------------------------------------
+    def _as_torch(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in arrays.items()}
+
+    def __call__(self, images) -> list[dict[str, Any]]:
+        """images: float32[N, 1, H, W] torch tensor (on this device) → per image {"boxes", "scores"} tensors,
+        as :meth:`gixdrt.model.GixdDetector.forward` returns them. Seconds per stage go to ``timings``."""
+        import torch
+
+        from ..model.detector import Dense
+
+        model, cfg = self.model, self.model.config
+        n = int(images.shape[0])
+        height, width = model.check_input(images)
+        clock = time.perf_counter
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            t = clock()
+            dense_runner = self.dense_runner(height, width, n)
+            feed = images if self.device.startswith("cuda") else images.contiguous().numpy()
+            out = self._as_torch(dense_runner.infer({"images": feed}))
+            levels = len(cfg.anchor_sizes)
+            logits = [out[f"logits_{i}"] for i in range(levels)]
+            deltas = [out[f"deltas_{i}"] for i in range(levels)]
+            # proposals() reads only the level shapes of P3.. (for the anchors): empty tensors carry them
+            carriers = [lg.new_empty((n, 0, *lg.shape[-2:])) for lg in logits[1:]]
+            dense = Dense([out["p2"], *carriers], logits, deltas, (height, width))
+            t1 = clock()
+            timings["dense"] = t1 - t
+            props = model.proposals(dense)
+            t2 = clock()
+            timings["proposals"] = t2 - t1
+            feats = model.roi_features(out["p2"], props)
+            t3 = clock()
+            timings["roi_align"] = t3 - t2
+            k = int(feats.shape[0])
+            runner, buf = self.head_runner(cfg.rpn_post_nms_top_n * max(n, 1))
+            r = int(buf.shape[0])
+            head_logits, head_deltas = [], []
+            for start in range(0, k, r):  # one pass unless more RoIs than the graph takes
+                m = min(r, k - start)
+                buf[:m].copy_(feats[start : start + m])
+                res = self._as_torch(runner.infer({"roi_features": buf if self.device.startswith("cuda") else buf.numpy()}))
+                head_logits.append(res["logits"][:m].clone())
+                head_deltas.append(res["deltas"][:m].clone())
+            lg = torch.cat(head_logits) if head_logits else feats.new_zeros((0,))
+            dl = torch.cat(head_deltas) if head_deltas else feats.new_zeros((0, 4))
+            t4 = clock()
+            timings["head"] = t4 - t3
+            dets = model.postprocess(lg, dl, props)
+            timings["postprocess"] = clock() - t4
+        self.timings = timings
+        return dets
