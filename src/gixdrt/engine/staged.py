@@ -138,6 +138,33 @@ class OrtStages:
 
         return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in arrays.items()}
 
+    def _roi_features(self, p2, props, buf):
+        """RoIAlign of the proposals on P2 → float32[K, C, S, S]. On the CPU the C++ kernel of gixdrt._ext
+        (multi-threaded) writes straight into the head graph's input buffer when the RoIs fit in it; the
+        PyTorch op is the fallback (GPU here, or an install without the compiled extension)."""
+        import torch
+
+        from ..model import ops
+
+        model, cfg = self.model, self.model.config
+        if not self.device.startswith("cuda"):
+            try:
+                from ..kernels.roi_align import ExtensionUnavailableError, roi_align
+            except ImportError:  # pragma: no cover - the module always exists
+                roi_align = None
+            if roi_align is not None:
+                rois = ops.rois_from_list(props.boxes).numpy()
+                sy, sx = (float(v) for v in model.roi_align.scales[0])
+                k = rois.shape[0]
+                target = buf[:k].numpy() if k <= buf.shape[0] else None
+                try:
+                    res = roi_align(p2.contiguous().numpy(), np.ascontiguousarray(rois, np.float32), cfg.roi_output_size,
+                                    (sy, sx), cfg.roi_sampling_ratio, cfg.roi_aligned, out=target)
+                    return torch.from_numpy(res)
+                except ExtensionUnavailableError:
+                    pass
+        return model.roi_features(p2, props)
+
     def __call__(self, images) -> list[dict[str, Any]]:
         """images: float32[N, 1, H, W] torch tensor (on this device) → per image {"boxes", "scores"} tensors,
         as :meth:`gixdrt.model.GixdDetector.forward` returns them. Seconds per stage go to ``timings``."""
@@ -166,16 +193,17 @@ class OrtStages:
             props = model.proposals(dense)
             t2 = clock()
             timings["proposals"] = t2 - t1
-            feats = model.roi_features(out["p2"], props)
+            runner, buf = self.head_runner(cfg.rpn_post_nms_top_n * max(n, 1))
+            feats = self._roi_features(out["p2"], props, buf)
             t3 = clock()
             timings["roi_align"] = t3 - t2
             k = int(feats.shape[0])
-            runner, buf = self.head_runner(cfg.rpn_post_nms_top_n * max(n, 1))
             r = int(buf.shape[0])
             head_logits, head_deltas = [], []
             for start in range(0, k, r):  # one pass unless more RoIs than the graph takes
                 m = min(r, k - start)
-                buf[:m].copy_(feats[start : start + m])
+                if not (start == 0 and feats.data_ptr() == buf.data_ptr()):  # RoIAlign wrote in place
+                    buf[:m].copy_(feats[start : start + m])
                 res = self._as_torch(runner.infer({"roi_features": buf if self.device.startswith("cuda") else buf.numpy()}))
                 head_logits.append(res["logits"][:m].clone())
                 head_deltas.append(res["deltas"][:m].clone())
