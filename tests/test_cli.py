@@ -144,3 +144,21 @@ def test_simulate_writes_npz_deterministically(tmp_path, capsys):
 def test_simulate_rejects_bad_size(tmp_path, capsys):
     assert main(["simulate", "--n", "1", "--size", "512by512", "--out", str(tmp_path / "x.npz")]) == 1
     assert "--size" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_tiny_config_writes_a_loadable_model(tmp_path, capsys):
+    from pathlib import Path
+
+    from gixdrt.model import load_model
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "train-tiny.yaml"
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--run-dir", str(run), "--steps", "2", "--num-workers", "0",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out
+    model = load_model(run / "model")
+    assert model.card["provenance"]
+    assert main(["train", "--config", str(config), "--run-dir", str(run), "--no-progress"]) == 1  # no overwrite
+    assert "run" in capsys.readouterr().err

@@ -258,6 +258,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import main_train
+
+    overrides = {}
+    for key in ("steps", "batch_size", "device", "amp", "num_workers", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    try:
+        result = main_train(args.config, args.run_dir, resume=args.resume, overrides=overrides or None,
+                            progress=not args.no_progress)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        raise GixdrtError(str(exc)) from None
+    model = result.model_path.parent if result.model_path else "(not saved: stopped before the last step)"
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.last_losses.items())
+    print(f"trained {result.steps} steps in {result.wall_s:.0f} s → {result.run_dir}; model {model}; last losses: {losses}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import print_report
 
@@ -332,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print the simulator configuration")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train the detector on simulated images (the paper's recipe by default)")
+    p.add_argument("--config", help="training YAML (e.g. configs/train-paper.yaml); omit with --resume to reuse the run's")
+    p.add_argument("--run-dir", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--steps", type=int, help="override the number of steps")
+    p.add_argument("--batch-size", type=int, help="override the batch size")
+    p.add_argument("--device", help="override the device (cpu, cuda)")
+    p.add_argument("--amp", help="override mixed precision (none, bf16, fp16)")
+    p.add_argument("--num-workers", type=int, help="override the simulation worker processes")
+    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)

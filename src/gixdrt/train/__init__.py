@@ -1,1 +1,39 @@
-"""Training loop and the paper's evaluation protocol. Arrives with the own-detector issue."""
+"""Training of the detector on simulated images (the paper's recipe).
+
+>>> from gixdrt.train import TrainConfig, train, main_train
+>>> train(TrainConfig.from_yaml("configs/train-tiny.yaml"), "runs/tiny")
+
+:mod:`.targets` (anchor / ROI matching and sampling), :mod:`.losses` (training forward through the
+detector's stages and the four loss terms), :mod:`.loop` (the loop, checkpoints, resume, final model).
+Attributes are imported lazily so that ``import gixdrt.train`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "loop",
+    "TrainResult": "loop",
+    "train": "loop",
+    "main_train": "loop",
+    "TargetConfig": "targets",
+    "LossWeights": "losses",
+    "detector_losses": "losses",
+    "LOSS_TERMS": "losses",
+}
+
+__all__ = ["LOSS_TERMS", "LossWeights", "TargetConfig", "TrainConfig", "TrainResult", "detector_losses", "main_train", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

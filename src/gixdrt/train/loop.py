@@ -1,0 +1,502 @@
+"""Training loop of the detector on on-the-fly simulated images (the paper's recipe, reference §7).
+
+>>> from gixdrt.train import TrainConfig, train, main_train
+>>> result = train(TrainConfig.from_yaml("configs/train-paper.yaml"), "runs/paper")
+>>> result = train(None, "runs/paper", resume=True)      # continue from the last checkpoint (config from the run)
+>>> result = main_train("configs/train-tiny.yaml", "runs/tiny", overrides={"steps": 5})
+
+Data: step s (0-based) trains on simulator images s·B … s·B + B − 1 of ``seed`` (or, with ``pool_size`` > 0,
+those indices modulo ``pool_size``: a fixed set, for overfitting tests), made in DataLoader worker processes;
+the images depend only on (seed, index), never on the number of workers. The random target sampling of step s
+uses a ``torch.Generator`` seeded from (seed, s), so a resumed run repeats an uninterrupted one exactly.
+
+Run directory: ``config.yaml``; ``losses.csv`` (step, the four terms, total, lr, seconds of the step);
+``checkpoints/step_XXXXXX.pt`` (model, optimizer, scheduler, scaler, step, RNG states, wall time);
+``model/`` (``model.safetensors`` + ``model.json`` card, via :func:`gixdrt.model.save_model`) at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import os
+import platform
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..model.detector import DetectorConfig, GixdDetector
+from .losses import LOSS_TERMS, LossWeights, detector_losses
+from .targets import TargetConfig
+
+__all__ = ["TrainConfig", "TrainResult", "main_train", "train"]
+
+CSV_COLUMNS = ("step", *LOSS_TERMS, "total", "lr", "seconds")
+#: fields that may differ between the run's saved config and the one given on resume
+_RESUME_FREE = {"num_workers", "worker_start", "threads", "checkpoint_every", "keep_checkpoints", "name", "save_fp16"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults: the paper's recipe (3000 steps × 16 images)."""
+
+    name: str | None = None
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 16
+    image_size: tuple[int, int] = (512, 512)  # (H, W): H a multiple of 32, W of 4
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    lr_step: int = 500  # lr × lr_gamma every lr_step steps
+    lr_gamma: float = 0.5
+    grad_clip: float | None = None  # max gradient norm (None: no clipping, as the paper)
+    pool_size: int = 0  # 0: fresh images every step; N > 0: cycle over the first N images of the stream
+    num_workers: int = 2  # DataLoader worker processes simulating images (0: in the main process)
+    worker_start: str = "spawn"  # how workers start: "spawn" / "forkserver" are safe after Numba's OpenMP ran; "fork"
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    amp: str = "none"  # "none", "bf16" (CPU or CUDA autocast), "fp16" (CUDA autocast + GradScaler)
+    threads: int | None = None  # torch CPU threads of the main process (None: leave as is)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept (≤ 0: all)
+    save_fp16: bool = False  # final model weights stored as float16
+    rpn_pre_nms_top_n: int | None = None  # proposals while training (None: the detector's own setting)
+    rpn_post_nms_top_n: int | None = None
+    detector: dict[str, Any] = field(default_factory=dict)  # DetectorConfig overrides (architecture)
+    sim: dict[str, Any] = field(default_factory=dict)  # SimConfig overrides
+    targets: dict[str, Any] = field(default_factory=dict)  # TargetConfig overrides
+    loss_weights: dict[str, Any] = field(default_factory=dict)  # LossWeights overrides
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+        if len(self.image_size) != 2:
+            raise ValueError(f"image_size must be (H, W), got {self.image_size}")
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError("steps must be ≥ 0 and batch_size ≥ 1")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        for name in ("detector", "sim", "targets", "loss_weights"):
+            if getattr(self, name) is None:
+                setattr(self, name, {})
+        # fail early on unknown keys
+        self.detector_config()
+        self.target_config()
+        self.weights()
+        h, w = self.image_size
+        cfg = self.detector_config()
+        if h % cfg.height_multiple or w % cfg.width_multiple:
+            raise ValueError(f"image_size {h}×{w}: H must be a multiple of {cfg.height_multiple}, W of {cfg.width_multiple}")
+
+    # --- derived configs ---------------------------------------------------------------------
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig.from_dict(dict(self.detector))
+
+    def target_config(self) -> TargetConfig:
+        return _from_dict(TargetConfig, self.targets, "targets")
+
+    def weights(self) -> LossWeights:
+        return _from_dict(LossWeights, self.loss_weights, "loss_weights")
+
+    # --- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training parameter(s): {', '.join(unknown)}")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise TypeError(f"{path}: a training config must be a YAML mapping")
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        import yaml
+
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return path
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _from_dict(cls, d: Mapping[str, Any], what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} parameter(s): {', '.join(unknown)}")
+    return cls(**dict(d))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int  # steps completed
+    model_path: Path | None  # the final model's card (None when stopped before the last step)
+    wall_s: float  # training wall time over all sessions of the run
+    last_losses: dict[str, float]  # mean of the last (up to) 50 logged steps
+
+
+# -------------------------------------------------------------------------------------------------
+# data
+# -------------------------------------------------------------------------------------------------
+class _SimImages(Dataset):
+    """Simulator image ``index`` → (float32[1, H, W], float32[K, 4]). Picklable for worker processes."""
+
+    def __init__(self, seed: int, size: tuple[int, int], sim: Mapping[str, Any]):
+        self.seed, self.size, self.sim_cfg = int(seed), tuple(size), dict(sim)
+        self._sim = None
+
+    def __len__(self) -> int:  # not used by the batch sampler; large
+        return 2**62
+
+    def __getitem__(self, index: int):
+        if self._sim is None:
+            from ..sim import Simulator
+
+            self._sim = Simulator(self.sim_cfg or None, self.seed, size=self.size)
+        s = self._sim.sample(int(index))
+        return torch.from_numpy(s.image)[None], torch.from_numpy(np.ascontiguousarray(s.boxes, np.float32)).reshape(-1, 4)
+
+
+class _StepBatches(Sampler):
+    """Batches of image indices for steps start … stop − 1."""
+
+    def __init__(self, start: int, stop: int, batch: int, pool: int):
+        self.start, self.stop, self.batch, self.pool = start, stop, batch, pool
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in range(self.start, self.stop):
+            idx = range(s * self.batch, (s + 1) * self.batch)
+            yield [i % self.pool for i in idx] if self.pool > 0 else list(idx)
+
+
+def _collate(items):
+    return torch.stack([i for i, _ in items]), [b for _, b in items]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    value = np.random.SeedSequence(int(seed), spawn_key=(0x7124, int(step))).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(value[0] >> np.uint64(1)))
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers
+# -------------------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and amp == "fp16":
+        raise ValueError("amp 'fp16' needs a CUDA device (use 'bf16' on the CPU)")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _training_proposals(model: GixdDetector, pre: int | None, post: int | None):
+    """Temporarily use other proposal counts in ``model.proposals`` (the saved config is untouched)."""
+    changes = {k: v for k, v in (("rpn_pre_nms_top_n", pre), ("rpn_post_nms_top_n", post)) if v is not None}
+    if not changes:
+        yield
+        return
+    old = model.config
+    model.config = dataclasses.replace(old, **changes)
+    try:
+        yield
+    finally:
+        model.config = old
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def _save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:07d}.pt"
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    if keep > 0:
+        for old in _checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _hardware(device: torch.device) -> dict[str, Any]:
+    hw: dict[str, Any] = {
+        "device": str(device),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+    return hw
+
+
+def _read_csv(path: Path, upto: int) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+# -------------------------------------------------------------------------------------------------
+# the loop
+# -------------------------------------------------------------------------------------------------
+def train(
+    config: TrainConfig | Mapping[str, Any] | None,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    *,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train a :class:`GixdDetector` from scratch (or resume) → :class:`TrainResult`.
+
+    config: TrainConfig or a dict of its fields; None with ``resume`` reads ``run_dir/config.yaml``.
+    resume: continue from the newest checkpoint in ``run_dir`` (a run without one starts afresh); the
+    config must match the run's, except for num_workers, threads, checkpoint cadence, name, save_fp16.
+    Without resume, an existing run directory with checkpoints is an error (no silent overwrite).
+    stop_at: stop (with a checkpoint) once this many steps are done, as if interrupted; no final model.
+    """
+    run_dir = Path(run_dir)
+    saved_cfg_path = run_dir / "config.yaml"
+    if config is None:
+        if not (resume and saved_cfg_path.is_file()):
+            raise ValueError("config is required (or resume=True with a run directory holding config.yaml)")
+        config = TrainConfig.from_yaml(saved_cfg_path)
+    elif not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    cfg: TrainConfig = config
+
+    ckpts = _checkpoints(run_dir)
+    if ckpts and not resume:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=True or use another run directory")
+    checkpoint = torch.load(ckpts[-1], map_location="cpu", weights_only=False) if (resume and ckpts) else None
+    if checkpoint is not None:
+        old = checkpoint["config"]
+        new = cfg.to_dict()
+        differ = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
+        if differ:
+            raise ValueError(f"resume: the config differs from the run's in {', '.join(differ)}")
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = _device(cfg.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(saved_cfg_path)
+
+    torch.manual_seed(cfg.seed)
+    model = GixdDetector(cfg.detector_config()).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1), gamma=cfg.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16" and device.type == "cuda"))
+    start, wall_before = 0, 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        _set_rng_state(checkpoint["rng"])
+        start, wall_before = int(checkpoint["step"]), float(checkpoint["wall_s"])
+
+    end = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
+    csv_path = run_dir / "losses.csv"
+    rows = _read_csv(csv_path, start)
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+    targets, weights = cfg.target_config(), cfg.weights()
+    loader = DataLoader(
+        _SimImages(cfg.seed, cfg.image_size, cfg.sim),
+        batch_sampler=_StepBatches(start, end, cfg.batch_size, cfg.pool_size),
+        num_workers=cfg.num_workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+        multiprocessing_context=cfg.worker_start if cfg.num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=cfg.name or "train", unit="step", dynamic_ncols=True)
+
+    def payload(step: int, wall: float) -> dict[str, Any]:
+        return {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(),
+            "config": cfg.to_dict(),
+            "wall_s": wall,
+        }
+
+    t_session = time.perf_counter()
+    step = start
+    last_ckpt = start
+    try:
+        with csv_path.open("a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            t_prev = time.perf_counter()
+            for images, boxes in loader:
+                images = images.to(device, non_blocking=True)
+                boxes = [b.to(device) for b in boxes]
+                gen = _step_generator(cfg.seed, step)
+                with _autocast(device, cfg.amp), _training_proposals(model, cfg.rpn_pre_nms_top_n, cfg.rpn_post_nms_top_n):
+                    terms = detector_losses(model, images, boxes, targets, weights, gen)
+                total = terms["total"]
+                if not torch.isfinite(total) and not scaler.is_enabled():
+                    raise FloatingPointError(f"step {step + 1}: non-finite loss {({k: float(v) for k, v in terms.items()})}")
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+
+                now = time.perf_counter()
+                dt, t_prev = now - t_prev, now
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                writer.writerow([step, *(f"{values[k]:.6g}" for k in (*LOSS_TERMS, "total")), f"{lr:.6g}", f"{dt:.4f}"])
+                f.flush()
+                if bar is not None:
+                    bar.set_postfix(
+                        {**{k: f"{values[k]:.3f}" for k in LOSS_TERMS}, "lr": f"{lr:.2e}", "img/s": f"{cfg.batch_size / dt:.1f}"},
+                        refresh=False,
+                    )
+                    bar.update(1)
+                if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
+                    _save_checkpoint(run_dir, step, payload(step, wall_before + time.perf_counter() - t_session), cfg.keep_checkpoints)
+                    last_ckpt = step
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = wall_before + time.perf_counter() - t_session
+    if step != last_ckpt:
+        _save_checkpoint(run_dir, step, payload(step, wall), cfg.keep_checkpoints)
+
+    recent = _read_csv(csv_path, step)[-50:]
+    last = {k: float(np.mean([float(r[k]) for r in recent])) for k in (*LOSS_TERMS, "total")} if recent else {}
+    model_path = None
+    if step >= cfg.steps:
+        model_path = _save_final(model, run_dir, cfg, step, wall, device, last)
+    return TrainResult(run_dir, step, model_path, wall, last)
+
+
+def _save_final(model: GixdDetector, run_dir: Path, cfg: TrainConfig, step: int, wall: float, device: torch.device, last: dict[str, float]) -> Path:
+    from .. import __version__
+    from ..model.checkpoint import save_model
+
+    model.eval()
+    card = {
+        "name": cfg.name or run_dir.name,
+        "provenance": {
+            "source": "trained",
+            "trainer": "gixdrt.train.loop",
+            "gixdrt_version": __version__,
+            "torch_version": torch.__version__,
+            "seed": cfg.seed,
+            "steps": step,
+            "batch_size": cfg.batch_size,
+            "images_seen": step * cfg.batch_size,
+            "image_size": list(cfg.image_size),
+            "wall_time_s": round(wall, 3),
+            "hardware": _hardware(device),
+            "amp": cfg.amp,
+            "final_losses": {k: round(v, 6) for k, v in last.items()},
+            "config": cfg.to_dict(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    }
+    return save_model(model, run_dir / "model", card, fp16=cfg.save_fp16)
+
+
+def main_train(
+    config_path: str | os.PathLike | None,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """CLI entry: YAML config (+ top-level field overrides, e.g. {"steps": 10, "device": "cpu"}) → train.
+
+    run_dir defaults to ``runs/<config file stem>``. config_path None with resume: the run's own config.
+    """
+    if config_path is None:
+        if run_dir is None:
+            raise ValueError("give a config file or the run directory to resume")
+        cfg = TrainConfig.from_yaml(Path(run_dir) / "config.yaml")
+    else:
+        cfg = TrainConfig.from_yaml(config_path)
+    if overrides:
+        cfg = cfg.replace(**dict(overrides))
+    if run_dir is None:
+        run_dir = Path("runs") / Path(config_path).stem  # type: ignore[arg-type]
+    return train(cfg, run_dir, resume=resume, progress=progress, stop_at=stop_at)
