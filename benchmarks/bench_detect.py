@@ -26,28 +26,32 @@ def _stats(samples_s: list[float]) -> dict[str, float]:
     return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "runs": len(ms)}
 
 
-def bench_device(device: str, frame, cfg, model_spec: str, runs: int, batches: list[int]) -> dict:
+def bench_device(device: str, backend: str, frame, cfg, model_spec: str, runs: int, batches: list[int]) -> dict:
     import torch
 
     from gixdrt.engine import Detector
     from gixdrt.pipeline import Pipeline
     from gixdrt.preprocess import Preprocessor
 
-    det = Detector(model_spec, device=device)
+    det = Detector(model_spec, backend=backend, device=device)
     pre = Preprocessor(cfg)
     processed = pre.contrast(pre.polar(frame))
-    out: dict = {"device": device}
+    out: dict = {"device": device, "backend": backend}
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(0)
     out["preprocess"] = timeit(lambda: pre.contrast(pre.polar(frame)), runs)
     for batch in batches:
-        x = torch.from_numpy(np.broadcast_to(processed, (batch,) + processed.shape).copy())[:, None].to(device)
-        for _ in range(2):  # warm-up (anchors cached, allocator warmed)
-            det.model.trace(x)
+        x = np.broadcast_to(processed, (batch,) + processed.shape).copy()
+        for _ in range(2):  # warm-up (graphs exported/loaded, anchors cached, allocator warmed)
+            det.boxes(x)
         per_stage: dict[str, list[float]] = {}
         for _ in range(runs):
-            tr = det.model.trace(x)
-            for k, v in tr.timings.items():
+            if backend == "torch":
+                timings = det.model.trace(torch.from_numpy(x)[:, None].to(device)).timings
+            else:
+                det.boxes(x)
+                timings = det.last_timings
+            for k, v in timings.items():
                 per_stage.setdefault(k, []).append(v)
         stages = {k: _stats(v) for k, v in per_stage.items()}
         total = sum(s["median_ms"] for s in stages.values())
@@ -65,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
     ap.add_argument("--model", default="published", help="model name or path (default published)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes for the model stages (default 1)")
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"], help="detector backends to time")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
@@ -78,11 +83,20 @@ def main(argv=None) -> int:
     frame = read_frame(assets.frame)
     results: dict = {"model": args.model, "frame": assets.frame.name, "torch": torch.__version__,
                      "torch_threads": torch.get_num_threads(), "devices": {}}
+    from gixdrt.engine import backend_status
+
+    status = backend_status()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        t0 = time.perf_counter()
-        results["devices"][dev] = bench_device(dev, frame, cfg, args.model, args.runs, args.batch)
-        results["devices"][dev]["bench_seconds"] = time.perf_counter() - t0
+        for backend in args.backends:
+            why = status.get((backend, dev), "unknown backend")
+            if why is not None:
+                print(f"skipping {backend} on {dev}: {why}")
+                continue
+            t0 = time.perf_counter()
+            key = f"{backend}/{dev}"
+            results["devices"][key] = bench_device(dev, backend, frame, cfg, args.model, args.runs, args.batch)
+            results["devices"][key]["bench_seconds"] = time.perf_counter() - t0
     results["environment"] = environment()
 
     for dev, r in results["devices"].items():
