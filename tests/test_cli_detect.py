@@ -15,46 +15,20 @@ import yaml
 
 import gixdrt
 from gixdrt.cli import main
+from gixdrt.testing import PUBLISHED_REAL_FRAME_DETECTIONS, match_detections
 
 TOL_PX = 0.05
 TOL_SCORE = 1e-3
 HEADER = "frame,source,peak,q,phi,q_width,phi_width,score,x0,y0,x1,y1,intensity"  # ARCHITECTURE.md
 
 #: shared/reference/published-detector.md §5: (x0, y0, x1, y1, score)
-REFERENCE = np.array(
-    [
-        (117.48, 186.08, 126.01, 503.33, 0.99821),
-        (282.41, 5.95, 286.39, 505.07, 0.99997),
-        (399.69, 17.04, 403.92, 500.39, 0.99997),
-        (490.50, 126.96, 496.23, 464.18, 0.95091),
-        (565.68, 7.30, 570.44, 477.59, 0.99998),
-        (631.98, 14.76, 637.86, 472.70, 0.99998),
-        (691.64, 9.12, 699.15, 458.71, 0.99998),
-        (799.53, 12.45, 807.14, 443.77, 0.99999),
-        (848.02, 14.20, 855.95, 441.58, 0.99998),
-        (894.14, 69.05, 901.61, 473.27, 0.99872),
-        (979.73, 157.81, 987.57, 429.74, 0.99978),
-        (1018.60, 184.04, 1024.00, 446.57, 0.95867),
-    ]
-)
+REFERENCE = PUBLISHED_REAL_FRAME_DETECTIONS  # shared/reference §5
+
 
 
 def match(boxes, scores, reference=REFERENCE, tol_px=TOL_PX, tol_score=TOL_SCORE) -> np.ndarray:
     """Each reference row → the detection with the nearest centre (one to one, exactly as many); tolerances."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    reference = np.asarray(reference, np.float64)
-    assert len(boxes) == len(reference), f"{len(boxes)} detections, expected {len(reference)}"
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    idx = []
-    for row in reference:
-        j = int(np.argmin(np.hypot(*(centres - (row[:2] + row[2:4]) / 2).T)))
-        err = np.abs(boxes[j] - row[:4]).max()
-        assert err <= tol_px, f"box {boxes[j]} vs {row[:4]}: {err:.4f} px"
-        assert abs(scores[j] - row[4]) <= tol_score, f"score {scores[j]} vs {row[4]}"
-        idx.append(j)
-    assert len(set(idx)) == len(idx), f"two rows matched the same detection: {idx}"
-    return np.array(idx)
+    return match_detections(boxes, scores, reference, tol_px=tol_px, tol_score=tol_score)
 
 
 def read_csv(path):

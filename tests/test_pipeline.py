@@ -16,50 +16,19 @@ from gixdrt.errors import DataWarning, FrameError
 from gixdrt.io import Frame
 from gixdrt.pipeline import Pipeline
 from gixdrt.preprocess import Preprocessor
+from gixdrt.testing import PUBLISHED_REAL_FRAME_DETECTIONS, match_detections
 
 TOL_PX = 0.05
 TOL_SCORE = 1e-3
 
-#: shared/reference/published-detector.md §5: (x0, y0, x1, y1, score), default model, thresholds 0.6 / 0.1
-REFERENCE = np.array(
-    [
-        (117.48, 186.08, 126.01, 503.33, 0.99821),
-        (282.41, 5.95, 286.39, 505.07, 0.99997),
-        (399.69, 17.04, 403.92, 500.39, 0.99997),
-        (490.50, 126.96, 496.23, 464.18, 0.95091),
-        (565.68, 7.30, 570.44, 477.59, 0.99998),
-        (631.98, 14.76, 637.86, 472.70, 0.99998),
-        (691.64, 9.12, 699.15, 458.71, 0.99998),
-        (799.53, 12.45, 807.14, 443.77, 0.99999),
-        (848.02, 14.20, 855.95, 441.58, 0.99998),
-        (894.14, 69.05, 901.61, 473.27, 0.99872),
-        (979.73, 157.81, 987.57, 429.74, 0.99978),
-        (1018.60, 184.04, 1024.00, 446.57, 0.95867),
-    ]
-)
+REFERENCE = PUBLISHED_REAL_FRAME_DETECTIONS  # shared/reference §5
 POLAR_SHAPE = (512, 1024)
 
 
 def match_reference(boxes: np.ndarray, scores: np.ndarray, reference: np.ndarray = REFERENCE,
                     tol_px: float = TOL_PX, tol_score: float = TOL_SCORE) -> np.ndarray:
-    """Match each reference box to the detection with the nearest centre, one to one; assert the tolerances.
-
-    Returns, for each reference row, the index of its detection.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    assert len(boxes) == len(reference), f"{len(boxes)} detections, expected {len(reference)}"
-    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-    idx = np.empty(len(reference), np.int64)
-    for i, row in enumerate(reference):
-        c = np.array([(row[0] + row[2]) / 2, (row[1] + row[3]) / 2])
-        j = int(np.argmin(np.hypot(*(centres - c).T)))
-        err = np.abs(boxes[j] - row[:4]).max()
-        assert err <= tol_px, f"reference box {row[:4]}: nearest detection {boxes[j]} is {err:.4f} px off"
-        assert abs(scores[j] - row[4]) <= tol_score, f"reference box {row[:4]}: score {scores[j]} vs {row[4]}"
-        idx[i] = j
-    assert len(set(idx.tolist())) == len(reference), f"two reference boxes matched the same detection: {idx}"
-    return idx
+    """For each reference row, the index of its detection (one to one, nearest centre; tolerances asserted)."""
+    return match_detections(boxes, scores, reference, tol_px=tol_px, tol_score=tol_score)
 
 
 def _quiet(fn, *args, **kwargs):

@@ -13,25 +13,12 @@ import torch
 
 from gixdrt.model import STAGES, AnchorGenerator, DetectorConfig, GixdDetector, load_published
 from gixdrt.model.detector import flatten_rpn
+from gixdrt.testing import PUBLISHED_REAL_FRAME_DETECTIONS
 
 TOL_PX = 0.05
 TOL_SCORE = 1e-3
 
-#: published detections on the real frame (x0, y0, x1, y1, score), default model, thresholds 0.6 / 0.1
-PUBLISHED_DETECTIONS = [
-    (117.48, 186.08, 126.01, 503.33, 0.99821),
-    (282.41, 5.95, 286.39, 505.07, 0.99997),
-    (399.69, 17.04, 403.92, 500.39, 0.99997),
-    (490.50, 126.96, 496.23, 464.18, 0.95091),
-    (565.68, 7.30, 570.44, 477.59, 0.99998),
-    (631.98, 14.76, 637.86, 472.70, 0.99998),
-    (691.64, 9.12, 699.15, 458.71, 0.99998),
-    (799.53, 12.45, 807.14, 443.77, 0.99999),
-    (848.02, 14.20, 855.95, 441.58, 0.99998),
-    (894.14, 69.05, 901.61, 473.27, 0.99872),
-    (979.73, 157.81, 987.57, 429.74, 0.99978),
-    (1018.60, 184.04, 1024.00, 446.57, 0.95867),
-]
+PUBLISHED_DETECTIONS = PUBLISHED_REAL_FRAME_DETECTIONS.tolist()  # shared/reference §5
 
 
 def match(det: dict, table, tol_px: float, tol_score: float) -> float:

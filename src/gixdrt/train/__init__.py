@@ -9,8 +9,7 @@ Attributes are imported lazily so that ``import gixdrt.train`` stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "loop",
@@ -26,14 +25,4 @@ _EXPORTS = {
 __all__ = ["LOSS_TERMS", "LossWeights", "TargetConfig", "TrainConfig", "TrainResult", "detector_losses", "main_train", "train"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)
