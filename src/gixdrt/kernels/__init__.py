@@ -98,3 +98,67 @@ __all__ = [
     "registered",
     "resolve",
 ]
+
+for _backend, _module in (
+    ("reference", "gixdrt.kernels.reference"),
+    ("cpu", "gixdrt.kernels.cpu"),
+    ("cuda", "gixdrt.kernels.cuda"),
+):
+    register("decode_topk", _backend, f"{_module}.boxes:decode_topk")
+    register("nms_fixed", _backend, f"{_module}.boxes:nms_fixed")
+
+
+def decode_topk(
+    logits: Any,
+    deltas: Any,
+    anchors: Any,
+    level_starts: Any,
+    *,
+    k: int = 1000,
+    height: int,
+    width: int,
+    bbox_clip: float = 4.135166556742356,
+    min_size: float = 1e-3,
+    backend: str | None = None,
+    stream: Any = None,
+) -> tuple[Any, Any, Any, Any]:
+    """RPN proposals before NMS, fixed size: per image and level the top-k logits, decoded and clipped.
+
+    logits: float32[N, A_total]; deltas: float32[N, A_total, 4]; anchors: float32[A_total, 4] px;
+    level_starts: int[L+1] (host sequence); k per level; boxes clipped to [0, width] × [0, height];
+    bbox_clip: upper clamp of dw, dh (log(1000/16)); boxes with a side < min_size are dropped.
+    → (boxes float32[N, L·k, 4], scores float32[N, L·k] (sigmoid), levels int32[N, L·k], valid int32[N]):
+    image i's entries [:valid[i]] are level by level, by decreasing logit (ties: lower index first).
+    The cuda backend takes and returns device arrays, launched on ``stream``.
+    """
+    name, fn = resolve("decode_topk", backend, logits)
+    kw = dict(k=k, height=height, width=width, bbox_clip=bbox_clip, min_size=min_size)
+    if name == "cuda":
+        kw["stream"] = stream
+    return fn(logits, deltas, anchors, level_starts, **kw)
+
+
+def nms_fixed(
+    boxes: Any,
+    scores: Any,
+    valid: Any,
+    iou: float,
+    max_out: int,
+    groups: Any = None,
+    *,
+    backend: str | None = None,
+    stream: Any = None,
+) -> tuple[Any, Any]:
+    """Greedy NMS per image (and per group), fixed size.
+
+    boxes: float32[N, M, 4]; scores: float32[N, M]; valid: int32[N] (entries [:valid[i]] count); a box is
+    suppressed when its fp32 IoU with a kept box of the same group is > iou; groups: optional int32[N, M].
+    → (keep_idx int32[N, max_out] by decreasing score, ties lower index first, padded with −1; count int32[N]).
+    """
+    name, fn = resolve("nms_fixed", backend, boxes)
+    if name == "cuda":
+        return fn(boxes, scores, valid, iou, max_out, groups, stream=stream)
+    return fn(boxes, scores, valid, iou, max_out, groups)
+
+
+__all__ += ["decode_topk", "nms_fixed"]
