@@ -162,3 +162,22 @@ def test_train_tiny_config_writes_a_loadable_model(tmp_path, capsys):
     assert model.card["provenance"]
     assert main(["train", "--config", str(config), "--run-dir", str(run), "--no-progress"]) == 1  # no overwrite
     assert "run" in capsys.readouterr().err
+
+
+def test_evaluate_cli_writes_metrics(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from gixdrt.model import GixdDetector, save_model
+
+    torch.manual_seed(0)
+    model = tmp_path / "random-model"
+    save_model(GixdDetector(), model)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(model), "--n", "2", "--seed", "1", "--backend", "torch",
+                 "--out-dir", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    assert "detected" in text and (out / "pr_curve.png").is_file()
+    assert str(out.resolve()) in capsys.readouterr().out

@@ -277,6 +277,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train.evaluate import main_evaluate
+
+    try:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        if len(size) != 2:
+            raise ValueError
+    except ValueError:
+        raise GixdrtError(f"--size {args.size!r}: expected HxW, e.g. 512x512") from None
+    try:
+        main_evaluate(args.model, n=args.n, seed=args.seed, out_dir=args.out_dir, size=size, backend=args.backend,
+                      batch=args.batch, progress=not args.no_progress)
+    except ValueError as exc:
+        raise GixdrtError(str(exc)) from None
+    print(f"results → {Path(args.out_dir).resolve()}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import print_report
 
@@ -364,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="the paper's evaluation on a simulated set; several models side by side")
+    p.add_argument("--model", nargs="+", default=["default"], help="model names or paths (default: default)")
+    p.add_argument("--n", type=int, default=1000, help="simulated images (default 1000)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation set (default 12345)")
+    p.add_argument("--size", default="512x512", help="HxW of the simulated images (default 512x512)")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    p.add_argument("--batch", type=int, default=8, help="images per detector call (default 8)")
+    p.add_argument("--out-dir", default="runs/evaluate", help="where metrics.json and the PNGs go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)

@@ -20,9 +20,28 @@ _EXPORTS = {
     "LossWeights": "losses",
     "detector_losses": "losses",
     "LOSS_TERMS": "losses",
+    "evaluate": "evaluate",
+    "compare": "evaluate",
+    "main_evaluate": "evaluate",
+    "match_image": "evaluate",
+    "EvalResult": "evaluate",
 }
 
-__all__ = ["LOSS_TERMS", "LossWeights", "TargetConfig", "TrainConfig", "TrainResult", "detector_losses", "main_train", "train"]
+__all__ = [
+    "LOSS_TERMS",
+    "EvalResult",
+    "LossWeights",
+    "TargetConfig",
+    "TrainConfig",
+    "TrainResult",
+    "compare",
+    "detector_losses",
+    "evaluate",
+    "main_evaluate",
+    "main_train",
+    "match_image",
+    "train",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)
