@@ -224,6 +224,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' → (512, 1024); a clear error otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise GixdrtError(f"--size {text!r}: expected HxW, e.g. 512x512") from None
+    return h, w
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     import json
 
@@ -238,12 +247,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             config = SimConfig.from_dict(data.get("sim", data))
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise GixdrtError(f"{args.sim_config}: {exc}") from None
-    try:
-        size = tuple(int(v) for v in args.size.lower().split("x"))
-        if len(size) != 2:
-            raise ValueError
-    except ValueError:
-        raise GixdrtError(f"--size {args.size!r}: expected HxW, e.g. 512x512") from None
+    size = _parse_size(args.size)
     t0 = time.perf_counter()
     try:
         out = simulate_to_file(args.n, args.seed, args.out, size=size, config=config,
@@ -280,12 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train.evaluate import main_evaluate
 
-    try:
-        size = tuple(int(v) for v in args.size.lower().split("x"))
-        if len(size) != 2:
-            raise ValueError
-    except ValueError:
-        raise GixdrtError(f"--size {args.size!r}: expected HxW, e.g. 512x512") from None
+    size = _parse_size(args.size)
     try:
         main_evaluate(args.model, n=args.n, seed=args.seed, out_dir=args.out_dir, size=size, backend=args.backend,
                       batch=args.batch, progress=not args.no_progress)
