@@ -249,3 +249,31 @@ def test_detector_cuda_without_cuda():
         Detector(GixdDetector(), device="cuda")
     with pytest.raises(ValueError, match="invalid device"):
         Detector(GixdDetector(), device="tpu:banana")
+
+
+def test_constancy_checks_look_at_every_block():
+    """The constancy checks stop at the first block that varies, so a difference in the last block (or
+    between blocks) must still be seen."""
+    from gixdrt.pipeline import _BLOCK, _constant_frames, _constant_inside
+
+    frame = np.full((600, 300), 100.0, np.float32)  # > 2 blocks
+    assert frame.size > 2 * _BLOCK
+    assert _constant_frames(frame) and _constant_frames(np.stack([frame, frame + 1]))
+    last = frame.copy()
+    last[-1, -1] = 99.0
+    assert not _constant_frames(last) and not _constant_frames(np.stack([frame, last]))
+    step = frame.copy()
+    step[300:] = 50.0  # every block constant on its own, different from each other
+    assert not _constant_frames(step)
+    assert not _constant_frames(np.zeros((0, 4), np.float32))
+
+    polar = np.zeros((512, 1024), np.float32)
+    inside = np.zeros_like(polar, bool)
+    inside[10:500, 5:900] = True
+    polar[inside] = 3.0
+    assert _constant_inside(polar, inside)
+    polar[499, 899] = 4.0
+    assert not _constant_inside(polar, inside)
+    polar[499, 899] = 3.0
+    polar[511, 1023] = 8.0  # outside the detector: ignored
+    assert _constant_inside(polar, inside)

@@ -26,19 +26,34 @@ from .preprocess import Preprocessor
 INPUTS = ("raw", "polar", "processed")
 
 
+_BLOCK = 1 << 16  # values per block of the constancy checks: a frame that varies is recognised in its first block
+
+
+def _all_equal(blocks) -> bool:
+    """True when every value of every block equals the first one; stops at the first block that differs."""
+    first = None
+    for b in blocks:
+        if not b.size:
+            continue
+        lo, hi = b.min(), b.max()
+        if first is None:
+            first = lo
+        if lo != hi or lo != first:
+            return False
+    return first is not None
+
+
 def _constant_frames(data: Any) -> bool:
     """True when every raw frame of ``data`` ([H, W] or [N, H, W], NumPy or CuPy) is constant."""
     d = data if hasattr(data, "reshape") and hasattr(data, "min") else np.asarray(data)
-    if not d.size:
-        return False
     d = d.reshape(d.shape[0] if d.ndim == 3 else 1, -1)
-    return bool((d.min(axis=1) == d.max(axis=1)).all())
+    return all(_all_equal(row[i : i + _BLOCK] for i in range(0, row.size, _BLOCK)) for row in d)
 
 
 def _constant_inside(polar: np.ndarray, inside: np.ndarray) -> bool:
     """True when the polar image is constant over the pixels that sample the detector."""
-    values = polar[inside]
-    return bool(values.size and values.min() == values.max())
+    rows = max(1, _BLOCK // max(polar.shape[1], 1))
+    return _all_equal(polar[i : i + rows][inside[i : i + rows]] for i in range(0, polar.shape[0], rows))
 
 
 @dataclass(frozen=True)
