@@ -81,6 +81,25 @@ void check_params(int64_t out_h, int64_t out_w, const char* fn) {
                           std::to_string(out_w));
 }
 
+// The kernels' parameters, after checking the output size (shared by the CPU and CUDA entry points).
+ra::Params make_params(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t out_h, int64_t out_w,
+                       double scale_y, double scale_x, int64_t sampling_ratio, bool aligned, const char* fn) {
+  check_params(out_h, out_w, fn);
+  ra::Params p;
+  p.n = n;
+  p.c = c;
+  p.h = h;
+  p.w = w;
+  p.k = k;
+  p.out_h = out_h;
+  p.out_w = out_w;
+  p.scale_y = scale_y;
+  p.scale_x = scale_x;
+  p.sampling_ratio = sampling_ratio;
+  p.aligned = aligned;
+  return p;
+}
+
 py::array roi_align_cpu(const py::handle& features_obj, const py::handle& rois_obj, int64_t out_h, int64_t out_w,
                         double scale_y, double scale_x, int64_t sampling_ratio, bool aligned, int threads,
                         const py::object& out_obj) {
@@ -89,19 +108,9 @@ py::array roi_align_cpu(const py::handle& features_obj, const py::handle& rois_o
   if (rois.shape(1) != 5)
     throw py::value_error("roi_align_cpu: rois must be [K, 5] (batch index, x0, y0, x1, y1), got shape " +
                           shape_of(rois));
-  check_params(out_h, out_w, "roi_align_cpu");
-  ra::Params p;
-  p.n = features.shape(0);
-  p.c = features.shape(1);
-  p.h = features.shape(2);
-  p.w = features.shape(3);
-  p.k = rois.shape(0);
-  p.out_h = out_h;
-  p.out_w = out_w;
-  p.scale_y = scale_y;
-  p.scale_x = scale_x;
-  p.sampling_ratio = sampling_ratio;
-  p.aligned = aligned;
+  const ra::Params p = make_params(features.shape(0), features.shape(1), features.shape(2), features.shape(3),
+                                   rois.shape(0), out_h, out_w, scale_y, scale_x, sampling_ratio, aligned,
+                                   "roi_align_cpu");
 
   const auto* roi_data = static_cast<const float*>(rois.data());
   const int64_t bad = ra::first_invalid_roi(roi_data, p.k, p.n);
@@ -140,21 +149,10 @@ void roi_align_cuda(std::uintptr_t features_ptr, std::uintptr_t rois_ptr, std::u
   if (n < 0 || c < 0 || h < 0 || w < 0 || k < 0)
     throw py::value_error("roi_align_cuda: sizes must be ≥ 0, got N=" + std::to_string(n) + " C=" + std::to_string(c) +
                           " H=" + std::to_string(h) + " W=" + std::to_string(w) + " K=" + std::to_string(k));
-  check_params(out_h, out_w, "roi_align_cuda");
+  const ra::Params p = make_params(n, c, h, w, k, out_h, out_w, scale_y, scale_x, sampling_ratio, aligned,
+                                   "roi_align_cuda");
   if (k > 0 && c > 0 && (out_ptr == 0 || rois_ptr == 0 || (h > 0 && w > 0 && features_ptr == 0)))
     throw py::value_error("roi_align_cuda: null device pointer");
-  ra::Params p;
-  p.n = n;
-  p.c = c;
-  p.h = h;
-  p.w = w;
-  p.k = k;
-  p.out_h = out_h;
-  p.out_w = out_w;
-  p.scale_y = scale_y;
-  p.scale_x = scale_x;
-  p.sampling_ratio = sampling_ratio;
-  p.aligned = aligned;
   py::gil_scoped_release release;
   ra::forward_cuda(reinterpret_cast<const float*>(features_ptr), reinterpret_cast<const float*>(rois_ptr),
                    reinterpret_cast<float*>(out_ptr), p, reinterpret_cast<void*>(stream));
