@@ -68,3 +68,19 @@ def published_frame(published_assets):
     frame = read_frame(published_assets.frame)
     frame.setflags(write=False)
     return frame
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory):
+    """Path of a small geometry config: a 60×80 detector → 32×64 polar images (fast CLI and pipeline tests)."""
+    import yaml
+
+    cfg = {
+        "q_space": dict(size_x=80, size_y=60, pixel_size=0.2, distance=100, wavelength=1.0, incidence_angle=0.5,
+                        y0=10, z0=8, q_xy_max=2.0, q_z_max=2.0, flip_y=True, flip_x=False),
+        "polar_config": {"algorithm": 1, "angular_size": 32, "q_size": 64},
+        "contrast": {"coef": 5000.0, "limit": 2000.0, "log": True, "disable": False},
+    }
+    path = tmp_path_factory.mktemp("small-config") / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -3,26 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 
 from gixdrt.cli import main
 
 
 @pytest.fixture()
-def small_setup(tmp_path):
-    """A small detector and config (fast), and a frame that fits it."""
-    cfg = {
-        "q_space": dict(size_x=80, size_y=60, pixel_size=0.2, distance=100, wavelength=1.0, incidence_angle=0.5,
-                        y0=10, z0=8, q_xy_max=2.0, q_z_max=2.0, flip_y=True, flip_x=False),
-        "polar_config": {"algorithm": 1, "angular_size": 32, "q_size": 64},
-        "contrast": {"coef": 5000.0, "limit": 2000.0, "log": True, "disable": False},
-    }
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+def small_setup(tmp_path, small_config):
+    """The small config (conftest) and a frame that fits it."""
     frame = np.random.default_rng(3).random((60, 80)).astype(np.float32) * 100
     frame_path = tmp_path / "frame.npy"
     np.save(frame_path, frame)
-    return cfg_path, frame_path, frame
+    return small_config, frame_path, frame
 
 
 @pytest.mark.parametrize("stage", ["polar", "contrast"])

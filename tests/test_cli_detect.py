@@ -50,19 +50,12 @@ def leftovers(directory, keep=()):
 
 # --- a small synthetic setup: fast, no assets ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(tmp_path_factory, small_config):
     """(config path, frame path, model directory) for a 60×80 detector → 32×64 polar images."""
     from gixdrt.model import GixdDetector, save_model
 
     d = tmp_path_factory.mktemp("small")
-    cfg = {
-        "q_space": dict(size_x=80, size_y=60, pixel_size=0.2, distance=100, wavelength=1.0, incidence_angle=0.5,
-                        y0=10, z0=8, q_xy_max=2.0, q_z_max=2.0, flip_y=True, flip_x=False),
-        "polar_config": {"algorithm": 1, "angular_size": 32, "q_size": 64},
-        "contrast": {"coef": 5000.0, "limit": 2000.0, "log": True, "disable": False},
-    }
-    cfg_path = d / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    cfg_path = small_config
     frame_path = d / "frame.npy"
     np.save(frame_path, np.random.default_rng(3).random((2, 60, 80)).astype(np.float32) * 100)
     import torch
