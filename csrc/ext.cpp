@@ -1,5 +1,6 @@
 // gixdrt._ext: the compiled part of gixdrt: how it was built, the RoIAlign kernels (CPU always, CUDA when
-// nvcc is found); the TensorRT plugin joins it later.
+// nvcc is found). The TensorRT plugin is a separate library (csrc/trt, gixdrt.engine.plugins); build_info()
+// says whether it was built.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -27,6 +28,13 @@ constexpr bool kRoiAlignCuda = true;
 constexpr bool kRoiAlignCuda = false;
 #endif
 
+// Whether CMake built the TensorRT plugin library (gixdrt_trt_plugins) next to this module.
+#ifdef GIXDRT_TRT_PLUGIN
+constexpr bool kTrtPlugin = true;
+#else
+constexpr bool kTrtPlugin = false;
+#endif
+
 py::dict build_info() {
   py::dict info;
   info["version"] = GIXDRT_VERSION;
@@ -45,7 +53,8 @@ py::dict build_info() {
   info["roi_align_cpu"] = true;
   info["roi_align_cuda"] = kRoiAlignCuda;
   info["cpu_threads"] = ra::default_cpu_threads();
-  info["tensorrt_plugin"] = false;
+  info["trt_plugin"] = kTrtPlugin;
+  info["tensorrt_plugin"] = kTrtPlugin;  // the key's earlier name, kept with the same value
   return info;
 }
 
@@ -166,7 +175,7 @@ PYBIND11_MODULE(_ext, m) {
   m.def("build_info", &build_info,
         "How the extension was built: compiler, pybind11 version, whether CUDA kernels were compiled "
         "(they can be compiled without a GPU), which RoIAlign kernels exist, the default CPU thread count and "
-        "whether the TensorRT plugin was built.");
+        "whether the TensorRT plugin library was built ('trt_plugin').");
   m.def("roi_align_cpu", &roi_align_cpu, py::arg("features"), py::arg("rois"), py::arg("out_h"), py::arg("out_w"),
         py::arg("scale_y"), py::arg("scale_x"), py::arg("sampling_ratio"), py::arg("aligned"), py::arg("threads") = 0,
         py::arg("out") = py::none(),

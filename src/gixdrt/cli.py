@@ -294,6 +294,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_batch_profile(text: str) -> int | tuple[int, int, int]:
+    """'4' → 4; '1:4:8' → (1, 4, 8) (min:opt:max of the engine's batch profile)."""
+    try:
+        parts = tuple(int(v) for v in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) not in (1, 3) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or MIN:OPT:MAX (positive integers)")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .engine.base import EngineUnavailableError
+    from .engine.trt import build_engine, read_sidecar, tensorrt_status
+
+    onnx = Path(args.onnx)
+    if not onnx.is_file():
+        raise GixdrtError(f"{onnx}: no such ONNX file")
+    why = tensorrt_status()
+    if why:
+        print(f"gixdrt build: error: TensorRT cannot run here: {why}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        out = build_engine(onnx, args.out, precision=args.precision, batch=args.batch_profile,
+                           workspace_gib=args.workspace, timing_cache=args.timing_cache, plugins=not args.no_plugins,
+                           progress=not args.no_progress)
+    except EngineUnavailableError as exc:
+        print(f"gixdrt build: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        raise GixdrtError(str(exc)) from None
+    side = read_sidecar(out)
+    gpu = side["gpu"]
+    batch = side.get("batch") or {}
+    print(f"built {out} ({side['precision']}, batch {batch.get('min')}..{batch.get('max')}, TensorRT "
+          f"{side['tensorrt_version']}, {gpu['name']} sm {gpu['compute_capability']}) in "
+          f"{time.perf_counter() - t0:.1f} s; sidecar {out}.json")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import print_report
 
@@ -392,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/evaluate", help="where metrics.json and the PNGs go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("build", help="ONNX graph → TensorRT engine for this GPU (+ a .json sidecar)")
+    p.add_argument("onnx", help="graph exported by gixdrt (static shapes)")
+    p.add_argument("--out", required=True, help="engine file to write (the sidecar goes to OUT.json)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp32 (default) or fp16; on TensorRT 11 fp16 needs an fp16 graph")
+    p.add_argument("--batch", dest="batch_profile", type=_parse_batch_profile, default=None, metavar="N|MIN:OPT:MAX",
+                   help="batch profile (default: the graph's static batch)")
+    p.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="builder workspace limit (default 4)")
+    p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache, read and updated")
+    p.add_argument("--no-plugins", action="store_true", help="do not load gixdrt's TensorRT plugin library")
+    p.add_argument("--no-progress", action="store_true", help="do not print the builder's phases")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)

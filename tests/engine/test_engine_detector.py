@@ -180,3 +180,39 @@ def test_real_frame_512_by_512(published_model, real_image, graph_cache):
     assert len(want[0]) >= 1
     match(got, want, tol_px=TOL_PX, tol_score=TOL_SCORE)
     assert any("-512x512-b1-" in p.name for p in graph_cache.glob("dense-*.onnx"))
+
+
+def test_kernel_path_matches_torch_ops_between_graphs(small_model, tmp_path):
+    """The same graphs with gixdrt's kernels between them vs the PyTorch reference ops: same detections."""
+    from gixdrt.engine.staged import OrtStages
+
+    small_model.score_threshold = -1.0  # random weights: keep every box so the final stage has work to do
+    try:
+        images = torch.from_numpy(np.random.default_rng(4).random((2, 1, 64, 128), dtype=np.float32))
+        fast = OrtStages(small_model, threads=1, cache=tmp_path)
+        slow = OrtStages(small_model, threads=1, cache=tmp_path, kernels=False)
+        got, want = fast(images), slow(images)
+        assert set(fast.timings) == set(slow.timings) == set(STAGES)
+        for g, w in zip(got, want):
+            assert len(w["scores"]) > 5
+            match((g["boxes"], g["scores"]), (w["boxes"], w["scores"]), tol_px=1e-4, tol_score=1e-6)
+    finally:
+        small_model.score_threshold = small_model.config.score_threshold
+
+
+@pytest.mark.published
+def test_simulated_frames_onnxruntime_batch_matches_torch(published_model, graph_cache):
+    """20 simulated 512×512 frames, ONNX Runtime in batches of 4 vs torch one by one: every peak 1:1."""
+    from gixdrt.sim import simulate
+
+    images = simulate(20, seed=2024).images
+    det = Detector(published_model, backend="onnxruntime", threads=2, onnx_cache=graph_cache)
+    ref = Detector(published_model, backend="torch")
+    n_peaks = 0
+    for start in range(0, 20, 4):
+        got = det.boxes(images[start : start + 4])
+        for k, g in enumerate(got):
+            want = ref.boxes(images[start + k])[0]
+            match(g, want, tol_px=TOL_PX, tol_score=TOL_SCORE)
+            n_peaks += len(want[0])
+    assert n_peaks >= 50

@@ -163,6 +163,26 @@ def test_check_graph_rejects_data_dependent_op():
         check_graph(_tiny("NonZero", [2, 3], [2, None]))
 
 
+def test_check_graph_follows_the_parser_document():
+    # docs/operators.md (TensorRT 10.15): AffineGrid is marked N; Resize supports nearest and linear only;
+    # pooling takes no dilations
+    with pytest.raises(GraphCheckError, match="AffineGrid.*not supported"):
+        check_graph(_tiny("AffineGrid", [2, 2, 3], [2, 4, 5, 2]))
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic")
+    model = helper.make_model(helper.make_graph([node], "r", [x], [y], [scales]),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    with pytest.raises(GraphCheckError, match="mode cubic"):
+        check_graph(model)
+    with pytest.raises(GraphCheckError, match="dilations"):
+        check_graph(_tiny("MaxPool", [1, 1, 8, 8], [1, 1, 6, 6], kernel_shape=[2, 2], dilations=[2, 2]))
+
+
 def test_check_graph_rejects_custom_domain(graphs, tmp_path):
     m = onnx.load(graphs["head", "fp32"])
     m.graph.node[-1].domain = "com.example"

@@ -262,3 +262,84 @@ def test_real_frame_proposals(backend, published_frame, published_config, publis
     assert count[0] == 1000 == len(props.boxes[0])
     np.testing.assert_allclose(b[0, keep[0]], props.boxes[0].numpy(), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(s[0, keep[0]], props.scores[0].numpy(), rtol=2.4e-7, atol=0)
+
+
+# --- decode_final (second stage) -----------------------------------------------------------------------
+def run_final(backend, logits, deltas, props, valid, **kw):
+    if backend == "cuda":
+        out = K.decode_final(_dev(logits), _dev(deltas), _dev(props), _dev(valid), backend="cuda", **kw)
+        return tuple(_host(o) for o in out)
+    return K.decode_final(logits, deltas, props, valid, backend=backend, **kw)
+
+
+def make_head(rng, n, r, valid, size=(64, 128), ties=False):
+    h, w = size
+    xy = rng.uniform(-4, [w, h], (n, r, 2))
+    wh = rng.uniform(0.5, 30, (n, r, 2))
+    props = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    logits = rng.normal(0, 2.5, (n, r)).astype(np.float32)
+    if ties:  # saturated and repeated logits: equal scores that the NMS must order by index
+        logits[:, ::3] = 20.0
+        logits[:, 1::7] = 0.5
+    deltas = rng.normal(0, 0.4, (n, r, 4)).astype(np.float32)
+    deltas[:, ::11, 2] = 9.0  # above the clip
+    deltas[:, 5::13, 3] = -12.0  # collapses to a tiny box
+    return logits, deltas, props, np.asarray(valid, np.int32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_decode_final_vs_torch_postprocess(backend, ties):
+    """decode_final + nms_fixed(0.1) give what GixdDetector.postprocess gives, image by image."""
+    from gixdrt.model.detector import DetectorConfig, GixdDetector, Proposals
+
+    rng = np.random.default_rng(5 + ties)
+    r = 300 if backend != "cuda" else 150
+    valid = [r, r - 37, 0]
+    logits, deltas, props, v = make_head(rng, 3, r, valid, ties=ties)
+    model = GixdDetector(DetectorConfig())
+    thr, iou, cap = 0.3, 0.1, 40
+    b, s, c = run_final(backend, logits, deltas, props, v, height=64, width=128, score_threshold=thr)
+    assert b.shape == (3, r, 4) and s.shape == (3, r) and c.dtype == np.int32
+    keep, count = run_nms(backend, b, s, c, iou, cap)
+    proposals = Proposals([torch.from_numpy(props[i, : valid[i]]) for i in range(3)], [None] * 3, (64, 128))
+    lg = torch.cat([torch.from_numpy(logits[i, : valid[i]]) for i in range(3)])
+    dl = torch.cat([torch.from_numpy(deltas[i, : valid[i]]) for i in range(3)])
+    expect = model.postprocess(lg, dl, proposals, score_threshold=thr, nms_iou=iou, max_detections=cap)
+    for i in range(3):
+        e = expect[i]
+        assert count[i] == len(e["scores"])
+        np.testing.assert_allclose(b[i, keep[i, : count[i]]], e["boxes"].numpy(), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(s[i, keep[i, : count[i]]], e["scores"].numpy(), rtol=0, atol=2.4e-7)
+        assert (b[i, c[i] :] == 0).all() and (s[i, c[i] :] == 0).all()
+    assert c[2] == 0 and count[2] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decode_final_matches_reference_and_threshold_edge(backend):
+    """A score exactly at the threshold survives (≥); one float above the score, it is dropped."""
+    rng = np.random.default_rng(9)
+    logits, deltas, props, v = make_head(rng, 2, 64, [64, 10])
+    logits[0, :2] = 0.0  # score 2·sigmoid(0) − 1 = 0 exactly in every exp implementation
+    deltas[0, :2] = 0.0
+    props[0, :2] = [[10, 10, 20, 30], [40, 5, 44, 60]]
+    f = np.float32
+    s_at = f(0.0)
+    for thr, present in ((s_at, True), (np.nextafter(s_at, f(np.inf)), False)):
+        ref = K.decode_final(logits, deltas, props, v, height=64, width=128, score_threshold=float(thr), backend="reference")
+        got = run_final(backend, logits, deltas, props, v, height=64, width=128, score_threshold=float(thr))
+        np.testing.assert_array_equal(got[2], ref[2])
+        np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=2.4e-7)
+        at = [np.allclose(ref[0][0, j], props[0, k]) for k in range(2) for j in range(ref[2][0])]
+        assert sum(at) == (2 if present else 0)
+
+
+def test_decode_final_shape_errors():
+    z = np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError, match="decode_final"):
+        K.decode_final(z, np.zeros((1, 4, 3), np.float32), np.zeros((1, 4, 4), np.float32), np.ones(1, np.int32),
+                       height=8, width=8, score_threshold=0.5, backend="reference")
+    with pytest.raises(ValueError, match="valid"):
+        K.decode_final(z, np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4), np.float32), np.ones(2, np.int32),
+                       height=8, width=8, score_threshold=0.5, backend="cpu")

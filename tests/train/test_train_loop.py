@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from gixdrt.errors import CheckpointError
 from gixdrt.model import load_model, read_card
-from gixdrt.train import TrainConfig, main_train, train
+from gixdrt.train import TrainConfig, export_checkpoint, main_train, train
 from gixdrt.train.loop import _collate, _SimImages, _StepBatches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +112,20 @@ def test_resume_matches_uninterrupted_and_final_model_loads(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, ca["model"][k]), k
     assert (tmp_path / "a" / "config.yaml").is_file()
+
+    # any checkpoint → a model directory: the step-2 weights, with the step and extra entries on the card
+    ck2 = tmp_path / "b" / "checkpoints" / "step_0000002.pt"
+    out = export_checkpoint(ck2, tmp_path / "m2", fp16=False, extra={"heldout": {"detected_pct": 1.0}})
+    m2 = load_model(out)
+    state2 = torch.load(ck2, weights_only=False)["model"]
+    for k, v in m2.state_dict().items():
+        assert torch.equal(v, state2[k]), k
+    prov2 = read_card(out)["provenance"]
+    assert prov2["steps"] == 2 and prov2["checkpoint"] == "step_0000002.pt" and prov2["heldout"] == {"detected_pct": 1.0}
+    assert set(prov2["final_losses"]) >= {"rpn_obj", "total"}
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.pt.*not a gixdrt training checkpoint"):
+        export_checkpoint(tmp_path / "junk.pt", tmp_path / "m3")
 
 
 def test_main_train_overrides_and_fp16_save(tmp_path):

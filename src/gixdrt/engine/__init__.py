@@ -2,7 +2,8 @@
 
 Runners (one lifecycle: ``activate()``, ``infer(feed) -> dict``, ``deactivate()``, or a ``with`` block):
 :class:`TorchRunner` (the reference), :class:`OnnxRuntimeRunner` (CPU provider by default, CUDA where
-onnxruntime-gpu and a GPU exist), :class:`TensorRTRunner` (availability only, for now).
+onnxruntime-gpu and a GPU exist), :class:`TensorRTRunner` (serialized engines from
+:func:`build_engine`, checked against their sidecar by :func:`check_sidecar`).
 :class:`Detector` chooses a backend (``auto``: tensorrt > onnxruntime on a GPU > onnxruntime on the CPU >
 torch, logged) and says which; :data:`BACKENDS` lists those available here (probed on first access).
 Runtimes are imported only when used.
@@ -10,7 +11,6 @@ Runtimes are imported only when used.
 from __future__ import annotations
 
 from .._lazy import lazy_exports
-
 from .base import EngineUnavailableError, Runner, TensorMeta, cuda_gpu
 from .detector import PREFERENCE, Detector, backend_status
 
@@ -22,6 +22,10 @@ _LAZY = {
     "onnxruntime_devices": "onnxrt",
     "TensorRTRunner": "trt",
     "tensorrt_status": "trt",
+    "build_engine": "trt",
+    "check_sidecar": "trt",
+    "EngineMismatchError": "trt",
+    "EngineBuildError": "trt",
     "OrtStages": "staged",
 }
 
@@ -29,6 +33,8 @@ __all__ = [
     "BACKENDS",
     "PREFERENCE",
     "Detector",
+    "EngineBuildError",
+    "EngineMismatchError",
     "EngineUnavailableError",
     "OnnxRuntimeRunner",
     "OrtStages",
@@ -37,6 +43,8 @@ __all__ = [
     "TensorRTRunner",
     "TorchRunner",
     "backend_status",
+    "build_engine",
+    "check_sidecar",
     "cuda_gpu",
     "onnxruntime_devices",
     "session_from_onnx",

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import GixdrtError
 from ..kernels.registry import BackendUnavailableError
 
-__all__ = ["EngineUnavailableError", "Runner", "TensorMeta", "cuda_gpu", "dtype_of"]
+__all__ = ["EngineUnavailableError", "Runner", "TensorMeta", "cuda_driver", "cuda_gpu", "dtype_of"]
 
 
 class EngineUnavailableError(BackendUnavailableError, GixdrtError):
@@ -143,18 +143,22 @@ class Runner:
                 raise ValueError(f"{self.name}: input {name!r} is {dtype_of(arr)}{list(shape)}, the graph takes {meta}")
 
 
+def cuda_driver() -> ctypes.CDLL | None:
+    """The CUDA driver library (libcuda / nvcuda) loaded with ctypes, or None where there is none."""
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")]
+    for name in filter(None, names):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_gpu() -> tuple[bool, str]:
     """(True, "N device(s)") when the CUDA driver sees a GPU, else (False, why). Never touches TensorRT or
     CUDA runtimes: it asks the driver library (libcuda) directly, so it is safe on machines without a GPU."""
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")]
-    lib = None
-    for name in filter(None, names):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
+    lib = cuda_driver()
     if lib is None:
         return False, "no CUDA driver library (libcuda) found"
     try:

@@ -45,7 +45,8 @@ def backend_status() -> dict[tuple[str, str], str | None]:
     status["torch", "cpu"] = None if torch_ok else no_torch
     status["torch", "cuda"] = no_torch if not torch_ok else cuda_torch
     trt = tensorrt_status()
-    status["tensorrt", "cuda"] = trt or "the TensorRT engine runner is not part of this gixdrt version yet"
+    status["tensorrt", "cuda"] = trt or ("the Detector does not run TensorRT engines yet (build one with "
+                                          "gixdrt build and run it with gixdrt.engine.TensorRTRunner)")
     status["tensorrt", "cpu"] = "TensorRT runs on a CUDA GPU only"
     if not (_has("onnxruntime") and _has("onnx")):
         why = "ONNX Runtime and onnx are not installed (pip install gixdrt[onnx])"

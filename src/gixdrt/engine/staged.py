@@ -1,9 +1,16 @@
 """The detector as exported graphs plus the between-graph steps: dense graph → proposals → RoIAlign →
 head graph → final filter, on ONNX Runtime.
 
-The two graphs run in ONNX Runtime; proposals, RoIAlign and the final filter are the PyTorch reference ops
-of :mod:`gixdrt.model` on tensors that view the runtime's outputs without copying (``torch.from_numpy`` on
-the CPU). Graphs are exported once per (model weights, image shape, batch, precision) and cached as files.
+The two graphs run in ONNX Runtime. On the CPU the steps between them are gixdrt's own kernels on the
+runtime's NumPy outputs, with fixed-size buffers throughout (no PyTorch op runs per frame):
+:func:`gixdrt.kernels.decode_topk` (per level top-k, decode, clip) → :func:`gixdrt.kernels.nms_fixed`
+(IoU 0.9 per level, ≤ 1000 proposals per image) → the C++ RoIAlign of :mod:`gixdrt._ext`, written straight
+into the head graph's input buffer at rows ``i·R … i·R + count_i`` of image i (R = proposals per image) →
+head graph → :func:`gixdrt.kernels.decode_final` (2·sigmoid − 1, decode, threshold) →
+:func:`gixdrt.kernels.nms_fixed` (IoU 0.1, ≤ 250). With the ONNX Runtime CUDA provider, or where the kernels
+cannot run (``kernels=False``), the PyTorch reference ops of :mod:`gixdrt.model` run between the graphs on
+tensors that view the runtime's outputs. Graphs are exported once per (model weights, image shape, batch,
+precision) and cached as files.
 """
 from __future__ import annotations
 
@@ -41,11 +48,13 @@ class OrtStages:
     device in PyTorch). precision: ``"fp32"`` or ``"fp16"`` (graph weights and activations; inputs, outputs
     and box arithmetic stay fp32). threads: ONNX Runtime's CPU threads (None: one per core).
     cache: True (the user cache, :func:`graph_cache_dir`), a directory, or False (a temporary directory
-    removed with this object).
+    removed with this object). kernels: on the CPU, run gixdrt's kernels between the graphs (default; False:
+    the PyTorch reference ops, for comparison). ``kernel_backend``: their registry backend ("cpu" or
+    "reference").
     """
 
     def __init__(self, model, *, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 cache: bool | str | os.PathLike = True):
+                 cache: bool | str | os.PathLike = True, kernels: bool = True, kernel_backend: str | None = None):
         from ..export.graphs import model_digest
 
         if precision not in PRECISIONS:
@@ -62,6 +71,9 @@ class OrtStages:
         else:
             self.cache = Path(cache)
         self.digest = model_digest(model)
+        self.kernels = bool(kernels) and not device.startswith("cuda")
+        self.kernel_backend = kernel_backend
+        self._anchors: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._dense: dict[tuple[int, int, int], OnnxRuntimeRunner] = {}
         self._head: dict[int, tuple[OnnxRuntimeRunner, Any]] = {}
         self.timings: dict[str, float] = {}
@@ -168,6 +180,99 @@ class OrtStages:
     def __call__(self, images) -> list[dict[str, Any]]:
         """images: float32[N, 1, H, W] torch tensor (on this device) → per image {"boxes", "scores"} tensors,
         as :meth:`gixdrt.model.GixdDetector.forward` returns them. Seconds per stage go to ``timings``."""
+        if self.kernels:
+            return self._run_kernels(images)
+        return self._run_torch(images)
+
+    def anchors(self, height: int, width: int, shapes: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(anchors float32[A_total, 4], level_starts int64[L+1]) for this image size (cached)."""
+        key = (height, width)
+        if key not in self._anchors:
+            import torch
+
+            per_level = self.model.anchors((height, width), shapes, "cpu")
+            flat = torch.cat(per_level).numpy().astype(np.float32)
+            starts = np.cumsum([0] + [len(a) for a in per_level]).astype(np.int64)
+            self._anchors[key] = (np.ascontiguousarray(flat), starts)
+        return self._anchors[key]
+
+    def _run_kernels(self, images) -> list[dict[str, Any]]:
+        """The CPU path: graphs on ONNX Runtime, gixdrt's kernels between them (see the module docstring)."""
+        import torch
+
+        from .. import kernels as K
+        from ..kernels.roi_align import roi_align
+
+        model, cfg = self.model, self.model.config
+        backend = self.kernel_backend
+        n = int(images.shape[0])
+        height, width = model.check_input(images)
+        clock = time.perf_counter
+        timings: dict[str, float] = {}
+        t = clock()
+        dense_runner = self.dense_runner(height, width, n)
+        x = images.detach().contiguous().numpy() if isinstance(images, torch.Tensor) else np.ascontiguousarray(images)
+        out = dense_runner.infer({"images": x})
+        levels = len(cfg.anchor_sizes)
+        shapes = [tuple(out[f"logits_{i}"].shape[-2:]) for i in range(levels)]
+        # (N, A, h, w) / (N, 4A, h, w) → (N, h·w·A) / (N, h·w·A, 4), the order of gixdrt.model.detector.flatten_rpn
+        flat_logits, flat_deltas = [], []
+        for i in range(levels):
+            lg, dl = out[f"logits_{i}"], out[f"deltas_{i}"]
+            a, hh, ww = lg.shape[1:]
+            flat_logits.append(lg.transpose(0, 2, 3, 1).reshape(n, hh * ww * a))
+            flat_deltas.append(dl.reshape(n, a, 4, hh, ww).transpose(0, 3, 4, 1, 2).reshape(n, hh * ww * a, 4))
+        logits = np.concatenate(flat_logits, 1)
+        deltas = np.concatenate(flat_deltas, 1)
+        anchors, starts = self.anchors(height, width, shapes)
+        t1 = clock()
+        timings["dense"] = t1 - t
+        boxes, scores, lv, valid = K.decode_topk(
+            logits, deltas, anchors, starts, k=cfg.rpn_pre_nms_top_n, height=height, width=width,
+            bbox_clip=cfg.bbox_clip, min_size=cfg.rpn_min_size, backend=backend,
+        )  # fmt: skip
+        r = cfg.rpn_post_nms_top_n
+        keep, count = K.nms_fixed(boxes, scores, valid, cfg.rpn_nms_iou, r, lv, backend=backend)
+        props = np.zeros((n, r, 4), np.float32)  # fixed layout: image i's proposals at [i, :count[i]]
+        for i in range(n):
+            props[i, : count[i]] = boxes[i, keep[i, : count[i]]]
+        t2 = clock()
+        timings["proposals"] = t2 - t1
+        runner, buf = self.head_runner(r * max(n, 1))
+        feats = buf.numpy()
+        p2 = np.ascontiguousarray(out["p2"])
+        sy, sx = (float(v) for v in model.roi_align.scales[0])
+        for i in range(n):
+            c = int(count[i])
+            if c == 0:
+                continue
+            rois = np.zeros((c, 5), np.float32)  # batch index 0 of the single-image view below
+            rois[:, 1:] = props[i, :c]
+            roi_align(p2[i : i + 1], rois, cfg.roi_output_size, (sy, sx), cfg.roi_sampling_ratio, cfg.roi_aligned,
+                      out=feats[i * r : i * r + c])
+        t3 = clock()
+        timings["roi_align"] = t3 - t2
+        res = runner.infer({"roi_features": feats})
+        head_logits = np.asarray(res["logits"], np.float32).reshape(n, r)
+        head_deltas = np.asarray(res["deltas"], np.float32).reshape(n, r, 4)
+        t4 = clock()
+        timings["head"] = t4 - t3
+        fb, fs, fc = K.decode_final(
+            head_logits, head_deltas, props, count, height=height, width=width,
+            score_threshold=model.score_threshold, bbox_clip=cfg.bbox_clip, min_size=cfg.min_size, backend=backend,
+        )  # fmt: skip
+        cap = max(int(model.max_detections), 0)
+        keep, kc = K.nms_fixed(fb, fs, fc, model.nms_iou, cap, backend=backend)
+        dets = []
+        for i in range(n):
+            sel = keep[i, : kc[i]]
+            dets.append({"boxes": torch.from_numpy(fb[i, sel]), "scores": torch.from_numpy(fs[i, sel])})
+        timings["postprocess"] = clock() - t4
+        self.timings = timings
+        return dets
+
+    def _run_torch(self, images) -> list[dict[str, Any]]:
+        """Graphs on ONNX Runtime, the PyTorch reference ops between them (the CUDA provider's path)."""
         import torch
 
         from ..model.detector import Dense

@@ -1,11 +1,18 @@
 """Graph checks before a TensorRT build: only ops TensorRT's ONNX parser supports, static shapes, no
 data-dependent output shapes.
 
-The operator table is transcribed from TensorRT's ONNX parser support matrix, ``docs/operators.md`` of
-onnx/onnx-tensorrt for TensorRT 10.x ("TensorRT 10.0 supports operators in the inclusive range of opset 9 to
-opset 20"). It lists the operators marked supported (Y) there; where a restriction matters to an exporter
-it is kept next to the name and the ones we can check statically are checked. Update it when the TensorRT
-release we build with changes: the table is data, the checks below do not change.
+Where the operator table comes from: the "Operator Support Matrix" of ``docs/operators.md`` ("Supported ONNX
+Operators") in onnx/onnx-tensorrt, the TensorRT ONNX parser's own document, in its TensorRT 10.15 revision
+("TensorRT 10.15 supports operators in the inclusive range of opset 9 to opset 24"). :data:`TRT_SUPPORTED_OPS`
+lists every operator marked supported (Y) there, with the restriction the document gives ("" where it gives
+none); the restrictions we can see statically are checked below. Operators the document marks N (AffineGrid,
+Compress, DFT, Unique, the Sequence*, String* and Bitwise* families...) are absent. Releases older than 10.15
+support a subset (operators such as Attention, RMSNormalization, RotaryEmbedding and TensorScatter came
+later), and the parser has the final word: a graph that passes here can still fail to parse on an older
+TensorRT 10 release. The opset range, :data:`TRT_OPSETS`, is the
+one every TensorRT 10 release accepts (the TensorRT 10.0 revision of the same document: "opset 9 to opset
+20"). Update the table with the document when the TensorRT we build with changes: it is data, the checks do
+not change.
 """
 from __future__ import annotations
 
@@ -25,56 +32,97 @@ __all__ = [
     "check_graph",
 ]
 
-#: opsets of the default ONNX domain TensorRT 10.0's parser accepts
+#: opsets of the default ONNX domain every TensorRT 10 parser accepts (10.0: 9 to 20; 10.15: 9 to 24)
 TRT_OPSETS = range(9, 21)
 
-#: TensorRT 10.x ONNX parser: supported operators → restriction ("" when none is documented)
+_REDUCE_AXES = "`axes` must be an initializer"
+_RNN_DIRECTIONS = "for bidirectional {}s, activation functions must be the same for both the forward and reverse pass"
+
+#: TensorRT's ONNX parser (docs/operators.md, TensorRT 10.15): supported operators → documented restriction
 TRT_SUPPORTED_OPS: dict[str, str] = {
-    "Abs": "", "Acos": "", "Acosh": "", "Add": "", "AffineGrid": "", "And": "", "ArgMax": "", "ArgMin": "",
-    "Asin": "", "Asinh": "", "Atan": "", "Atanh": "",
-    "AveragePool": "2D or 3D pooling only",
-    "BatchNormalization": "", "BlackmanWindow": "", "Cast": "", "CastLike": "", "Ceil": "", "Celu": "",
-    "Clip": "", "Concat": "", "Constant": "", "ConstantOfShape": "",
-    "Conv": "2D or 3D only; weights must be an initializer",
-    "ConvTranspose": "2D or 3D only; weights must be an initializer",
-    "Cos": "", "Cosh": "", "CumSum": "axis must be an initializer", "DepthToSpace": "",
-    "DequantizeLinear": "", "Div": "", "Dropout": "", "Einsum": "no ellipsis, no diagonal, no broadcasting",
-    "Elu": "", "Equal": "", "Erf": "", "Exp": "", "Expand": "", "EyeLike": "", "Flatten": "", "Floor": "",
-    "Gather": "", "GatherElements": "", "GatherND": "", "Gelu": "", "Gemm": "", "GlobalAveragePool": "",
-    "GlobalLpPool": "", "GlobalMaxPool": "", "Greater": "", "GreaterOrEqual": "", "GridSample": "",
-    "GroupNormalization": "", "GRU": "", "HammingWindow": "", "HannWindow": "", "HardSigmoid": "",
-    "HardSwish": "", "Hardmax": "", "Identity": "", "If": "", "ImageScaler": "",
-    "InstanceNormalization": "scale and bias must be initializers", "IsInf": "", "IsNaN": "",
-    "LayerNormalization": "", "LeakyRelu": "", "Less": "", "LessOrEqual": "", "Log": "", "LogSoftmax": "",
-    "Loop": "", "LRN": "", "LSTM": "", "LpNormalization": "", "LpPool": "", "MatMul": "", "Max": "",
-    "MaxPool": "2D or 3D pooling only; no Indices output",
+    "Abs": "", "Acos": "", "Acosh": "", "Add": "", "And": "", "ArgMax": "", "ArgMin": "", "Asin": "", "Asinh": "",
+    "Atan": "", "Atanh": "",
+    "Attention": "Q, K, V and attn_mask must be 4D; past_key, past_value and nonpad_kv_seqlen inputs, present_key, "
+    "present_value and qk_matmul_output outputs, qk_matmul_output_mode and softcap attributes unsupported",
+    "AveragePool": "2D or 3D pooling only; dilations must be empty or all ones",
+    "BatchNormalization": "", "BlackmanWindow": "", "Cast": "", "CastLike": "", "Ceil": "", "Celu": "", "Clip": "",
+    "Concat": "",
+    "Constant": "sparse_value, value_string and value_strings attributes unsupported",
+    "ConstantOfShape": "", "Conv": "", "ConvTranspose": "", "Cos": "", "Cosh": "",
+    "CumSum": "axis must be a build-time constant",
+    "DeformConv": "input must have 1D or 2D spatial dimensions; pads at the beginning and end of each spatial axis "
+    "must be the same",
+    "DepthToSpace": "",
+    "DequantizeLinear": "x_zero_point must be zero",
+    "Div": "",
+    "Dropout": "is_training must be an initializer and evaluate to False",
+    "Einsum": "", "Elu": "", "Equal": "", "Erf": "", "Exp": "", "Expand": "",
+    "EyeLike": "input must have static dimensions",
+    "Flatten": "", "Floor": "", "Gather": "", "GatherElements": "", "GatherND": "", "Gelu": "", "Gemm": "",
+    "GlobalAveragePool": "", "GlobalLpPool": "", "GlobalMaxPool": "", "Greater": "", "GreaterOrEqual": "",
+    "GridSample": "input must be 4D",
+    "GroupNormalization": "",
+    "GRU": _RNN_DIRECTIONS.format("GRU"),
+    "HammingWindow": "", "HannWindow": "", "HardSigmoid": "", "HardSwish": "",
+    "Hardmax": "the axis dimension of the input must be a build-time constant",
+    "Identity": "",
+    "If": "outputs of the two branches must have the same rank and different names",
+    "ImageScaler": "", "InstanceNormalization": "", "IsInf": "", "IsNaN": "",
+    "LayerNormalization": "only the first output Y is supported",
+    "LeakyRelu": "", "Less": "", "LessOrEqual": "", "Log": "", "LogSoftmax": "",
+    "Loop": "scan output length cannot be dynamic; loop-carried dependencies keep their shape across iterations",
+    "LRN": "",
+    "LSTM": _RNN_DIRECTIONS.format("LSTM") + "; input_forget must be 0; layout must be 0",
+    "LpNormalization": "",
+    "LpPool": "dilations must be empty or all ones",
+    "MatMul": "", "Max": "",
+    "MaxPool": "2D or 3D pooling only; no Indices output; dilations must be empty or all ones",
     "Mean": "", "MeanVarianceNormalization": "", "Min": "", "Mish": "", "Mod": "", "Mul": "", "Neg": "",
-    "NonMaxSuppression": "data-dependent output shape",
-    "NonZero": "data-dependent output shape",
-    "Not": "", "OneHot": "", "Or": "", "Pad": "", "ParametricSoftplus": "", "Pow": "", "PRelu": "",
-    "QuantizeLinear": "", "RandomNormal": "", "RandomNormalLike": "", "RandomUniform": "",
-    "RandomUniformLike": "", "Range": "", "Reciprocal": "", "ReduceL1": "", "ReduceL2": "",
-    "ReduceLogSum": "", "ReduceLogSumExp": "", "ReduceMax": "", "ReduceMean": "", "ReduceMin": "",
-    "ReduceProd": "", "ReduceSum": "", "ReduceSumSquare": "", "Relu": "", "Reshape": "",
-    "Resize": "modes nearest/linear/cubic; coordinate modes half_pixel, pytorch_half_pixel, "
-    "tf_half_pixel_for_nn, asymmetric, align_corners; nearest modes floor, ceil, round_prefer_floor, "
-    "round_prefer_ceil",
-    "ReverseSequence": "", "RNN": "", "RoiAlign": "opset 16 semantics", "Round": "", "ScaledTanh": "",
-    "Scan": "", "Scatter": "", "ScatterElements": "", "ScatterND": "", "Selu": "", "Shape": "", "Shrink": "",
-    "Sigmoid": "", "Sign": "", "Sin": "", "Sinh": "", "Size": "", "Slice": "", "Softmax": "", "Softplus": "",
-    "Softsign": "", "SpaceToDepth": "", "Split": "", "Sqrt": "", "Squeeze": "", "Sub": "", "Sum": "",
-    "Tan": "", "Tanh": "", "ThresholdedRelu": "", "Tile": "",
-    "TopK": "K must be an initializer, K < 3840",
-    "Transpose": "", "Trilu": "", "Unsqueeze": "", "Upsample": "", "Where": "", "Xor": "",
+    "NonMaxSuppression": "", "NonZero": "", "Not": "",
+    "OneHot": "depth must be a build-time constant",
+    "Or": "", "Pad": "", "ParametricSoftplus": "", "Pow": "", "PRelu": "",
+    "QuantizeLinear": "y_zero_point must be 0",
+    "RandomNormal": "seed is ignored", "RandomNormalLike": "seed is ignored", "RandomUniform": "seed is ignored",
+    "RandomUniformLike": "seed is ignored",
+    "Range": "", "Reciprocal": "",
+    "ReduceL1": _REDUCE_AXES, "ReduceL2": _REDUCE_AXES, "ReduceLogSum": _REDUCE_AXES, "ReduceLogSumExp": _REDUCE_AXES,
+    "ReduceMax": _REDUCE_AXES, "ReduceMean": _REDUCE_AXES, "ReduceMin": _REDUCE_AXES, "ReduceProd": _REDUCE_AXES,
+    "ReduceSum": _REDUCE_AXES, "ReduceSumSquare": _REDUCE_AXES,
+    "Relu": "", "Reshape": "",
+    "Resize": "coordinate transformation modes half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, asymmetric, "
+    "align_corners; modes nearest, linear; nearest modes floor, ceil, round_prefer_floor, round_prefer_ceil; "
+    "aspect ratio policy stretch; with a scales tensor, axes must be an iota vector of length rank(input); "
+    "no antialiasing",
+    "ReverseSequence": "", "RMSNormalization": "",
+    "RNN": _RNN_DIRECTIONS.format("RNN"),
+    "RoiAlign": "",
+    "RotaryEmbedding": "position_ids must be INT64",
+    "Round": "",
+    "STFT": "frame_step and window must be initializers; the input must be real-valued",
+    "ScaledTanh": "", "Scan": "", "Scatter": "", "ScatterElements": "",
+    "ScatterND": "reduction other than none unsupported",
+    "Selu": "", "Shape": "", "Shrink": "", "Sigmoid": "", "Sign": "", "Sin": "", "Sinh": "", "Size": "", "Slice": "",
+    "Softmax": "", "Softplus": "", "Softsign": "", "SpaceToDepth": "", "Split": "", "Sqrt": "",
+    "Squeeze": "axes must be resolvable to a constant",
+    "Sub": "", "Sum": "", "Tan": "", "Tanh": "",
+    "TensorScatter": "past_cache and update must be 4D; axis must be -2",
+    "ThresholdedRelu": "", "Tile": "",
+    "TopK": "sorted must be 1; K must be less than 3840",
+    "Transpose": "", "Trilu": "",
+    "Unsqueeze": "axes must be resolvable to a constant",
+    "Upsample": "", "Where": "", "Xor": "",
 }
 
 #: supported ops whose output shape depends on the data: they rule out CUDA-graph capture of an engine
 DATA_DEPENDENT_OPS = frozenset({"NonMaxSuppression", "NonZero"})
 
 _TOPK_MAX = 3840
-_RESIZE_MODES = {"nearest", "linear", "cubic"}
+_RESIZE_MODES = {"nearest", "linear"}
 _RESIZE_COORDS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 _RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
+_POOLS_WITHOUT_DILATION = {"AveragePool", "MaxPool", "LpPool"}
+#: element types the document lists (DOUBLE is cast down with clamping: refused here; FP8, FP4, INT4 only as
+#: quantized types, which gixdrt's graphs do not use)
 _TRT_DTYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "INT64", "INT8", "UINT8", "BOOL"}
 
 
@@ -139,8 +187,9 @@ def check_graph(graph: str | os.PathLike | Any, *, allow_data_dependent: bool = 
 
     Checked: the ONNX checker passes; opset within :data:`TRT_OPSETS`; every node is in the default domain
     and in :data:`TRT_SUPPORTED_OPS`; no op of :data:`DATA_DEPENDENT_OPS` (unless ``allow_data_dependent``);
-    the restrictions we can see statically (Conv weights are initializers, TopK's K is a constant below
-    3840, Resize modes, MaxPool without Indices); every tensor (inputs, outputs, intermediates after shape
+    the documented restrictions we can see statically (TopK: sorted, K a constant below 3840; Resize:
+    modes, no antialiasing, aspect ratio policy stretch; pooling: no dilations, MaxPool without Indices);
+    every tensor (inputs, outputs, intermediates after shape
     inference) has a fully static shape and a TensorRT element type. Raises :class:`GraphCheckError` with
     the report when anything fails.
     """
@@ -182,21 +231,27 @@ def check_graph(graph: str | os.PathLike | Any, *, allow_data_dependent: bool = 
             continue
         if node.op_type in DATA_DEPENDENT_OPS and not allow_data_dependent:
             problems.append(f"{where}: data-dependent output shape (no CUDA-graph capture)")
-        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] not in consts:
-            problems.append(f"{where}: weights are not an initializer")
-        elif node.op_type == "TopK":
+        if node.op_type == "TopK":
             k = consts.get(node.input[1]) if len(node.input) > 1 else None
-            if k is None:
-                problems.append(f"{where}: K is not a constant")
+            if k is None:  # not a parser restriction since 10.x, but a runtime K makes the output shape data-dependent
+                problems.append(f"{where}: K is not a constant (the output shape would depend on the data)")
             elif int(numpy_helper.to_array(k).reshape(-1)[0]) >= _TOPK_MAX:
                 problems.append(f"{where}: K = {int(numpy_helper.to_array(k).reshape(-1)[0])} ≥ {_TOPK_MAX}")
+            if _attr(node, "sorted", 1) != 1:
+                problems.append(f"{where}: sorted=0 not supported")
         elif node.op_type == "Resize":
             mode = _attr(node, "mode", "nearest")
             coord = _attr(node, "coordinate_transformation_mode", "half_pixel")
             nearest = _attr(node, "nearest_mode", "round_prefer_floor")
             if mode not in _RESIZE_MODES or coord not in _RESIZE_COORDS or (mode == "nearest" and nearest not in _RESIZE_NEAREST):
                 problems.append(f"{where}: mode {mode}/{coord}/{nearest} not supported")
-        elif node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+            if _attr(node, "antialias", 0):
+                problems.append(f"{where}: antialiasing not supported")
+            if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+                problems.append(f"{where}: keep_aspect_ratio_policy {_attr(node, 'keep_aspect_ratio_policy')} not supported")
+        if node.op_type in _POOLS_WITHOUT_DILATION and any(d != 1 for d in _attr(node, "dilations", None) or ()):
+            problems.append(f"{where}: dilations {list(_attr(node, 'dilations'))} not supported (all ones only)")
+        if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
             problems.append(f"{where}: Indices output not supported")
 
     try:

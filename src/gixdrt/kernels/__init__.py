@@ -106,6 +106,7 @@ for _backend, _module in (
 ):
     register("decode_topk", _backend, f"{_module}.boxes:decode_topk")
     register("nms_fixed", _backend, f"{_module}.boxes:nms_fixed")
+    register("decode_final", _backend, f"{_module}.boxes:decode_final")
 
 
 def decode_topk(
@@ -161,4 +162,32 @@ def nms_fixed(
     return fn(boxes, scores, valid, iou, max_out, groups)
 
 
-__all__ += ["decode_topk", "nms_fixed"]
+def decode_final(
+    logits: Any,
+    deltas: Any,
+    proposals: Any,
+    valid: Any,
+    *,
+    height: int,
+    width: int,
+    score_threshold: float,
+    bbox_clip: float = 4.135166556742356,
+    min_size: float = 1e-3,
+    backend: str | None = None,
+    stream: Any = None,
+) -> tuple[Any, Any, Any]:
+    """Second-stage score and decode, fixed size (before the final NMS).
+
+    logits: float32[N, R]; deltas, proposals: float32[N, R, 4]; valid: int32[N] (entries [:valid[i]] count).
+    Score 2·sigmoid − 1; boxes decoded against the proposals and clipped to [0, width] × [0, height]; kept
+    where score ≥ score_threshold and both sides ≥ min_size.
+    → (boxes float32[N, R, 4], scores float32[N, R], count int32[N]): survivors first, in proposal order.
+    """
+    name, fn = resolve("decode_final", backend, logits)
+    kw = dict(height=height, width=width, score_threshold=score_threshold, bbox_clip=bbox_clip, min_size=min_size)
+    if name == "cuda":
+        kw["stream"] = stream
+    return fn(logits, deltas, proposals, valid, **kw)
+
+
+__all__ += ["decode_final", "decode_topk", "nms_fixed"]

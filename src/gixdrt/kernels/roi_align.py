@@ -41,13 +41,14 @@ def _require_ext():
     return _ext
 
 
-def _pair(value, what: str) -> tuple[float, float]:
+def pair(value, what: str, cast: type = float) -> tuple[Any, Any]:
+    """(y, x) from a number (both) or a pair; ValueError naming ``what`` otherwise."""
     if np.ndim(value) == 0:
-        return float(value), float(value)
-    pair = tuple(float(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"roi_align: {what} must be a number or a (y, x) pair, got {value!r}")
-    return pair
+        return cast(value), cast(value)
+    out = tuple(cast(v) for v in value)
+    if len(out) != 2:
+        raise ValueError(f"{what} must be a number or a (y, x) pair, got {value!r}")
+    return out
 
 
 def roi_align(
@@ -85,7 +86,7 @@ def roi_align(
         out_h = out_w = int(output_size)
     else:
         out_h, out_w = (int(v) for v in output_size)
-    scale_y, scale_x = _pair(spatial_scale, "spatial_scale")
+    scale_y, scale_x = pair(spatial_scale, "roi_align: spatial_scale")
     on_device = hasattr(features, "__cuda_array_interface__")
     if on_device != hasattr(rois, "__cuda_array_interface__"):
         raise TypeError("roi_align: features and rois must both be NumPy arrays or both be device arrays")

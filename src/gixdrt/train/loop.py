@@ -36,7 +36,7 @@ from ..model.detector import DetectorConfig, GixdDetector
 from .losses import LOSS_TERMS, LossWeights, detector_losses
 from .targets import TargetConfig
 
-__all__ = ["TrainConfig", "TrainResult", "main_train", "train"]
+__all__ = ["TrainConfig", "TrainResult", "export_checkpoint", "main_train", "train"]
 
 CSV_COLUMNS = ("step", *LOSS_TERMS, "total", "lr", "seconds")
 #: fields that may differ between the run's saved config and the one given on resume
@@ -449,12 +449,18 @@ def train(
 
 
 def _save_final(model: GixdDetector, run_dir: Path, cfg: TrainConfig, step: int, wall: float, device: torch.device, last: dict[str, float]) -> Path:
-    from .. import __version__
     from ..model.checkpoint import save_model
 
     model.eval()
-    card = {
-        "name": cfg.name or run_dir.name,
+    card = _card(cfg, cfg.name or run_dir.name, step, wall, _hardware(device), last)
+    return save_model(model, run_dir / "model", card, fp16=cfg.save_fp16)
+
+
+def _card(cfg: TrainConfig, name: str, step: int, wall: float, hardware: dict[str, Any], last: dict[str, float]) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "name": name,
         "provenance": {
             "source": "trained",
             "trainer": "gixdrt.train.loop",
@@ -466,14 +472,47 @@ def _save_final(model: GixdDetector, run_dir: Path, cfg: TrainConfig, step: int,
             "images_seen": step * cfg.batch_size,
             "image_size": list(cfg.image_size),
             "wall_time_s": round(wall, 3),
-            "hardware": _hardware(device),
+            "hardware": hardware,
             "amp": cfg.amp,
             "final_losses": {k: round(v, 6) for k, v in last.items()},
             "config": cfg.to_dict(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
-    return save_model(model, run_dir / "model", card, fp16=cfg.save_fp16)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, fp16: bool = True, name: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """A training checkpoint (``run/checkpoints/step_XXXXXXX.pt``) → a model directory in gixdrt's format
+    (safetensors + model card), loadable as ``--model out_dir``. The card records the checkpoint's step, the
+    run's config and its mean losses over the 50 steps before the checkpoint; ``extra`` is merged into the
+    card's provenance (e.g. evaluation results). Only read gixdrt's own checkpoints: they are unpickled.
+    """
+    from ..errors import CheckpointError
+    from ..model.checkpoint import save_model
+
+    path = Path(checkpoint)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig.from_dict(state["config"])
+        step, wall = int(state["step"]), float(state["wall_s"])
+    except FileNotFoundError:
+        raise CheckpointError("no such training checkpoint", path=path) from None
+    except Exception as exc:  # noqa: BLE001 - a foreign or damaged file: say so, whatever the unpickler raised
+        raise CheckpointError(f"not a gixdrt training checkpoint ({type(exc).__name__}: {exc})", path=path) from None
+    model = GixdDetector(cfg.detector_config())
+    model.load_state_dict(state["model"])
+    model.eval()
+    run_dir = path.parent.parent
+    recent = _read_csv(run_dir / "losses.csv", step)[-50:]
+    last = {k: float(np.mean([float(r[k]) for r in recent])) for k in (*LOSS_TERMS, "total")} if recent else {}
+    hardware = {"device": cfg.device, "note": "the run's training hardware is in its checkpoints' run directory"}
+    card = _card(cfg, name or f"{cfg.name or run_dir.name}-step{step}", step, wall, hardware, last)
+    card["provenance"]["checkpoint"] = path.name
+    card["provenance"].update(dict(extra or {}))
+    return save_model(model, out_dir, card, fp16=fp16)
 
 
 def main_train(

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..reference.boxes import BBOX_CLIP, check_decode_inputs, check_nms_inputs, threshold_below
+from ..reference.boxes import BBOX_CLIP, check_decode_inputs, check_final_inputs, check_nms_inputs, threshold_below
 
 
 @njit(cache=True)
@@ -62,6 +62,22 @@ def _topk_desc(x, k):  # pragma: no cover - compiled
     return out
 
 
+@njit(inline="always", cache=True)
+def _decode_clip(ref, d, clip, fw, fh):  # pragma: no cover - compiled
+    """One box from deltas d[4] relative to ref[4], clipped: fp32 in the order of gixdrt.model.ops.decode_boxes."""
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    w = ref[2] - ref[0]
+    h = ref[3] - ref[1]
+    cx = ref[0] + half * w
+    cy = ref[1] + half * h
+    pcx = d[0] * w + cx
+    pcy = d[1] * h + cy
+    hw = half * (np.float32(math.exp(min(d[2], clip))) * w)
+    hh = half * (np.float32(math.exp(min(d[3], clip))) * h)
+    return min(max(pcx - hw, zero), fw), min(max(pcy - hh, zero), fh), min(max(pcx + hw, zero), fw), min(max(pcy + hh, zero), fh)
+
+
 @njit(parallel=True, cache=True)
 def _decode_topk(logits, deltas, anchors, starts, k, height, width, clip, min_size, boxes, scores, levels, valid):  # pragma: no cover
     n = logits.shape[0]
@@ -70,9 +86,7 @@ def _decode_topk(logits, deltas, anchors, starts, k, height, width, clip, min_si
     tmp = np.zeros((n, m, 4), np.float32)
     tmp_s = np.zeros((n, m), np.float32)
     ok = np.zeros((n, m), np.bool_)
-    half = np.float32(0.5)
     one = np.float32(1.0)
-    zero = np.float32(0.0)
     fw = np.float32(width)
     fh = np.float32(height)
     for job in prange(n * n_levels):
@@ -82,19 +96,7 @@ def _decode_topk(logits, deltas, anchors, starts, k, height, width, clip, min_si
         top = _topk_desc(logits[i, lo : starts[lvl + 1]], k)
         for r in range(top.shape[0]):
             a = lo + top[r]
-            # fp32 in the operation order of gixdrt.model.ops.decode_boxes
-            w = anchors[a, 2] - anchors[a, 0]
-            h = anchors[a, 3] - anchors[a, 1]
-            cx = anchors[a, 0] + half * w
-            cy = anchors[a, 1] + half * h
-            pcx = deltas[i, a, 0] * w + cx
-            pcy = deltas[i, a, 1] * h + cy
-            hw = half * (np.float32(math.exp(min(deltas[i, a, 2], clip))) * w)
-            hh = half * (np.float32(math.exp(min(deltas[i, a, 3], clip))) * h)
-            x0 = min(max(pcx - hw, zero), fw)
-            y0 = min(max(pcy - hh, zero), fh)
-            x1 = min(max(pcx + hw, zero), fw)
-            y1 = min(max(pcy + hh, zero), fh)
+            x0, y0, x1, y1 = _decode_clip(anchors[a], deltas[i, a], clip, fw, fh)
             p = lvl * k + r
             tmp[i, p, 0] = x0
             tmp[i, p, 1] = y0
@@ -209,3 +211,41 @@ def nms_fixed(boxes, scores, valid, iou, max_out, groups=None):
     count = np.zeros(n, np.int32)
     _nms_fixed(boxes, scores, valid, g, groups is not None, threshold_below(iou), int(max_out), keep_idx, count)
     return keep_idx, count
+
+
+@njit(parallel=True, cache=True)
+def _decode_final(logits, deltas, proposals, valid, height, width, thr, clip, min_size, boxes, scores, count):  # pragma: no cover
+    n, r = logits.shape
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    fw = np.float32(width)
+    fh = np.float32(height)
+    for i in prange(n):
+        v = min(max(valid[i], 0), r)
+        c = 0
+        for j in range(v):
+            x0, y0, x1, y1 = _decode_clip(proposals[i, j], deltas[i, j], clip, fw, fh)
+            s = two * (one / (one + np.float32(math.exp(-logits[i, j])))) - one
+            if s >= thr and (x1 - x0) >= min_size and (y1 - y0) >= min_size:
+                boxes[i, c, 0] = x0
+                boxes[i, c, 1] = y0
+                boxes[i, c, 2] = x1
+                boxes[i, c, 3] = y1
+                scores[i, c] = s
+                c += 1
+        count[i] = c
+
+
+def decode_final(logits, deltas, proposals, valid, *, height, width, score_threshold, bbox_clip=BBOX_CLIP, min_size=1e-3):
+    """Numba version of :func:`gixdrt.kernels.reference.boxes.decode_final` (same arguments and outputs)."""
+    logits = np.ascontiguousarray(logits, np.float32)
+    deltas = np.ascontiguousarray(deltas, np.float32)
+    proposals = np.ascontiguousarray(proposals, np.float32)
+    valid = np.ascontiguousarray(valid, np.int64)
+    n, r = check_final_inputs(logits, deltas, proposals, valid)
+    boxes = np.zeros((n, r, 4), np.float32)
+    scores = np.zeros((n, r), np.float32)
+    count = np.zeros(n, np.int32)
+    _decode_final(logits, deltas, proposals, valid, height, width, np.float32(score_threshold),
+                  np.float32(bbox_clip), np.float32(min_size), boxes, scores, count)
+    return boxes, scores, count

@@ -4,7 +4,9 @@ decode_topk: one block per (image, level) finds the k-th logit by a 4-pass radix
 32-bit keys, gathers the candidates in index order (ties at the k-th value: lowest indices), ranks them
 (stable), and decodes; a second kernel compacts the valid boxes per image.
 nms_fixed: rank sort by (−score, index) per image, the classic per-block IoU bitmask kernel (64×64 tiles), and
-one serial reduction block per image on the device. All launches are asynchronous on the caller's stream.
+one serial reduction block per image on the device.
+decode_final: one block per image scores, decodes and compacts its entries in proposal order (block scans).
+All launches are asynchronous on the caller's stream.
 
 On a real GPU NVVM may contract a·b + c into an FMA, so coordinates/IoU can differ from the host paths in the
 last bit; the simulator reproduces them exactly.
@@ -16,7 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ..reference.boxes import BBOX_CLIP, check_decode_inputs, check_nms_inputs, threshold_below
+from ..reference.boxes import BBOX_CLIP, check_decode_inputs, check_final_inputs, check_nms_inputs, threshold_below
 from ..registry import cudasim
 from ._util import as_device, as_stream
 
@@ -40,6 +42,22 @@ def _desc_key(bits):  # pragma: no cover - device code
         b = np.int64(0)
     asc = (_FULL - b) if b >= 0x80000000 else (b + 0x80000000)
     return np.int64(_FULL) - asc
+
+
+@cuda.jit(device=True, inline=True)
+def _decode_clip(ref, d, clip, fw, fh):  # pragma: no cover - device code
+    """One box from deltas d[4] relative to ref[4], clipped: fp32 in the order of gixdrt.model.ops.decode_boxes."""
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    w = ref[2] - ref[0]
+    h = ref[3] - ref[1]
+    cx = ref[0] + half * w
+    cy = ref[1] + half * h
+    pcx = d[0] * w + cx
+    pcy = d[1] * h + cy
+    hw = half * (math.exp(min(d[2], clip)) * w)
+    hh = half * (math.exp(min(d[3], clip)) * h)
+    return min(max(pcx - hw, zero), fw), min(max(pcy - hh, zero), fh), min(max(pcx + hw, zero), fw), min(max(pcy + hh, zero), fh)
 
 
 @cuda.jit(device=True)
@@ -133,25 +151,12 @@ def _select_decode_kernel(bits, logits, deltas, anchors, starts, k, height, widt
                 rank += 1
         ranked[i, lvl, rank] = jc
     cuda.syncthreads()
-    half = np.float32(0.5)
     one = np.float32(1.0)
-    zero = np.float32(0.0)
     fw = np.float32(width)
     fh = np.float32(height)
     for r in range(tid, take, _TPB):
         q = lo + ranked[i, lvl, r]
-        w = anchors[q, 2] - anchors[q, 0]
-        h = anchors[q, 3] - anchors[q, 1]
-        cx = anchors[q, 0] + half * w
-        cy = anchors[q, 1] + half * h
-        pcx = deltas[i, q, 0] * w + cx
-        pcy = deltas[i, q, 1] * h + cy
-        hw = half * (math.exp(min(deltas[i, q, 2], clip)) * w)
-        hh = half * (math.exp(min(deltas[i, q, 3], clip)) * h)
-        x0 = min(max(pcx - hw, zero), fw)
-        y0 = min(max(pcy - hh, zero), fh)
-        x1 = min(max(pcx + hw, zero), fw)
-        y1 = min(max(pcy + hh, zero), fh)
+        x0, y0, x1, y1 = _decode_clip(anchors[q], deltas[i, q], clip, fw, fh)
         pos = lvl * k + r
         tmp_boxes[i, pos, 0] = x0
         tmp_boxes[i, pos, 1] = y0
@@ -360,3 +365,69 @@ def nms_fixed(boxes, scores, valid, iou, max_out, groups=None, stream=None):
         _mask_kernel[(n_tiles, n_tiles, n), _NMS_TILE, s](b, g, va, order, threshold_below(iou), mask)
     _reduce_kernel[n, 32, s](mask, va, order, max_out, removed, keep_idx, count)
     return keep_idx, count
+
+
+@cuda.jit(cache=True)
+def _final_kernel(logits, deltas, proposals, valid, height, width, thr, clip, min_size, boxes, scores, count):  # pragma: no cover
+    i = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    r = logits.shape[1]
+    v = min(max(valid[i], 0), r)
+    buf = cuda.shared.array(_TPB, np.int32)
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    zero = np.float32(0.0)
+    fw = np.float32(width)
+    fh = np.float32(height)
+    written = 0
+    for base in range(0, v, _TPB):
+        j = base + tid
+        f = 0
+        x0 = y0 = x1 = y1 = s = zero
+        if j < v:
+            x0, y0, x1, y1 = _decode_clip(proposals[i, j], deltas[i, j], clip, fw, fh)
+            s = two * (one / (one + math.exp(-logits[i, j]))) - one
+            if s >= thr and (x1 - x0) >= min_size and (y1 - y0) >= min_size:
+                f = 1
+        buf[tid] = f
+        cuda.syncthreads()
+        _block_scan(buf, tid)
+        if f == 1:
+            c = written + buf[tid] - 1
+            boxes[i, c, 0] = x0
+            boxes[i, c, 1] = y0
+            boxes[i, c, 2] = x1
+            boxes[i, c, 3] = y1
+            scores[i, c] = s
+        total = buf[_TPB - 1]
+        cuda.syncthreads()
+        written += total
+    for c in range(written + tid, r, _TPB):
+        for q in range(4):
+            boxes[i, c, q] = 0
+        scores[i, c] = 0
+    if tid == 0:
+        count[i] = written
+
+
+def decode_final(logits, deltas, proposals, valid, *, height, width, score_threshold, bbox_clip=BBOX_CLIP,
+                 min_size=1e-3, stream=None):
+    """Device version of :func:`gixdrt.kernels.reference.boxes.decode_final`: device arrays in (never copied),
+    device arrays (boxes, scores, count) out, filled asynchronously on ``stream``."""
+    s = as_stream(stream)
+    lg = as_device(logits, "logits")
+    dl = as_device(deltas, "deltas")
+    pr = as_device(proposals, "proposals")
+    va = as_device(valid, "valid")
+    for name, arr in (("logits", lg), ("deltas", dl), ("proposals", pr)):
+        if arr.dtype != np.float32:
+            raise TypeError(f"decode_final: {name} must be float32 on the device, got {arr.dtype}")
+    n, r = check_final_inputs(lg, dl, pr, va)
+    boxes = _alloc((n, r, 4), np.float32, stream=s)
+    scores = _alloc((n, r), np.float32, stream=s)
+    count = _alloc(n, np.int32, stream=s)
+    if n == 0:
+        return boxes, scores, count
+    _final_kernel[n, _TPB, s](lg, dl, pr, va, height, width, np.float32(score_threshold), np.float32(bbox_clip),
+                              np.float32(min_size), boxes, scores, count)
+    return boxes, scores, count

@@ -5,6 +5,8 @@ Fixed-size outputs plus valid counts, so that graphs and engines never see data-
 - :func:`decode_topk`: per image and level the top-k anchors by logit → sigmoid scores, decoded, clipped boxes
   with tiny boxes dropped (valid entries compacted to the front).
 - :func:`nms_fixed`: greedy NMS per image (optionally per group) → kept indices padded to ``max_out``.
+- :func:`decode_final`: the second stage's score (2·sigmoid − 1), decode against the proposals, clip, score
+  threshold and tiny boxes dropped (valid entries compacted to the front); then ``nms_fixed`` at IoU 0.1.
 
 Arithmetic follows :mod:`gixdrt.model.ops` (fp32 box coding, fp32 IoU compared with the threshold as a double).
 """
@@ -40,6 +42,24 @@ def threshold_below(threshold: float) -> np.float32:
     if float(t) > threshold:
         t = np.nextafter(t, np.float32(-np.inf))
     return np.float32(t)
+
+
+def decode_clip(ref: np.ndarray, d: np.ndarray, clip: np.float32, height: int, width: int) -> np.ndarray:
+    """Boxes float32[K, 4] from deltas d float32[K, 4] relative to ref float32[K, 4], clipped to [0, width] ×
+    [0, height]: fp32 in the operation order of :func:`gixdrt.model.ops.decode_boxes`."""
+    half = _F(0.5)
+    w = ref[:, 2] - ref[:, 0]
+    h = ref[:, 3] - ref[:, 1]
+    cx = ref[:, 0] + half * w
+    cy = ref[:, 1] + half * h
+    pcx = d[:, 0] * w + cx
+    pcy = d[:, 1] * h + cy
+    hw = half * (np.exp(np.minimum(d[:, 2], clip)) * w)
+    hh = half * (np.exp(np.minimum(d[:, 3], clip)) * h)
+    b = np.stack((pcx - hw, pcy - hh, pcx + hw, pcy + hh), axis=-1)
+    b[:, 0::2] = np.clip(b[:, 0::2], _F(0), _F(width))
+    b[:, 1::2] = np.clip(b[:, 1::2], _F(0), _F(height))
+    return b
 
 
 def descending_order(values: np.ndarray) -> np.ndarray:
@@ -82,25 +102,12 @@ def decode_topk(
     levels = np.full((n, m), -1, np.int32)
     valid = np.zeros(n, np.int32)
     clip = _F(bbox_clip)
-    half = _F(0.5)
     for i in range(n):
         out = 0
         for lvl in range(n_levels):
             lo, hi = starts[lvl], starts[lvl + 1]
             top = lo + descending_order(logits[i, lo:hi])[:k]
-            anc, d = anchors[top], deltas[i, top]
-            # fp32, in the operation order of gixdrt.model.ops.decode_boxes
-            w = anc[:, 2] - anc[:, 0]
-            h = anc[:, 3] - anc[:, 1]
-            cx = anc[:, 0] + half * w
-            cy = anc[:, 1] + half * h
-            pcx = d[:, 0] * w + cx
-            pcy = d[:, 1] * h + cy
-            hw = half * (np.exp(np.minimum(d[:, 2], clip)) * w)
-            hh = half * (np.exp(np.minimum(d[:, 3], clip)) * h)
-            b = np.stack((pcx - hw, pcy - hh, pcx + hw, pcy + hh), axis=-1)
-            b[:, 0::2] = np.clip(b[:, 0::2], _F(0), _F(width))
-            b[:, 1::2] = np.clip(b[:, 1::2], _F(0), _F(height))
+            b = decode_clip(anchors[top], deltas[i, top], clip, height, width)
             ok = ((b[:, 2] - b[:, 0]) >= _F(min_size)) & ((b[:, 3] - b[:, 1]) >= _F(min_size))
             # fp32 1/(1 + exp(−x)) as torch.sigmoid computes it: it saturates to 1.0 for x ≳ 16.6, and the
             # score ties that makes decide the NMS order (ties: lower index first)
@@ -172,3 +179,61 @@ def nms_fixed(boxes, scores, valid, iou: float, max_out: int, groups=None):
             removed[rest] |= (ious.astype(np.float64) > thr) & (g[rest] == g[r])
         count[i] = kept
     return keep_idx, count
+
+
+def check_final_inputs(logits, deltas, proposals, valid):
+    """Shapes of :func:`decode_final`'s inputs → (N, R)."""
+    if logits.ndim != 2 or tuple(deltas.shape) != (*logits.shape, 4) or tuple(proposals.shape) != (*logits.shape, 4):
+        raise ValueError(
+            f"decode_final: expected logits [N, R], deltas and proposals [N, R, 4], got {tuple(logits.shape)}, "
+            f"{tuple(deltas.shape)} and {tuple(proposals.shape)}"
+        )
+    n, r = logits.shape
+    if tuple(valid.shape) != (n,):
+        raise ValueError(f"decode_final: valid must be [{n}], got {tuple(valid.shape)}")
+    return n, r
+
+
+def decode_final(
+    logits,
+    deltas,
+    proposals,
+    valid,
+    *,
+    height: int,
+    width: int,
+    score_threshold: float,
+    bbox_clip: float = BBOX_CLIP,
+    min_size: float = 1e-3,
+):
+    """Second-stage scores and boxes, fixed size.
+
+    logits: float32[N, R] head logits; deltas: float32[N, R, 4] head deltas relative to proposals:
+    float32[N, R, 4]; valid: int[N], image i uses entries [:valid[i]] (clamped to [0, R]).
+    Score = 2·sigmoid(logit) − 1 in fp32 (as :meth:`gixdrt.model.GixdDetector.postprocess`); boxes decoded as
+    in :func:`decode_topk`, clipped to [0, width] × [0, height]; an entry survives when score ≥ score_threshold
+    and both sides ≥ min_size.
+
+    Returns (boxes float32[N, R, 4], scores float32[N, R], count int32[N]): survivors compacted to the front
+    in proposal order, the rest 0. Feed them to :func:`nms_fixed` (IoU 0.1, max detections) for the peaks.
+    """
+    logits = np.asarray(logits, _F)
+    deltas = np.asarray(deltas, _F)
+    proposals = np.asarray(proposals, _F)
+    valid = np.asarray(valid).astype(np.int64)
+    n, r = check_final_inputs(logits, deltas, proposals, valid)
+    boxes = np.zeros((n, r, 4), _F)
+    scores = np.zeros((n, r), _F)
+    count = np.zeros(n, np.int32)
+    clip, one, two = _F(bbox_clip), _F(1), _F(2)
+    for i in range(n):
+        v = min(max(int(valid[i]), 0), r)
+        b = decode_clip(proposals[i, :v], deltas[i, :v], clip, height, width)
+        s = two * (one / (one + np.exp(-logits[i, :v]))) - one
+        with np.errstate(invalid="ignore"):
+            ok = (s >= _F(score_threshold)) & ((b[:, 2] - b[:, 0]) >= _F(min_size)) & ((b[:, 3] - b[:, 1]) >= _F(min_size))
+        c = int(ok.sum())
+        boxes[i, :c] = b[ok]
+        scores[i, :c] = s[ok]
+        count[i] = c
+    return boxes, scores, count
