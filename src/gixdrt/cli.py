@@ -224,12 +224,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    """'512x1024' → (512, 1024); a clear error otherwise."""
+def _parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """'512x1024' → (512, 1024); a clear error naming ``option`` otherwise."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise GixdrtError(f"--size {text!r}: expected HxW, e.g. 512x512") from None
+        raise GixdrtError(f"{option} {text!r}: expected HxW, e.g. 512x512") from None
+    if h < 1 or w < 1:
+        raise GixdrtError(f"{option} {text!r}: height and width must be positive")
     return h, w
 
 
@@ -287,7 +289,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     size = _parse_size(args.size)
     try:
         main_evaluate(args.model, n=args.n, seed=args.seed, out_dir=args.out_dir, size=size, backend=args.backend,
-                      batch=args.batch, progress=not args.no_progress)
+                      batch=args.batch, progress=not args.no_progress, sim=args.sim)
     except ValueError as exc:
         raise GixdrtError(str(exc)) from None
     print(f"results → {Path(args.out_dir).resolve()}")
@@ -332,6 +334,91 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"built {out} ({side['precision']}, batch {batch.get('min')}..{batch.get('max')}, TensorRT "
           f"{side['tensorrt_version']}, {gpu['name']} sm {gpu['compute_capability']}) in "
           f"{time.perf_counter() - t0:.1f} s; sidecar {out}.json")
+    return 0
+
+
+def _export_paths(out: Path, graph: str) -> dict[str, Path]:
+    """--out and --graph → {graph: file}. dense or head: OUT itself; both: X.onnx → X.dense.onnx, X.head.onnx."""
+    if out.suffix.lower() != ".onnx":
+        raise GixdrtError(f"{out}: --out must name an .onnx file")
+    if graph != "both":
+        return {graph: out}
+    return {kind: out.with_name(f"{out.stem}.{kind}.onnx") for kind in ("dense", "head")}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_dense, export_head
+    from .model import zoo
+
+    shape = _parse_size(args.shape, "--shape")
+    if args.rois is not None and args.rois < 1:
+        raise GixdrtError(f"--rois {args.rois}: must be ≥ 1")
+    paths = _export_paths(Path(args.out), args.graph)
+    model = zoo.load(args.model)
+    cfg = model.config
+    if "dense" in paths and (shape[0] % cfg.height_multiple or shape[1] % cfg.width_multiple):
+        raise GixdrtError(f"--shape {args.shape}: this model needs H a multiple of {cfg.height_multiple} and W a "
+                          f"multiple of {cfg.width_multiple} (e.g. 512x1024)")
+    rois = args.rois if args.rois is not None else cfg.rpn_post_nms_top_n * args.batch
+    fp16 = args.precision == "fp16"
+    for kind, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            if kind == "dense":
+                export_dense(model, path, shape=shape, batch=args.batch, fp16=fp16)
+                what = f"dense graph (batch {args.batch}, {shape[0]}×{shape[1]})"
+            else:
+                export_head(model, path, rois=rois, fp16=fp16)
+                what = f"head graph ({rois} RoIs)"
+        except ValueError as exc:
+            raise GixdrtError(f"{path}: {exc}") from None
+        line = f"{path}: {what}, {args.precision}, {path.stat().st_size / 1e6:.1f} MB, exported in {time.perf_counter() - t0:.1f} s"
+        if args.no_check:
+            print(f"{line}; not checked (--no-check)")
+            continue
+        from .export.check import GraphCheckError, check_graph
+
+        try:
+            report = check_graph(path)
+        except GraphCheckError as exc:
+            problems = exc.report.problems
+            raise GixdrtError(f"{path}: written, but fails the graph checks for TensorRT: {len(problems)} problem(s), "
+                              f"first: {problems[0]}") from None
+        ops = ", ".join(f"{k}×{v}" for k, v in sorted(report.ops.items()))
+        print(f"{line}; opset {report.opset}, {sum(report.ops.values())} nodes ({ops}); static shapes OK; "
+              "TensorRT ops OK")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import format_result, load_images, measure, published_image
+
+    if args.runs < 1:
+        raise GixdrtError(f"--runs {args.runs}: must be ≥ 1")
+    if args.warmup < 0:
+        raise GixdrtError(f"--warmup {args.warmup}: must be ≥ 0")
+    if args.inputs:
+        images, sources = load_images(args.inputs, config=args.config, input=args.input, sum_n=args.sum,
+                                      limit=args.batch)
+        label = sources[0] if len(sources) == 1 else f"{sources[0]} … {sources[-1]}"
+    elif args.config or args.input != "raw":
+        raise GixdrtError("--config and --input go with FRAMES; without frames the published real frame is used")
+    else:
+        images, label = published_image()
+    try:
+        res = measure(images, model=args.model, backend=args.backend, device=args.device, precision=args.precision,
+                      threads=args.threads, batch=args.batch, runs=args.runs, warmup=args.warmup, input_label=label)
+    except ValueError as exc:
+        raise GixdrtError(str(exc)) from None
+    print(f"gixdrt bench: {format_result(res)}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"gixdrt": __version__, **res}, indent=2) + "\n", encoding="utf-8")
+        print(f"  result → {out}")
     return 0
 
 
@@ -430,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="512x512", help="HxW of the simulated images (default 512x512)")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--batch", type=int, default=8, help="images per detector call (default 8)")
+    p.add_argument("--sim", default=None, metavar="YAML",
+                   help="simulator settings overriding the defaults (e.g. configs/sim-shifted.yaml)")
     p.add_argument("--out-dir", default="runs/evaluate", help="where metrics.json and the PNGs go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -446,6 +535,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plugins", action="store_true", help="do not load gixdrt's TensorRT plugin library")
     p.add_argument("--no-progress", action="store_true", help="do not print the builder's phases")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("export", help="detector → ONNX graphs with static shapes (checked for a TensorRT build)",
+                       description="Export the dense graph (images → RPN outputs and P2) and/or the box-head graph "
+                                   "(RoI features → scores, deltas), then check each for TensorRT: supported ops, "
+                                   "opset, static shapes. One line per written graph.")
+    p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
+    p.add_argument("--shape", default="512x1024", help="HxW of the polar image (dense graph; default 512x1024)")
+    p.add_argument("--batch", type=int, default=1, help="images per call, fixed in the dense graph (default 1)")
+    p.add_argument("--graph", choices=["dense", "head", "both"], default="dense",
+                   help="which graph (default dense); dense or head are written to --out, both to X.dense.onnx and "
+                        "X.head.onnx next to --out X.onnx")
+    p.add_argument("--rois", type=int, default=None,
+                   help="RoIs per head call, fixed in the head graph (default: the model's proposals per image × "
+                        "--batch, 1000·B for the published model)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp32 (default) or fp16 weights and activations (inputs and outputs stay float32)")
+    p.add_argument("--out", required=True, metavar="X.onnx", help="graph file to write (see --graph)")
+    p.add_argument("--no-check", action="store_true", help="do not run the TensorRT graph checks")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="detector latency, frames/s, per-stage times and peak memory on one backend",
+                       description="Time the detector on B copies of a processed polar image: the published real "
+                                   "frame by default, or the first B frames of FRAMES (cycled when fewer). Prints "
+                                   "median and p99 latency per batch, frames/s, per-stage medians and peak RSS. "
+                                   "benchmarks/bench_engines.py runs the same measurement for every engine.")
+    p.add_argument("inputs", nargs="*", metavar="FRAMES", help="frames as gixdrt detect takes them (default: the "
+                                                              "published real frame)")
+    p.add_argument("--config", help="geometry config (published gixi YAML); required for raw FRAMES")
+    p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
+                   help="what FRAMES hold: raw detector frames (default), polar or processed polar images")
+    p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
+    p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                   help="detector backend (default auto, as gixdrt detect chooses)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="graph precision (onnxruntime)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
+    p.add_argument("--batch", type=int, default=1, help="images per detector call (default 1)")
+    p.add_argument("--runs", type=int, default=20, help="timed calls (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)

@@ -57,3 +57,60 @@ def match_detections(
     if len(set(idx.tolist())) != len(idx):
         raise AssertionError(f"two reference boxes matched the same detection: {idx.tolist()}")
     return idx
+
+
+def published_ring_q(q_max: float, width: int = 1024) -> np.ndarray:
+    """|Q| (Å⁻¹) of the 12 published real-frame rings: box centres of :data:`PUBLISHED_REAL_FRAME_DETECTIONS`,
+    column x ↦ x · q_max / (W − 1) as :meth:`gixdrt.peaks.PeakTable.from_boxes` converts them."""
+    ref = PUBLISHED_REAL_FRAME_DETECTIONS
+    return (ref[:, 0] + ref[:, 2]) / 2 * (q_max / (width - 1))
+
+
+def match_rings(q: np.ndarray, reference_q: np.ndarray, tol_q: float = 0.01) -> dict:
+    """Match detected |Q| values to reference rings one to one (greedy by distance, nearest pairs first).
+
+    → {"found": rings with a detection within ``tol_q``, "max_dq": the largest |Δq| over found rings (NaN when
+    none), "extra": detections not matched to any ring, "missing": the reference |Q| of rings not found,
+    "pairs": [(reference q, detected q)]}."""
+    q = np.asarray(q, np.float64).reshape(-1)
+    ref = np.asarray(reference_q, np.float64).reshape(-1)
+    d = np.abs(ref[:, None] - q[None, :]) if len(q) else np.zeros((len(ref), 0))
+    pairs: list[tuple[int, int]] = []
+    used_r: set[int] = set()
+    used_q: set[int] = set()
+    for flat in np.argsort(d, axis=None, kind="stable"):
+        i, j = divmod(int(flat), d.shape[1])
+        if d[i, j] > tol_q:
+            break
+        if i in used_r or j in used_q:
+            continue
+        pairs.append((i, j))
+        used_r.add(i)
+        used_q.add(j)
+    dq = [float(d[i, j]) for i, j in pairs]
+    return {
+        "found": len(pairs),
+        "max_dq": max(dq) if dq else float("nan"),
+        "extra": int(len(q) - len(pairs)),
+        "missing": [float(ref[i]) for i in range(len(ref)) if i not in used_r],
+        "pairs": [(float(ref[i]), float(q[j])) for i, j in sorted(pairs)],
+    }
+
+
+def real_frame_rings(model="default", *, backend: str = "auto", tol_q: float = 0.01) -> dict:
+    """Run ``model`` (a name, a path or a GixdDetector) on the published real frame with the published config
+    (downloaded once, :func:`gixdrt.io.fetch_published`) and match its peaks to the 12 published rings by |Q|
+    (:func:`match_rings`); the result also lists every detected |Q| and score."""
+    from .engine import Detector
+    from .geometry import load_config
+    from .io import fetch_published, read_frame
+    from .pipeline import Pipeline
+
+    assets = fetch_published(quiet=True)
+    config = load_config(assets.config)
+    pipe = Pipeline(config, Detector(model, backend=backend))
+    table = pipe.detect(read_frame(assets.frame), source=str(assets.frame))
+    res = match_rings(table.q, published_ring_q(config.geometry.q_max), tol_q)
+    res["q"] = [float(v) for v in table.q]
+    res["score"] = [float(v) for v in table.score]
+    return res

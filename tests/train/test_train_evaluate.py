@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,27 @@ def test_main_evaluate_random_weights(tmp_path, capsys):
     d = json.loads((out / "metrics.json").read_text())
     assert d["n_targets"] == r.n_targets and d["settings"]["score_threshold"] == 0.05
     assert "detected" in capsys.readouterr().out
+
+
+def test_sim_config_from_yaml_dict_and_errors(tmp_path):
+    from gixdrt.errors import ConfigError
+    from gixdrt.sim import SimConfig
+    from gixdrt.train.evaluate import _sim_overrides, sim_config
+
+    root = Path(__file__).resolve().parents[2]
+    shifted = sim_config(root / "configs" / "sim-shifted.yaml")
+    assert shifted.n_peaks == (5, 60) and shifted.p_wedge == 1.0 and shifted.contrast_coef == SimConfig().contrast_coef
+    assert sim_config({"p_ring": 0.9}).p_ring == 0.9 and sim_config(None) == SimConfig()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_peakz: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*n_peakz"):
+        sim_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*mapping"):
+        sim_config(bad)
+    from gixdrt.sim import simulate
+
+    data = simulate(1, 0, size=(64, 64), config=shifted)
+    over = _sim_overrides(data)
+    assert over["n_peaks"] == [5, 60] and "contrast_coef" not in over
+    assert _sim_overrides(simulate(1, 0, size=(64, 64))) == {}

@@ -571,6 +571,7 @@ def evaluate(
         "backend": getattr(detector, "backend", None),
         "device": str(getattr(detector, "device", "")) or None,
         "thresholds": getattr(detector, "thresholds", None),
+        "sim_overrides": _sim_overrides(data),
     }
     res = score_results(name, data.boxes, preds, scores, seed=data.seed, size=data.size,
                         score_threshold=score_threshold, settings=settings)
@@ -623,12 +624,49 @@ def compare(
             used.add(slug)
             r.save(out / slug)
         summary = {"paper": PAPER, "models": {k: r.summary() for k, r in results.items()},
-                   "n_images": len(data), "seed": data.seed, "size": list(data.size)}
+                   "n_images": len(data), "seed": data.seed, "size": list(data.size), "sim_overrides": _sim_overrides(data)}
         (out / "comparison.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
         (out / "comparison.txt").write_text(table + "\n")
         _plot_pr(results, out / "pr_curve.png")
         _plot_dq(results, out / "dq_hist.png")
     return results
+
+
+def _sim_overrides(data: Any) -> dict[str, Any]:
+    """The simulator settings of ``data`` that differ from the defaults ({} for the default simulator)."""
+    from ..sim import SimConfig
+
+    cfg = getattr(data, "config", None)
+    if cfg is None:
+        return {}
+    default = SimConfig().to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if default.get(k) != v}
+
+
+def sim_config(sim: Any):
+    """A :class:`gixdrt.sim.SimConfig` from None (defaults), a SimConfig, a dict of overrides or a YAML file of
+    overrides; errors name the file and the unknown or invalid setting."""
+    from ..errors import ConfigError
+    from ..sim import SimConfig
+
+    if sim is None or isinstance(sim, SimConfig):
+        return sim or SimConfig()
+    if isinstance(sim, dict):
+        return SimConfig.from_dict(sim)
+    import yaml
+
+    path = Path(sim)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read simulator settings: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("simulator settings must be a YAML mapping of SimConfig fields", path=path)
+    data = data.get("sim", data)  # a training config's `sim:` section works too
+    try:
+        return SimConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), path=path) from None
 
 
 def main_evaluate(
@@ -643,20 +681,25 @@ def main_evaluate(
     score_threshold: float = SCORE_MIN,
     nms_iou: float = NMS_IOU,
     progress: bool = True,
+    sim: Any = None,
 ) -> dict[str, EvalResult]:
     """CLI entry: evaluate one or more models (names or paths) on one simulated set, print the table and save
     the numbers and figures. One model: ``metrics.json``, ``pr_curve.png``, ``dq_hist.png`` in out_dir;
-    several: a sub-directory each plus ``comparison.json`` / ``comparison.txt`` and joint figures."""
+    several: a sub-directory each plus ``comparison.json`` / ``comparison.txt`` and joint figures.
+    sim: simulator settings (a :class:`gixdrt.sim.SimConfig`, a dict of overrides or a YAML file of them)."""
     models = list(models) or ["default"]
+    from ..sim import simulate
+
+    data = simulate(int(n), int(seed), size=tuple(size), config=sim_config(sim), progress=progress)
     if len(models) == 1:
-        res = evaluate(models[0], n, seed, size=size, batch=batch, score_threshold=score_threshold,
+        res = evaluate(models[0], data=data, batch=batch, score_threshold=score_threshold,
                        nms_iou=nms_iou, backend=backend, progress=progress, out_dir=out_dir)
         res.print_table()
         if out_dir is not None:
             print(f"saved metrics.json, pr_curve.png, dq_hist.png in {out_dir}")
         return {res.model: res}
-    results = compare(models, n, seed, size=size, batch=batch, score_threshold=score_threshold, nms_iou=nms_iou,
-                      backend=backend, progress=progress, out_dir=out_dir)
+    results = compare(models, batch=batch, score_threshold=score_threshold, nms_iou=nms_iou,
+                      backend=backend, progress=progress, out_dir=out_dir, data=data)
     if out_dir is not None:
         print(f"saved comparison.json and per-model results in {out_dir}")
     return results
