@@ -146,7 +146,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else 0.1),
         max_detections=args.max_detections,
     )
-    pipe = Pipeline(cfg, detector, input=args.input, kernel_backend=args.kernel_backend, batch=args.batch)
+    pipe = Pipeline(cfg, detector, input=args.input, kernel_backend=args.kernel_backend, batch=args.batch,
+                    keep_polar=bool(args.gixi_compat))
     print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.backend} "
           f"on {detector.device}, thresholds score ≥ {detector.thresholds['score_threshold']}, "
           f"NMS IoU {detector.thresholds['nms_iou']}", file=sys.stderr)
@@ -429,6 +430,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+#: --backend choices of the commands that run the detector (gixdrt.engine.PREFERENCE plus "auto")
+from .engine.detector import PREFERENCE as _PREFERENCE  # noqa: E402 - a tuple of names, cheap to import
+
+DETECTOR_BACKENDS = ["auto", *_PREFERENCE]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gixdrt", description="Real-time Bragg peak detection in GIXD detector frames."
@@ -454,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
                    help="raw detector frames (default), polar images, or processed (contrast-enhanced) polar images")
     p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+    p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
@@ -515,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="simulated images (default 1000)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation set (default 12345)")
     p.add_argument("--size", default="512x512", help="HxW of the simulated images (default 512x512)")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS)
     p.add_argument("--batch", type=int, default=8, help="images per detector call (default 8)")
     p.add_argument("--sim", default=None, metavar="YAML",
                    help="simulator settings overriding the defaults (e.g. configs/sim-shifted.yaml)")
@@ -567,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what FRAMES hold: raw detector frames (default), polar or processed polar images")
     p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
     p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+    p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto, as gixdrt detect chooses)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="graph precision (onnxruntime)")

@@ -97,18 +97,25 @@ class PeakTable:
         image_shape: Sequence[int],
         q_max: float | None = None,
         polar: np.ndarray | None = None,
+        intensity: np.ndarray | None = None,
     ) -> PeakTable:
         """Build the table of one frame.
 
         boxes: float[K, 4] (x0, y0, x1, y1) in polar pixels; scores: float[K] (sorted or not: rows are
         ordered by decreasing score). image_shape: (H, W) of the polar image. q_max: |Q| of the last
         column in Å⁻¹ (None: no geometry, physical columns are NaN). polar: the uncorrected polar image
-        float[H, W] for the intensities (None: NaN).
+        float[H, W] for the intensities (None: NaN). intensity: the intensities already summed elsewhere
+        (float[K], in the order of ``boxes``; e.g. on the GPU, where the polar image stays), used instead
+        of ``polar``.
         """
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
         if len(boxes) != len(scores):
             raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+        if intensity is not None:
+            intensity = np.asarray(intensity, np.float64).reshape(-1)
+            if len(intensity) != len(boxes):
+                raise ValueError(f"{len(boxes)} boxes but {len(intensity)} intensities")
         order = np.argsort(-scores, kind="stable")
         boxes, scores = boxes[order], scores[order]
         h, w = int(image_shape[0]), int(image_shape[1])
@@ -121,7 +128,10 @@ class PeakTable:
             q_width, phi_width = (x1 - x0) * dq, (y1 - y0) * dphi
         else:
             q = phi = q_width = phi_width = np.full(k, np.nan)
-        intensity = box_sums(polar, boxes) if polar is not None else np.full(k, np.nan)
+        if intensity is not None:
+            intensity = intensity[order]
+        else:
+            intensity = box_sums(polar, boxes) if polar is not None else np.full(k, np.nan)
         return cls(
             frame=np.full(k, frame, np.int64),
             source=np.full(k, source, dtype=object),

@@ -7,6 +7,11 @@
 ``input="polar"`` takes polar images (the contrast chain is applied) and ``input="processed"`` takes the
 detector's input directly; neither needs a geometry, and the physical columns are filled only when a
 config is given.
+
+With a ``torch-cuda`` detector, raw frames stay on the GPU end to end: each is uploaded once, the polar remap
+and the contrast chain run as CUDA kernels, the contrast image is written straight into the detector's input
+buffer and the intensities are summed on the device (:meth:`gixdrt.engine.torch_cuda.TorchCudaStages.from_raw`);
+only the peaks come back, plus each polar image when ``keep_polar`` (the default; :attr:`FrameResult.polar`).
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ def _constant_inside(polar: np.ndarray, inside: np.ndarray) -> bool:
 @dataclass(frozen=True)
 class FrameResult:
     """One frame's outcome: its index and source, its peaks, and its uncorrected polar image (None for
-    ``input="processed"``)."""
+    ``input="processed"``, and on the GPU path of a Pipeline with ``keep_polar=False``)."""
 
     frame: int
     source: str
@@ -73,7 +78,10 @@ class Pipeline:
 
     config: the geometry/contrast config (required for ``input="raw"``). detector: a :class:`Detector`.
     kernel_backend: backend of the preprocessing kernels (None: by data location). batch: frames per
-    detector call.
+    detector call. keep_polar: on the GPU path (a ``torch-cuda`` detector, raw input, kernel_backend None or
+    "cuda"), copy each frame's polar image back for :attr:`FrameResult.polar`; False copies no image at all
+    (``FrameResult.polar`` is then None). The host path computes the polar image on the host and always
+    returns it.
     """
 
     config: Config | None
@@ -81,7 +89,9 @@ class Pipeline:
     input: str = "raw"
     kernel_backend: str | None = None
     batch: int = 1
+    keep_polar: bool = True
     _pre: Preprocessor | None = field(default=None, init=False, repr=False)
+    _device_pre: Preprocessor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
@@ -134,7 +144,41 @@ class Pipeline:
         """One frame (or a group of frames to sum) → its :class:`PeakTable`."""
         return self._detect_batch([(frame, source, data)])[0].table
 
+    def _device_stages(self) -> Any:
+        """The detector's torch-cuda stages when raw frames can stay on the GPU end to end, else None."""
+        if self.input != "raw" or getattr(self.detector, "backend", None) != "torch-cuda":
+            return None
+        if self.kernel_backend not in (None, "cuda"):  # host kernels were asked for: the host path
+            return None
+        stages = getattr(self.detector, "_stages", None)
+        return stages if hasattr(stages, "from_raw") else None
+
+    def _detect_batch_device(self, stages: Any, items: list[tuple[int, str, Any]]) -> list[FrameResult]:
+        """Raw frames → results with every image on the device (see the module docstring)."""
+        assert self._pre is not None
+        for _, source, data in items:
+            self.config.geometry.check_frame_shape(tuple(np.shape(data)), source or None)
+        if self._device_pre is None:
+            self._device_pre = stages.preprocessor(self.config)
+        found = stages.from_raw([data for _, _, data in items], self._device_pre, polar=self.keep_polar)
+        self.detector.last_timings = dict(stages.timings)
+        shape = self._pre.map.shape
+        out = []
+        for (frame, source, _), res in zip(items, found):
+            if res["constant"]:
+                warnings.warn(f"{source or 'frame'}: constant frame, no peaks can be found", DataWarning, stacklevel=3)
+            polar = res["polar"].cpu().numpy() if self.keep_polar else None
+            table = PeakTable.from_boxes(
+                res["boxes"].numpy(), res["scores"].numpy(), frame=frame, source=source, image_shape=shape,
+                q_max=self.q_max, intensity=res["intensity"],
+            )  # fmt: skip
+            out.append(FrameResult(frame, source, table, polar))
+        return out
+
     def _detect_batch(self, items: list[tuple[int, str, np.ndarray]]) -> list[FrameResult]:
+        stages = self._device_stages()
+        if stages is not None:
+            return self._detect_batch_device(stages, items)
         polars, images = [], []
         for _, source, data in items:
             polar, img = self.prepare(data, source)

@@ -67,7 +67,7 @@ def test_backends_listed_in_preference_order():
 
 def test_auto_picks_onnxruntime_on_a_cpu_machine(small_model, tmp_path, caplog):
     status = backend_status()
-    if status["tensorrt", "cuda"] is None or status["onnxruntime", "cuda"] is None:
+    if any(status[b, "cuda"] is None for b in ("tensorrt", "torch-cuda", "onnxruntime")):
         pytest.skip("a GPU backend is available here")
     with caplog.at_level(logging.INFO, logger="gixdrt.engine"):
         det = Detector(small_model, onnx_cache=tmp_path)

@@ -4,8 +4,8 @@ Runners (one lifecycle: ``activate()``, ``infer(feed) -> dict``, ``deactivate()`
 :class:`TorchRunner` (the reference), :class:`OnnxRuntimeRunner` (CPU provider by default, CUDA where
 onnxruntime-gpu and a GPU exist), :class:`TensorRTRunner` (serialized engines from
 :func:`build_engine`, checked against their sidecar by :func:`check_sidecar`).
-:class:`Detector` chooses a backend (``auto``: tensorrt > onnxruntime on a GPU > onnxruntime on the CPU >
-torch, logged) and says which; :data:`BACKENDS` lists those available here (probed on first access).
+:class:`Detector` chooses a backend (``auto``: tensorrt > torch-cuda > onnxruntime on a GPU > onnxruntime on
+the CPU > torch, logged) and says which; :data:`BACKENDS` lists those available here (probed on first access).
 Runtimes are imported only when used.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ _LAZY = {
     "EngineMismatchError": "trt",
     "EngineBuildError": "trt",
     "OrtStages": "staged",
+    "TorchCudaStages": "torch_cuda",
+    "torch_cuda_status": "torch_cuda",
 }
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "Runner",
     "TensorMeta",
     "TensorRTRunner",
+    "TorchCudaStages",
     "TorchRunner",
     "backend_status",
     "build_engine",
@@ -49,6 +52,7 @@ __all__ = [
     "onnxruntime_devices",
     "session_from_onnx",
     "tensorrt_status",
+    "torch_cuda_status",
 ]
 
 

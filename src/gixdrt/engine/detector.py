@@ -17,9 +17,16 @@ log = logging.getLogger(__name__)
 __all__ = ["BACKENDS",  # noqa: F822 - computed on first access
            "PREFERENCE", "Detector", "backend_status"]
 
-#: every backend name, in the order ``auto`` prefers them (each on a GPU before the CPU)
-PREFERENCE = ("tensorrt", "onnxruntime", "torch")
-_CHOICES = (("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("onnxruntime", "cpu"), ("torch", "cpu"))
+#: every backend name, in the order ``auto`` prefers them (each on a GPU before the CPU).
+#: torch-cuda comes after TensorRT (it is the yardstick TensorRT engines have to beat) and before ONNX Runtime's
+#: CUDA provider: it runs both graphs as captured CUDA graphs with gixdrt's CUDA kernels between them and no
+#: host round trip, where ONNX Runtime on a GPU runs the PyTorch reference ops between its graphs image by
+#: image. It needs a GPU, so on a CPU-only machine ``auto`` still ends at ONNX Runtime on the CPU.
+PREFERENCE = ("tensorrt", "torch-cuda", "onnxruntime", "torch")
+_CHOICES = (("tensorrt", "cuda"), ("torch-cuda", "cuda"), ("onnxruntime", "cuda"), ("onnxruntime", "cpu"),
+            ("torch", "cpu"))
+#: backends that run on a GPU only: a named one without a device goes to CUDA
+_GPU_ONLY = ("tensorrt", "torch-cuda")
 
 
 def _has(module: str) -> bool:
@@ -32,6 +39,7 @@ def backend_status() -> dict[tuple[str, str], str | None]:
 
     Probes once per process: the GPU through the CUDA driver (never TensorRT), ONNX Runtime's providers.
     """
+    from .torch_cuda import torch_cuda_status
     from .trt import tensorrt_status
 
     torch_ok = _has("torch")
@@ -48,6 +56,8 @@ def backend_status() -> dict[tuple[str, str], str | None]:
     status["tensorrt", "cuda"] = trt or ("the Detector does not run TensorRT engines yet (build one with "
                                           "gixdrt build and run it with gixdrt.engine.TensorRTRunner)")
     status["tensorrt", "cpu"] = "TensorRT runs on a CUDA GPU only"
+    status["torch-cuda", "cuda"] = torch_cuda_status() if torch_ok else no_torch
+    status["torch-cuda", "cpu"] = "torch-cuda runs on a CUDA GPU only (use onnxruntime or torch on the CPU)"
     if not (_has("onnxruntime") and _has("onnx")):
         why = "ONNX Runtime and onnx are not installed (pip install gixdrt[onnx])"
         status["onnxruntime", "cpu"] = status["onnxruntime", "cuda"] = why
@@ -98,12 +108,14 @@ class Detector:
 
     model: a :class:`gixdrt.model.GixdDetector`, or a name/path for :func:`gixdrt.model.load`
         (``"published"``, ``"default"``, a checkpoint path).
-    backend: ``"auto"`` (the first available of TensorRT, ONNX Runtime on a GPU, ONNX Runtime on the CPU,
-        PyTorch; logged) or one of ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``; a named backend that cannot
-        run here raises :class:`gixdrt.engine.EngineUnavailableError`. :data:`BACKENDS` lists the available ones.
+    backend: ``"auto"`` (the first available of TensorRT, torch-cuda, ONNX Runtime on a GPU, ONNX Runtime on the
+        CPU, PyTorch; logged) or one of ``"tensorrt"``, ``"torch-cuda"``, ``"onnxruntime"``, ``"torch"``; a named
+        backend that cannot run here raises :class:`gixdrt.engine.EngineUnavailableError`. :data:`BACKENDS` lists
+        the available ones. ``torch-cuda``: :class:`gixdrt.engine.torch_cuda.TorchCudaStages` (PyTorch CUDA graphs
+        with gixdrt's CUDA kernels between them; a :class:`gixdrt.pipeline.Pipeline` keeps raw frames on the GPU).
     device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None lets ``auto`` choose (the CPU for a named backend
-        other than TensorRT).
-    precision: ``"fp32"`` or ``"fp16"`` (ONNX Runtime graphs only; box arithmetic stays fp32).
+        other than TensorRT and torch-cuda).
+    precision: ``"fp32"`` or ``"fp16"`` (ONNX Runtime graphs and torch-cuda; box arithmetic stays fp32).
     threads: ONNX Runtime's CPU threads (None: one per core). onnx_cache: where exported graphs are kept
         (True: ``gixdrt.io.cache_dir() / "onnx"``; a directory; False: a temporary one).
     Thresholds (``score_threshold`` default 0.6, ``nms_iou`` 0.1, ``max_detections`` 250) override the
@@ -140,12 +152,12 @@ class Detector:
         if backend == "auto":
             backend, kind = _choose(None if dev is None else dev.type)
         else:
-            kind = dev.type if dev is not None else ("cuda" if backend == "tensorrt" else "cpu")
+            kind = dev.type if dev is not None else ("cuda" if backend in _GPU_ONLY else "cpu")
             why = backend_status()[backend, kind]
             if why:
                 raise EngineUnavailableError(f"backend {backend!r} on {kind} is not available here: {why}")
         if precision != "fp32" and backend == "torch":
-            raise ValueError("precision fp16 is for the exported graphs (backend onnxruntime); torch runs fp32")
+            raise ValueError("precision fp16 is for the exported graphs (onnxruntime) and torch-cuda; torch runs fp32")
         self.backend = backend
         self.device = dev if dev is not None else torch.device(kind)
         self.precision = precision
@@ -168,6 +180,10 @@ class Detector:
 
             self._stages = OrtStages(self.model, device=str(self.device), precision=precision, threads=threads,
                                      cache=onnx_cache)
+        elif backend == "torch-cuda":
+            from .torch_cuda import TorchCudaStages
+
+            self._stages = TorchCudaStages(self.model, device=str(self.device), precision=precision)
 
     @property
     def card(self) -> dict[str, Any] | None:
