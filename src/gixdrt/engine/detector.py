@@ -53,8 +53,10 @@ def backend_status() -> dict[tuple[str, str], str | None]:
     status["torch", "cpu"] = None if torch_ok else no_torch
     status["torch", "cuda"] = no_torch if not torch_ok else cuda_torch
     trt = tensorrt_status()
-    status["tensorrt", "cuda"] = trt or ("the Detector does not run TensorRT engines yet (build one with "
-                                          "gixdrt build and run it with gixdrt.engine.TensorRTRunner)")
+    if trt is None and torch_ok:  # the engines run between gixdrt's CUDA kernels, as torch-cuda does
+        why = torch_cuda_status()
+        trt = f"TensorRT is installed, but the kernels around the engines cannot run: {why}" if why else None
+    status["tensorrt", "cuda"] = trt if torch_ok else no_torch
     status["tensorrt", "cpu"] = "TensorRT runs on a CUDA GPU only"
     status["torch-cuda", "cuda"] = torch_cuda_status() if torch_ok else no_torch
     status["torch-cuda", "cpu"] = "torch-cuda runs on a CUDA GPU only (use onnxruntime or torch on the CPU)"
@@ -184,6 +186,11 @@ class Detector:
             from .torch_cuda import TorchCudaStages
 
             self._stages = TorchCudaStages(self.model, device=str(self.device), precision=precision)
+        elif backend == "tensorrt":
+            from .trt_stages import TrtStages
+
+            self._stages = TrtStages(self.model, device=str(self.device), precision=precision,
+                                     engine_cache=onnx_cache if onnx_cache is not False else True)
 
     @property
     def card(self) -> dict[str, Any] | None:
