@@ -431,7 +431,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 #: --backend choices of the commands that run the detector (gixdrt.engine.PREFERENCE plus "auto")
-from .engine.detector import PREFERENCE as _PREFERENCE  # noqa: E402 - a tuple of names, cheap to import
+from .engine.detector import PREFERENCE as _PREFERENCE
 
 DETECTOR_BACKENDS = ["auto", *_PREFERENCE]
 

@@ -3,6 +3,8 @@ engine's outputs flattened exactly as the PyTorch stage it replaces. TensorRT it
 of this project has it."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -37,8 +39,8 @@ def bare_stages(model, tmp_path, precision="fp32"):
 class FakeRunner:
     """Stands in for TensorRTRunner: runs a PyTorch module on the feed; can refuse its engine once."""
 
-    opened: list = []
-    refuse: set = set()
+    opened: ClassVar[list] = []
+    refuse: ClassVar[set] = set()
 
     def __init__(self, engine_path, *, device, onnx_path, cuda_graph):
         self.engine_path, self.onnx_path, self.cuda_graph = engine_path, onnx_path, cuda_graph
@@ -86,7 +88,7 @@ def test_open_engine_exports_builds_and_rebuilds_a_mismatching_engine(model, tmp
 def test_dense_engine_outputs_flatten_like_the_pytorch_stage(model, tmp_path):
     """The engine's per-level NCHW outputs → (p2, logits [N, A], deltas [N, A, 4]) in flatten_rpn order."""
     st = bare_stages(model, tmp_path)
-    dense_cls, head_cls = _stage_modules()
+    dense_cls, _ = _stage_modules()
     folded = fold_batchnorm(model)
     want_net = dense_cls(folded, torch.float32, False)
 
