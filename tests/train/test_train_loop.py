@@ -123,6 +123,13 @@ def test_resume_matches_uninterrupted_and_final_model_loads(tmp_path):
     prov2 = read_card(out)["provenance"]
     assert prov2["steps"] == 2 and prov2["checkpoint"] == "step_0000002.pt" and prov2["heldout"] == {"detected_pct": 1.0}
     assert set(prov2["final_losses"]) >= {"rpn_obj", "total"}
+    # a run can start from a checkpoint's or a model directory's weights (fine-tuning); 0 steps keep them
+    for init in (ck2, out.parent):
+        ft = train(cfg.replace(steps=0, init_weights=str(init)), tmp_path / f"ft-{init.name}", progress=False)
+        for k, v in load_model(ft.model_path).state_dict().items():
+            assert torch.equal(v, state2[k]), k
+    with pytest.raises(CheckpointError, match="init_weights"):
+        train(cfg.replace(init_weights=str(tmp_path / "missing.pt")), tmp_path / "ft-missing", progress=False)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt.*not a gixdrt training checkpoint"):
         export_checkpoint(tmp_path / "junk.pt", tmp_path / "m3")

@@ -37,7 +37,8 @@ class SimConfig:
     # ---- peaks: 2-D Gaussians (optionally pseudo-Voigt in |Q|), narrow in |Q|, long in φ ----
     n_peaks: IntRange = (1, 40)  # peaks drawn per image (before labels are merged / dropped)
     sigma_x: Range = (0.5, 4.0)  # radial Gaussian σ in pixels, log-uniform; the box is centre ± 1σ
-    x_margin: float = 2.0  # peak centres lie in [x_margin·σ, W − 1 − x_margin·σ]
+    x_margin: float = 0.0  # peak centres lie in [x_margin·σ, W − 1 − x_margin·σ] (0: rings cut by the |Q| edge occur,
+    # as the last ring of the published real frame is)
     p_ring: float = 0.35  # full ring: flat in φ over 0–90° (before modulation and masking)
     sigma_phi: Range = (0.004, 0.3)  # segment angular σ as a fraction of H, log-uniform; box ± 2σ_φ
     p_phi_edge: float = 0.2  # a segment is centred exactly at φ = 0° or 90° (half each), cut by the edge
@@ -53,7 +54,9 @@ class SimConfig:
     merge_sep: float = 1.5  # peaks closer than merge_sep·max(σ_x) with overlapping φ extents → one label
     close_retries: int = 3  # redraws of a centre that falls within merge_sep·max(σ_x) of an earlier peak
     min_snr: float = 10.0  # labels whose box-sum SNR is below this are dropped (the peak stays in the image)
-    min_row_snr: float = 0.5  # ... or whose SNR per visible box row (box-sum SNR / √rows) is below this
+    min_row_snr: float = 0.15  # ... or whose SNR per visible box row (box-sum SNR / √rows) is below this. 0.15 keeps
+    # long faint rings labelled: the published model detects rings on the real frame that stand only ~0.05 above
+    # a contrast background of ~0.5 (|Q| = 0.45, 1.84, 3.35 Å⁻¹); with 0.5 they were unlabelled, i.e. negatives
     min_rows: int = 3  # labels with fewer visible rows (at the centre column) are dropped
 
     # ---- background (relative units; normalised to mean 1 over the visible region) ----

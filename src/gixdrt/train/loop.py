@@ -58,6 +58,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     grad_clip: float | None = None  # max gradient norm (None: no clipping, as the paper)
     pool_size: int = 0  # 0: fresh images every step; N > 0: cycle over the first N images of the stream
+    init_weights: str | None = None  # start from these weights (a training checkpoint .pt or a model directory)
     num_workers: int = 2  # DataLoader worker processes simulating images (0: in the main process)
     worker_start: str = "spawn"  # how workers start: "spawn" / "forkserver" are safe after Numba's OpenMP ran; "fork"
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -255,6 +256,22 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a training checkpoint (``.pt``) or of a model directory in gixdrt's format."""
+    from ..errors import CheckpointError
+    from ..model.checkpoint import load_model
+
+    p = Path(path)
+    if p.suffix == ".pt":
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)["model"]
+        except FileNotFoundError:
+            raise CheckpointError("no such training checkpoint (init_weights)", path=p) from None
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"not a gixdrt training checkpoint (init_weights): {exc}", path=p) from None
+    return load_model(p).state_dict()
+
+
 def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*.pt"))
 
@@ -341,6 +358,8 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = GixdDetector(cfg.detector_config()).to(device)
+    if cfg.init_weights and checkpoint is None:
+        model.load_state_dict(_initial_weights(cfg.init_weights))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(cfg.lr_step, 1), gamma=cfg.lr_gamma)
