@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                          "chosen_step": selection["best"],
                          "candidates": [{"step": r["step"], **r["heldout"], "real_frame_rings": r["real_frame"]["found"]}
                                         for r in selection["rows"]]}
+    init = prov.get("config", {}).get("init_weights")
+    if init:  # a fine-tuning run: record the run its weights came from, and the totals
+        import torch
+
+        pre = torch.load(ROOT / init if not Path(init).is_absolute() else init, map_location="cpu", weights_only=False)
+        prov["pretraining"] = {"checkpoint": init, "steps": int(pre["step"]), "wall_time_s": round(float(pre["wall_s"]), 1),
+                               "config": pre["config"]}
+        prov["total_images_seen"] = prov["images_seen"] + int(pre["step"]) * int(pre["config"]["batch_size"])
+        prov["total_wall_time_s"] = round(prov["wall_time_s"] + float(pre["wall_s"]), 1)
     new_card = {
         "name": args.name,
         "provenance": prov,
