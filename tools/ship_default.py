@@ -33,6 +33,20 @@ def _models(comparison: Path, model_dir: Path) -> dict:
             "sim_overrides": doc.get("sim_overrides", {}), "models": models}
 
 
+def _this_cpu() -> str:
+    import os
+
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores (shared VM)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", type=Path)
@@ -40,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", type=Path, required=True, help="comparison.json of gixdrt evaluate (default simulator)")
     ap.add_argument("--eval-shifted", type=Path, help="comparison.json on configs/sim-shifted.yaml")
     ap.add_argument("--name", default="gixdrt-default-v1")
+    ap.add_argument("--hardware", default=None,
+                    help="where it was trained (default: this machine's CPU, for a run trained on this machine)")
     args = ap.parse_args(argv)
 
     from gixdrt.model import load_model, read_card, save_model
@@ -61,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                          "chosen_step": selection["best"],
                          "candidates": [{"step": r["step"], **r["heldout"], "real_frame_rings": r["real_frame"]["found"]}
                                         for r in selection["rows"]]}
+    prov["hardware"] = {"description": args.hardware or _this_cpu(), "device": prov.get("config", {}).get("device"),
+                        "amp": prov.get("amp"), "torch_threads": prov.get("config", {}).get("threads")}
     init = prov.get("config", {}).get("init_weights")
     if init:  # a fine-tuning run: record the run its weights came from, and the totals
         import torch
