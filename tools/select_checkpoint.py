@@ -7,9 +7,8 @@ For every chosen checkpoint of ``RUN_DIR/checkpoints`` it writes a model directo
 step_N``, via :func:`gixdrt.train.export_checkpoint`), evaluates it with the paper's protocol (reference §6)
 on ``--n`` images of ``--seed`` (a seed the training never saw: training uses seed 0's stream), and runs it on
 the published real frame, matching its peaks to the published model's 12 rings by |Q|
-(:func:`gixdrt.testing.real_frame_rings`). The best checkpoint is the one with the highest
-detected − false-positive rate among those that find all 12 rings within 0.01 Å⁻¹ (ties: fewer extra real-frame
-peaks, then the later step). Prints a table and saves everything as JSON.
+(:func:`gixdrt.testing.real_frame_rings`). The best checkpoint finds the most of the 12 rings within 0.01 Å⁻¹,
+then has the highest detected − false-positive rate (ties: fewer extra real-frame peaks, then the later step). Prints a table and saves everything as JSON.
 """
 from __future__ import annotations
 
@@ -59,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
               f"|ΔQ| p95 {s['dq_p95_px']:.3f} px; real frame {rings['found']}/12 rings "
               f"(max |Δq| {rings['max_dq']:.4f} Å⁻¹), {rings['extra']} extra peak(s)", flush=True)
 
-    def key(r):
-        ok = r["real_frame"]["found"] == 12
-        return (ok, r["heldout"]["detected_pct"] - r["heldout"]["fp_per_target_pct"], -r["real_frame"]["extra"], r["step"])
+    def key(r):  # real data first: the most published rings found, then the held-out simulated set
+        return (r["real_frame"]["found"], r["heldout"]["detected_pct"] - r["heldout"]["fp_per_target_pct"],
+                -r["real_frame"]["extra"], r["step"])
 
     best = max(rows, key=key)
     out = args.out or sel_dir / "selection.json"
