@@ -4,6 +4,7 @@
   ``published:segments_detector_6`` (or any other published name) picks the other one;
 - ``default``: gixdrt's own weights, shipped in the package, once they exist; until then the published
   default checkpoint;
+- a built-in name: any other model shipped in the package (``gixdrt/model/weights/NAME/``), see :func:`builtin`;
 - a path: a directory, ``.json`` or ``.safetensors`` file in gixdrt's format, or a published-format
   ``.h5``/``.pt``/``.pth`` state dict.
 """
@@ -14,13 +15,22 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-#: where gixdrt's own default weights live inside the package (model.safetensors + model.json)
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default"
+#: gixdrt's own models inside the package: one directory each (model.safetensors + model.json)
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+#: where gixdrt's own default weights live
+DEFAULT_WEIGHTS = WEIGHTS / "default"
 PUBLISHED_DEFAULT = "save_only_largest_2"
 
 
 def has_default_weights() -> bool:
     return (DEFAULT_WEIGHTS / "model.json").is_file()
+
+
+def builtin() -> list[str]:
+    """Names of the models shipped in the package (``default`` among them once it exists)."""
+    if not WEIGHTS.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS.iterdir() if (p / "model.json").is_file())
 
 
 def describe(spec: str) -> str:
@@ -47,9 +57,12 @@ def load(spec: str | os.PathLike):
         model = load_published(checkpoints[name])
         model.card = {"name": name, "provenance": {"source": "published", "package": "gixi 0.0.1 (GPL-3.0)"}}
         return model
+    if text in builtin():
+        return load_model(WEIGHTS / text)
     path = Path(text)
     if not path.exists():
-        raise CheckpointError("no such model file or directory (expected published, default or a path)", path=path)
+        names = ", ".join(["published", "default", *(n for n in builtin() if n != "default")])
+        raise CheckpointError(f"no such model file or directory (expected one of {names}, or a path)", path=path)
     if path.is_dir() or path.suffix.lower() in (".json", ".safetensors"):
         return load_model(path)
     return load_published(path)
