@@ -23,12 +23,12 @@ WEIGHTS = ROOT / "src" / "gixdrt" / "model" / "weights"
 LIMIT = 16 * 1024 * 1024
 
 
-def _models(comparison: Path, model_dir: Path) -> dict:
-    """The comparison's numbers, with the evaluated model directory's entry renamed "default"."""
+def _models(comparison: Path, model_dir: Path, name: str) -> dict:
+    """The comparison's numbers, with the evaluated model directory's entry renamed ``name``."""
     doc = json.loads(comparison.read_text())
     ours = {str(model_dir), str(model_dir.resolve()), model_dir.name}
-    models = {("default" if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in doc["models"].items()}
-    if "default" not in models:
+    models = {(name if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in doc["models"].items()}
+    if name not in models:
         raise SystemExit(f"{comparison}: no results for {model_dir} (models: {', '.join(doc['models'])})")
     return {"n_images": doc["n_images"], "seed": doc["seed"], "size": doc["size"],
             "sim_overrides": doc.get("sim_overrides", {}), "models": models}
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refusing to make it the default: it finds {rings['found']} of the 12 real-frame rings (missing "
               f"{rings['missing']}); ship it under another name with --as NAME", file=sys.stderr)
         return 1
-    evaluation = {"default_simulator": _models(args.eval, args.model_dir)}
+    evaluation = {"default_simulator": _models(args.eval, args.model_dir, args.install_as)}
     if args.eval_shifted:
-        evaluation["shifted_simulator"] = _models(args.eval_shifted, args.model_dir)
+        evaluation["shifted_simulator"] = _models(args.eval_shifted, args.model_dir, args.install_as)
     prov = dict(card.get("provenance", {}))
     prov["selection"] = {"heldout_seed": selection["heldout_seed"], "heldout_n": selection["heldout_n"],
                          "chosen_step": selection["best"],
