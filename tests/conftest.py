@@ -70,6 +70,25 @@ def published_frame(published_assets):
     return frame
 
 
+@pytest.fixture(scope="module")
+def published_model(published_assets):
+    """The published default checkpoint as a GixdDetector (fp32, CPU), one per test module."""
+    from gixdrt.model import load_published
+
+    return load_published(published_assets.default_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def real_image(published_frame, published_config):
+    """The real frame's contrast image, float32[512, 1024] in [0, 1]: the published detector's input."""
+    import numpy as np
+
+    from gixdrt.preprocess import Preprocessor
+
+    pre = Preprocessor(published_config)
+    return np.asarray(pre.contrast(pre.polar(published_frame)), dtype=np.float32)
+
+
 @pytest.fixture(scope="session")
 def small_config(tmp_path_factory):
     """Path of a small geometry config: a 60×80 detector → 32×64 polar images (fast CLI and pipeline tests)."""

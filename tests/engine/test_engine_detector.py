@@ -132,21 +132,6 @@ def test_batches_and_empty_input(small_model, tmp_path):
 
 # --- the published model on the real frame -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def published_model(published_assets):
-    from gixdrt.model import load_published
-
-    return load_published(published_assets.default_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def real_image(published_frame, published_config):
-    from gixdrt.preprocess import Preprocessor
-
-    pre = Preprocessor(published_config)
-    return np.asarray(pre.contrast(pre.polar(published_frame)), dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
 def graph_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx-cache")
 

@@ -385,21 +385,6 @@ def cuda_ok():
 
 
 @pytest.fixture(scope="module")
-def published_model(published_assets):
-    from gixdrt.model import load_published
-
-    return load_published(published_assets.default_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def real_image(published_frame, published_config):
-    from gixdrt.preprocess import Preprocessor
-
-    pre = Preprocessor(published_config)
-    return np.asarray(pre.contrast(pre.polar(published_frame)), dtype=np.float32)
-
-
-@pytest.fixture(scope="module")
 def torch_result(published_model, real_image):
     return Detector(published_model, backend="torch").boxes(real_image)[0]
 

@@ -11,7 +11,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..reference.boxes import BBOX_CLIP, check_decode_inputs, check_final_inputs, check_nms_inputs, threshold_below
+from ..reference.boxes import (
+    BBOX_CLIP,
+    check_decode_inputs,
+    check_final_inputs,
+    check_nms_inputs,
+    decode_clip_scalar,
+    threshold_below,
+)
 
 
 @njit(cache=True)
@@ -62,20 +69,7 @@ def _topk_desc(x, k):  # pragma: no cover - compiled
     return out
 
 
-@njit(inline="always", cache=True)
-def _decode_clip(ref, d, clip, fw, fh):  # pragma: no cover - compiled
-    """One box from deltas d[4] relative to ref[4], clipped: fp32 in the order of gixdrt.model.ops.decode_boxes."""
-    half = np.float32(0.5)
-    zero = np.float32(0.0)
-    w = ref[2] - ref[0]
-    h = ref[3] - ref[1]
-    cx = ref[0] + half * w
-    cy = ref[1] + half * h
-    pcx = d[0] * w + cx
-    pcy = d[1] * h + cy
-    hw = half * (np.float32(math.exp(min(d[2], clip))) * w)
-    hh = half * (np.float32(math.exp(min(d[3], clip))) * h)
-    return min(max(pcx - hw, zero), fw), min(max(pcy - hh, zero), fh), min(max(pcx + hw, zero), fw), min(max(pcy + hh, zero), fh)
+_decode_clip = njit(inline="always", cache=True)(decode_clip_scalar)
 
 
 @njit(parallel=True, cache=True)

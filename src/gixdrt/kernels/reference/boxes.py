@@ -44,6 +44,23 @@ def threshold_below(threshold: float) -> np.float32:
     return np.float32(t)
 
 
+def decode_clip_scalar(ref, d, clip, fw, fh):
+    """One box from deltas d[4] relative to ref[4], clipped to [0, fw] × [0, fh]: fp32 in the operation order of
+    :func:`gixdrt.model.ops.decode_boxes`. Plain Python on scalars, compiled by the cpu (``njit``) and cuda
+    (``cuda.jit(device=True)``) kernels alike."""
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    w = ref[2] - ref[0]
+    h = ref[3] - ref[1]
+    cx = ref[0] + half * w
+    cy = ref[1] + half * h
+    pcx = d[0] * w + cx
+    pcy = d[1] * h + cy
+    hw = half * (np.float32(math.exp(min(d[2], clip))) * w)
+    hh = half * (np.float32(math.exp(min(d[3], clip))) * h)
+    return min(max(pcx - hw, zero), fw), min(max(pcy - hh, zero), fh), min(max(pcx + hw, zero), fw), min(max(pcy + hh, zero), fh)
+
+
 def decode_clip(ref: np.ndarray, d: np.ndarray, clip: np.float32, height: int, width: int) -> np.ndarray:
     """Boxes float32[K, 4] from deltas d float32[K, 4] relative to ref float32[K, 4], clipped to [0, width] ×
     [0, height]: fp32 in the operation order of :func:`gixdrt.model.ops.decode_boxes`."""
