@@ -48,6 +48,28 @@ def _this_cpu() -> str:
     return f"{model}, {os.cpu_count()} cores (shared VM)"
 
 
+def _pretraining(path: Path, spec: str) -> tuple[dict, int, float]:
+    """What a fine-tuning run started from: a training checkpoint (.pt) or a model directory with a card (whose
+    own pretraining, if any, is kept) → (record, images seen before, wall time before)."""
+    if path.is_dir():
+        from gixdrt.model import read_card
+
+        prov = read_card(path).get("provenance", {})
+        images = int(prov.get("total_images_seen", prov.get("images_seen", 0)))
+        wall = float(prov.get("total_wall_time_s", prov.get("wall_time_s", 0.0)))
+        record = {"model": spec, "name": read_card(path).get("name"), "steps": prov.get("steps"),
+                  "images_seen": images, "wall_time_s": round(wall, 1), "config": prov.get("config"),
+                  "pretraining": prov.get("pretraining")}
+        return record, images, wall
+    import torch
+
+    pre = torch.load(path, map_location="cpu", weights_only=False)
+    images = int(pre["step"]) * int(pre["config"]["batch_size"])
+    record = {"checkpoint": spec, "steps": int(pre["step"]), "wall_time_s": round(float(pre["wall_s"]), 1),
+              "config": pre["config"]}
+    return record, images, float(pre["wall_s"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model_dir", type=Path)
@@ -84,13 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                         "amp": prov.get("amp"), "torch_threads": prov.get("config", {}).get("threads")}
     init = prov.get("config", {}).get("init_weights")
     if init:  # a fine-tuning run: record the run its weights came from, and the totals
-        import torch
-
-        pre = torch.load(ROOT / init if not Path(init).is_absolute() else init, map_location="cpu", weights_only=False)
-        prov["pretraining"] = {"checkpoint": init, "steps": int(pre["step"]), "wall_time_s": round(float(pre["wall_s"]), 1),
-                               "config": pre["config"]}
-        prov["total_images_seen"] = prov["images_seen"] + int(pre["step"]) * int(pre["config"]["batch_size"])
-        prov["total_wall_time_s"] = round(prov["wall_time_s"] + float(pre["wall_s"]), 1)
+        prov["pretraining"], pre_images, pre_wall = _pretraining(Path(init) if Path(init).is_absolute() else ROOT / init, init)
+        prov["total_images_seen"] = prov["images_seen"] + pre_images
+        prov["total_wall_time_s"] = round(prov["wall_time_s"] + pre_wall, 1)
     new_card = {
         "name": args.name,
         "provenance": prov,

@@ -144,3 +144,41 @@ def test_segment_boxes_span_two_sigma_when_unclipped(samples):
             else:
                 assert y0 >= max(lo, 0) - 1e-3 and y1 <= min(hi, h - 1) + 1e-3
     assert checked >= 5
+
+
+def test_edge_placement_cuts_peaks_with_the_last_column():
+    # p_x_edge = 1: every peak's centre lies within 2σ_x inside the last column, so its label box reaches it
+    cfg = SimConfig(p_x_edge=1.0, merge_sep=0.0, close_retries=0, amplitude=(30.0, 300.0), p_ring=1.0,
+                    p_gaps=0.0, p_corner_inplane=0.0, p_corner_vertical=0.0)
+    n = n_clipped = 0
+    for i in range(4):
+        s = Simulator(cfg, seed=8).sample(i)
+        w = s.image.shape[1]
+        x, sx = s.peaks["x"], s.peaks["sigma_x"]
+        assert np.all(x <= w - 1) and np.all(x >= w - 1 - 2 * sx - 1e-4)
+        np.testing.assert_allclose(s.boxes[:, 2], np.minimum(x + sx, w - 1), atol=1e-3)  # clipped by the edge
+        np.testing.assert_allclose(s.boxes[:, 0], x - sx, atol=1e-3)
+        n_clipped += int(np.sum(x + sx > w - 1))
+        n += len(x)
+    assert n > 10 and n_clipped > n // 4
+    # the default simulator (p_x_edge 0) puts only a few peaks there
+    s = Simulator(seed=8).sample(0)
+    assert np.mean(s.boxes[:, 2] >= s.image.shape[1] - 1) < 0.5
+
+
+def test_halo_placement_puts_peaks_on_halos():
+    cfg = SimConfig(p_on_halo=1.0, p_halo=1.0, n_halo=(1, 1), merge_sep=0.0, close_retries=0,
+                    amplitude=(30.0, 300.0))
+    n = 0
+    for i in range(4):
+        s = Simulator(cfg, seed=9).sample(i)
+        ((xc, sig),) = s.info["halos"]
+        assert np.all(np.abs(s.peaks["x"] - xc) <= sig + 1e-3)
+        n += len(s.boxes)
+    assert n > 10
+    # without halos the placement draws nothing: the image is the one without the option
+    a = Simulator(SimConfig(p_halo=0.0, p_on_halo=1.0), seed=9).sample(0)
+    b = Simulator(SimConfig(p_halo=0.0), seed=9).sample(0)
+    assert "halos" not in a.info
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.boxes, b.boxes)

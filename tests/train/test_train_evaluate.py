@@ -11,6 +11,7 @@ import pytest
 from gixdrt.train.evaluate import (
     PAPER,
     box_iou,
+    common_dq,
     compare,
     evaluate,
     format_comparison,
@@ -177,6 +178,27 @@ def test_score_results_numbers():
     assert "99.22 %" in text and "50.00 %" in text
 
 
+def test_common_dq_is_paired_over_targets_every_model_found():
+    targets = [np.array([_box(10), _box(30), _box(60)]), np.array([_box(20)])]
+    ones = [np.ones(2), np.ones(1)]
+    # model a finds targets 0, 1 (image 0) and 3 (image 1), with errors 0.1, 0.2, 0.9
+    a = score_results("a", targets, [np.array([_box(10.1), _box(30.2)]), np.array([_box(20.9)])], ones)
+    # model b finds targets 1, 2 and 3 with errors 0.4, 0.05, 0.3: it finds target 2, a's misses ...
+    b = score_results("b", targets, [np.array([_box(30.4), _box(60.05)]), np.array([_box(20.3)])], ones)
+    np.testing.assert_array_equal(a.dq_target, [0, 1, 3])
+    np.testing.assert_array_equal(b.dq_target, [1, 2, 3])
+    c = common_dq({"a": a, "b": b})
+    assert c["n_targets"] == 2  # targets 1 and 3
+    assert c["models"]["a"]["dq_median_px"] == pytest.approx(0.55, abs=1e-5)  # (0.2 + 0.9) / 2
+    assert c["models"]["b"]["dq_median_px"] == pytest.approx(0.35, abs=1e-5)  # (0.4 + 0.3) / 2
+    assert c["models"]["a"]["dq_p95_px"] == pytest.approx(0.2 + 0.95 * 0.7, abs=1e-5)
+    text = format_comparison({"a": a, "b": b})
+    assert "common targets" in text and "0.550 px" in text and "over the 2 targets" in text
+    assert "common targets" not in format_comparison({"a": a})
+    with pytest.raises(ValueError, match="same simulated set"):
+        common_dq({"a": a, "x": score_results("x", targets[:1], [np.zeros((0, 4))], [np.zeros(0)])})
+
+
 # ---------------------------------------------------------------------------------------------------- runs
 
 
@@ -230,6 +252,9 @@ def test_compare_same_set(small_set, tmp_path, capsys):
     assert "paper" in out and "0.366 px" in out
     summary = json.loads((tmp_path / "comparison.json").read_text())
     assert len(summary["models"]) == 2 and (tmp_path / "pr_curve.png").is_file()
+    common = summary["common_targets"]  # both find every target: the common set is all of them
+    assert common["n_targets"] == a.n_targets
+    assert common["models"][b.model]["dq_median_px"] == pytest.approx(0.5, abs=1e-4)
 
 
 def test_main_evaluate_random_weights(tmp_path, capsys):

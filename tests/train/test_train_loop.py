@@ -44,6 +44,19 @@ def test_configs_load_and_roundtrip(tmp_path):
         TrainConfig(targets={"rpn_pos": 0.3})
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("train-*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_training_config_is_valid(path):
+    from gixdrt.sim import SimConfig
+
+    cfg = TrainConfig.from_yaml(path)
+    sim = SimConfig.from_dict(cfg.sim)  # the simulator overrides are known, valid settings
+    assert cfg.steps > 0 and cfg.batch_size > 0
+    if cfg.init_weights and path.name != "train-cpu-finetune.yaml":  # that one starts from an unshipped run
+        assert (ROOT / cfg.init_weights).exists(), f"{path.name}: init_weights {cfg.init_weights} is not in the repo"
+    if path.name == "train-paper.yaml":
+        assert sim.p_x_edge > 0 and sim.p_on_halo > 0
+
+
 def test_data_independent_of_workers():
     ds = _SimImages(5, (64, 128), {})
     a = list(DataLoader(ds, batch_sampler=_StepBatches(1, 3, 2, 0), collate_fn=_collate, num_workers=0))

@@ -39,6 +39,10 @@ class SimConfig:
     sigma_x: Range = (0.5, 4.0)  # radial Gaussian σ in pixels, log-uniform; the box is centre ± 1σ
     x_margin: float = 0.0  # peak centres lie in [x_margin·σ, W − 1 − x_margin·σ] (0: rings cut by the |Q| edge occur,
     # as the last ring of the published real frame is)
+    p_x_edge: float = 0.0  # a peak's centre is drawn within 2σ_x inside the last column, so the |Q| edge cuts it
+    # (the 3.81 Å⁻¹ ring of the published real frame); with the uniform draw this happens for only ~σ_x/W of peaks
+    p_on_halo: float = 0.0  # a peak is centred on a broad "amorphous" halo (within ±halo σ of its centre), where
+    # it stands little above a bright background (the 1.84 Å⁻¹ ring of the real frame); needs a halo in the image
     p_ring: float = 0.35  # full ring: flat in φ over 0–90° (before modulation and masking)
     sigma_phi: Range = (0.004, 0.3)  # segment angular σ as a fraction of H, log-uniform; box ± 2σ_φ
     p_phi_edge: float = 0.2  # a segment is centred exactly at φ = 0° or 90° (half each), cut by the edge

@@ -273,17 +273,21 @@ def _background(cfg: SimConfig, rng: np.random.Generator, g: _Grid, info: dict) 
         if top > 0:
             bg += noise * np.float32(amp / top)
     n_halo = 0
+    halos: list[tuple[float, float]] = []
     if _p(rng, cfg.p_halo):
         n_halo = _ri(rng, cfg.n_halo)
         for _ in range(n_halo):
             xc = _u(rng, (0.0, w - 1.0))
             sig = _lu(rng, cfg.halo_sigma) * (w - 1)
+            halos.append((xc, sig))
             amp = _lu(rng, cfg.halo_amp)
             slope = _u(rng, (-0.3, 0.3))
             prof = (amp * np.exp(-0.5 * ((g.x - xc) / sig) ** 2)).astype(np.float32)
             ang = (1.0 + slope * (2 * yq - 1)).astype(np.float32)
             bg += ang[:, None] * prof[None, :]
     info["n_halo"] = n_halo
+    if halos:
+        info["halos"] = [[round(xc, 3), round(sig, 3)] for xc, sig in halos]  # (centre, σ) in columns
     info["decay"] = _p(rng, cfg.p_decay)
     if info["decay"]:
         amp, ell = _lu(rng, cfg.decay_amp), _lu(rng, cfg.decay_length) * (w - 1)
@@ -305,7 +309,9 @@ class _Peaks:
     spans: np.ndarray  # int64[K, 2]
 
 
-def _draw_peaks(cfg: SimConfig, rng: np.random.Generator, g: _Grid) -> _Peaks:
+def _draw_peaks(cfg: SimConfig, rng: np.random.Generator, g: _Grid, halos: Sequence[Sequence[float]] = ()) -> _Peaks:
+    """Draw the peaks. The optional placements (``p_x_edge``, ``p_on_halo``) draw no random numbers when
+    their probability is 0, so the default simulator's streams do not depend on them."""
     h, w = g.h, g.w
     n = _ri(rng, cfg.n_peaks)
     x = np.empty(n)
@@ -321,8 +327,13 @@ def _draw_peaks(cfg: SimConfig, rng: np.random.Generator, g: _Grid) -> _Peaks:
         s = _lu(rng, cfg.sigma_x)
         sigma[k] = s
         lo, hi = cfg.x_margin * s, w - 1 - cfg.x_margin * s
+        if cfg.p_x_edge > 0 and _p(rng, cfg.p_x_edge):
+            lo, hi = max(0.0, w - 1 - 2 * s), w - 1.0  # cut by the |Q| edge
+        elif halos and cfg.p_on_halo > 0 and _p(rng, cfg.p_on_halo):
+            xc, sig = halos[int(rng.integers(len(halos)))]
+            lo, hi = max(lo, xc - sig), min(hi, xc + sig)  # on a bright halo
         for _ in range(cfg.close_retries + 1):
-            x[k] = _u(rng, (lo, hi)) if hi > lo else (w - 1) / 2
+            x[k] = _u(rng, (lo, hi)) if hi > lo else min(max((lo + hi) / 2, 0.0), w - 1.0)
             if k == 0 or np.all(np.abs(x[:k] - x[k]) >= cfg.merge_sep * np.maximum(sigma[:k], s)):
                 break
         if _p(rng, cfg.p_voigt):
@@ -513,7 +524,7 @@ def _simulate_one(
     info: dict[str, Any] = {}
     valid = _masks(cfg, rng, g, info)
     bg = _background(cfg, rng, g, info)
-    pk = _draw_peaks(cfg, rng, g)
+    pk = _draw_peaks(cfg, rng, g, info.get("halos", ()))
     info["n_peaks_drawn"] = len(pk.x)
     exposure = _lu(rng, cfg.exposure)
     info["exposure"] = exposure

@@ -17,6 +17,7 @@ impossible cost (it first maximises the number of possible pairs, then minimises
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ __all__ = [
     "PAPER",
     "EvalResult",
     "box_iou",
+    "common_dq",
     "compare",
     "evaluate",
     "format_comparison",
@@ -245,6 +247,9 @@ class EvalResult:
     per_image: dict[str, list[int]]
     settings: dict[str, Any]
     seconds: float = 0.0
+    #: for every entry of ``dq_px``, the matched target's index in the whole set (targets numbered image by
+    #: image), so that models can be compared on the same targets (:func:`common_dq`)
+    dq_target: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_missed(self) -> int:
@@ -267,6 +272,7 @@ class EvalResult:
         d = dataclasses.asdict(self)
         d["size"] = list(self.size)
         d["dq_px"] = [float(x) for x in self.dq_px]
+        d["dq_target"] = [int(x) for x in self.dq_target]
         d["n_missed"] = self.n_missed
         d["n_fp"] = self.n_fp
         d["paper"] = dict(PAPER)
@@ -310,10 +316,11 @@ def _pct(a: float, b: float) -> float:
 
 def _aggregate(
     targets: Sequence[np.ndarray], preds: Sequence[np.ndarray], scores: Sequence[np.ndarray], thr: float
-) -> tuple[int, int, int, list[np.ndarray], list[tuple[int, int, int]]]:
-    """Match every image with the predictions of score > thr → totals, |ΔQ| per image, per-image counts."""
+) -> tuple[int, int, int, list[np.ndarray], list[tuple[int, int, int]], list[np.ndarray]]:
+    """Match every image with the predictions of score > thr → totals, |ΔQ| per image, per-image counts and
+    the set-wide indices of the matched targets (aligned with |ΔQ|)."""
     n_t = n_p = n_m = 0
-    dq, counts = [], []
+    dq, counts, matched = [], [], []
     for tb, pb, sc in zip(targets, preds, scores):
         keep = sc > thr
         pb, sc = pb[keep], sc[keep]
@@ -322,8 +329,9 @@ def _aggregate(
         n_p += len(pb)
         n_m += len(pairs)
         dq.append(np.abs(_centre_x(pb)[pairs[:, 1]] - _centre_x(tb)[pairs[:, 0]]))
+        matched.append(n_t - len(tb) + pairs[:, 0])
         counts.append((len(tb), len(missed), len(fps)))
-    return n_t, n_p, n_m, dq, counts
+    return n_t, n_p, n_m, dq, counts, matched
 
 
 def score_results(
@@ -343,8 +351,9 @@ def score_results(
     scores = [np.asarray(s, np.float32).reshape(-1) for s in scores]
     targets = [np.asarray(t, np.float32).reshape(-1, 4) for t in targets]
     n_img = len(targets)
-    n_t, n_p, n_m, dq_list, counts = _aggregate(targets, preds, scores, score_threshold)
+    n_t, n_p, n_m, dq_list, counts, matched = _aggregate(targets, preds, scores, score_threshold)
     dq = np.concatenate(dq_list) if dq_list else np.zeros(0)
+    dq_target = np.concatenate(matched).astype(np.int64) if matched else np.zeros(0, np.int64)
     c = np.array(counts, np.int64).reshape(-1, 3)
     misses, fps = c[:, 1], c[:, 2]
 
@@ -358,7 +367,7 @@ def score_results(
         thresholds = np.array([score_threshold])
     prec, rec, f1 = [], [], []
     for thr in thresholds:
-        t_, p_, m_, _, _ = _aggregate(targets, preds, scores, float(thr))
+        t_, p_, m_, _, _, _ = _aggregate(targets, preds, scores, float(thr))
         pr_ = m_ / p_ if p_ else 1.0
         rc_ = m_ / t_ if t_ else float("nan")
         prec.append(pr_)
@@ -388,7 +397,34 @@ def score_results(
         dq_px=dq.astype(np.float32),
         per_image={"targets": c[:, 0].tolist(), "missed": misses.tolist(), "false_positives": fps.tolist()},
         settings=dict(settings or {}),
+        dq_target=dq_target,
     )
+
+
+def common_dq(results: dict[str, EvalResult]) -> dict[str, Any]:
+    """|ΔQ| of several models on the same targets: those that every model matched.
+
+    The all-pairs |ΔQ| of :class:`EvalResult` is taken over each model's own matches, so a model that finds
+    more of the faint, hard-to-place peaks is penalised for it; over the common targets the comparison is
+    paired. Returns {"n_targets": N, "models": {name: {"dq_median_px", "dq_p95_px"}}} (NaN when N = 0).
+    """
+    if not results:
+        return {"n_targets": 0, "models": {}}
+    first = next(iter(results.values()))
+    for r in results.values():
+        if r.n_targets != first.n_targets or len(r.dq_target) != len(r.dq_px):
+            raise ValueError("common_dq needs results of the same simulated set, with matched-target indices")
+    common = None
+    for r in results.values():
+        common = r.dq_target if common is None else np.intersect1d(common, r.dq_target)
+    out: dict[str, Any] = {"n_targets": len(common), "models": {}}
+    for name, r in results.items():
+        sel = r.dq_px[np.isin(r.dq_target, common)]
+        out["models"][name] = {
+            "dq_median_px": float(np.median(sel)) if len(sel) else float("nan"),
+            "dq_p95_px": float(np.quantile(sel, 0.95)) if len(sel) else float("nan"),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -422,6 +458,14 @@ def format_comparison(results: dict[str, EvalResult], *, paper: bool = True) -> 
             row.append(fmt.format(PAPER[key]) if key in PAPER else "")
         rows.append(row)
     first = next(iter(results.values()), None)
+    common = None
+    if len(results) > 1 and all(len(r.dq_target) == len(r.dq_px) for r in results.values()):
+        with contextlib.suppress(ValueError):
+            common = common_dq(results)
+    if common is not None:
+        for key, label in (("dq_median_px", "|ΔQ| median, common targets*"), ("dq_p95_px", "|ΔQ| 95th pct, common targets*")):
+            val = [common["models"][name][key] for name in cols]
+            rows.append([label, *("—" if math.isnan(v) else f"{v:.3f} px" for v in val)] + ([""] if paper else []))
     if first is not None:
         row = ["targets / predictions"] + [f"{r.n_targets} / {r.n_predictions}" for r in results.values()]
         rows.append(row + (["10,000 images"] if paper else []))
@@ -434,6 +478,9 @@ def format_comparison(results: dict[str, EvalResult], *, paper: bool = True) -> 
         out.append(f"({first.n_images} simulated {first.size[0]}×{first.size[1]} images, seed {first.seed}; "
                    f"score > {first.settings.get('score_threshold', SCORE_MIN)}, "
                    f"NMS {first.settings.get('nms_iou', NMS_IOU)})")
+    if common is not None:
+        out.append(f"(* over the {common['n_targets']} targets that every model matched: a paired comparison of "
+                   "localisation)")
     return "\n".join(out)
 
 
@@ -624,6 +671,7 @@ def compare(
             used.add(slug)
             r.save(out / slug)
         summary = {"paper": PAPER, "models": {k: r.summary() for k, r in results.items()},
+                   "common_targets": common_dq(results),
                    "n_images": len(data), "seed": data.seed, "size": list(data.size), "sim_overrides": _sim_overrides(data)}
         (out / "comparison.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
         (out / "comparison.txt").write_text(table + "\n")
