@@ -33,7 +33,13 @@ def test_builtin_model_is_small_fp16_and_carded(name):
     ev = card["evaluation"]["default_simulator"]
     assert ev["n_images"] >= 1000 and set(ev["models"]) >= {name, "published"}
     if name == "default":
-        assert card["real_frame"]["rings_found"] == 12 and zoo.describe("default") == "default"
+        assert card["real_frame"]["rings_found"] == 12 and zoo.describe("default") == f"default ({card['name']})"
+        # the bar: at least as good as the published checkpoint on the paper's table, on the same set
+        ours, theirs = ev["models"]["default"], ev["models"]["published"]
+        assert ours["detected_pct"] >= theirs["detected_pct"] and ours["fp_per_target_pct"] <= theirs["fp_per_target_pct"]
+        assert ours["dq_p95_px"] <= theirs["dq_p95_px"]
+        assert ours["images_with_miss_pct"] <= theirs["images_with_miss_pct"]
+        assert ours["images_with_fp_pct"] <= theirs["images_with_fp_pct"]
     model = zoo.load(name)
     assert model.card["name"] == card["name"] and not model.training
 

@@ -2,7 +2,8 @@
 """Ship a trained model in the package (as ``default``, or ``--as NAME``): fp16 weights and a complete card.
 
     python tools/ship_default.py MODEL_DIR --selection RUN/selection/selection.json \\
-        --eval runs/eval-default/comparison.json [--eval-shifted runs/eval-shifted/comparison.json]
+        --eval runs/eval-default/comparison.json [--eval-shifted runs/eval-shifted/comparison.json] \\
+        [--eval-extra faint_labels=runs/eval-faint/comparison.json]
 
 Reads the model (a directory written by :func:`gixdrt.train.export_checkpoint`), re-saves it as fp16 into
 ``src/gixdrt/model/weights/default/`` (or ``weights/NAME``; refusing weights of 16 MB or more, and refusing
@@ -30,8 +31,13 @@ def _models(comparison: Path, model_dir: Path, name: str) -> dict:
     models = {(name if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in doc["models"].items()}
     if name not in models:
         raise SystemExit(f"{comparison}: no results for {model_dir} (models: {', '.join(doc['models'])})")
-    return {"n_images": doc["n_images"], "seed": doc["seed"], "size": doc["size"],
-            "sim_overrides": doc.get("sim_overrides", {}), "models": models}
+    out = {"n_images": doc["n_images"], "seed": doc["seed"], "size": doc["size"],
+           "sim_overrides": doc.get("sim_overrides", {}), "models": models}
+    if "common_targets" in doc:  # the paired |ΔQ| over the targets every model matched
+        common = doc["common_targets"]
+        out["common_targets"] = {"n_targets": common["n_targets"], "models": {
+            (name if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in common["models"].items()}}
+    return out
 
 
 def _this_cpu() -> str:
@@ -65,9 +71,15 @@ def _pretraining(path: Path, spec: str) -> tuple[dict, int, float]:
 
     pre = torch.load(path, map_location="cpu", weights_only=False)
     images = int(pre["step"]) * int(pre["config"]["batch_size"])
-    record = {"checkpoint": spec, "steps": int(pre["step"]), "wall_time_s": round(float(pre["wall_s"]), 1),
+    wall = float(pre["wall_s"])
+    record = {"checkpoint": spec, "steps": int(pre["step"]), "images_seen": images, "wall_time_s": round(wall, 1),
               "config": pre["config"]}
-    return record, images, float(pre["wall_s"])
+    earlier = pre["config"].get("init_weights")
+    if earlier:  # that run was a fine-tuning too: follow the chain
+        p = Path(earlier) if Path(earlier).is_absolute() else ROOT / earlier
+        record["pretraining"], before_images, before_wall = _pretraining(p, earlier)
+        images, wall = images + before_images, wall + before_wall
+    return record, images, wall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--selection", type=Path, required=True, help="selection.json of tools/select_checkpoint.py")
     ap.add_argument("--eval", type=Path, required=True, help="comparison.json of gixdrt evaluate (default simulator)")
     ap.add_argument("--eval-shifted", type=Path, help="comparison.json on configs/sim-shifted.yaml")
+    ap.add_argument("--eval-extra", action="append", default=[], metavar="KEY=PATH",
+                    help="another comparison.json to record under evaluation.KEY (e.g. faint_labels=...); repeatable")
     ap.add_argument("--name", default="gixdrt-default-v1")
     ap.add_argument("--as", dest="install_as", default="default",
                     help="install as this built-in model name (default: default; another name ships it as --model NAME)")
@@ -97,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = {"default_simulator": _models(args.eval, args.model_dir, args.install_as)}
     if args.eval_shifted:
         evaluation["shifted_simulator"] = _models(args.eval_shifted, args.model_dir, args.install_as)
+    for item in args.eval_extra:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise SystemExit(f"--eval-extra wants KEY=PATH, got {item!r}")
+        evaluation[key] = _models(Path(path), args.model_dir, args.install_as)
     prov = dict(card.get("provenance", {}))
     prov["selection"] = {"heldout_seed": selection["heldout_seed"], "heldout_n": selection["heldout_n"],
                          "chosen_step": selection["best"],

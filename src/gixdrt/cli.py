@@ -109,7 +109,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(published mean {REFERENCE_PROCESSED_MEAN}, difference {pm - REFERENCE_PROCESSED_MEAN:+.1e})")
     print(f"  time     map {1e3 * (t1 - t0):.1f} ms (once per geometry), remap {1e3 * (t2 - t1):.1f} ms, "
           f"contrast {1e3 * (t3 - t2):.1f} ms (first call includes JIT compilation)")
-    print(f"  detect   {len(peaks)} peaks with model {zoo.describe(args.model)} ({1e3 * (t5 - t4):.0f} ms):")
+    from .testing import match_rings, published_ring_q
+
+    rings = match_rings(peaks.q, published_ring_q(g.q_max))
+    print(f"  detect   {len(peaks)} peaks with model {zoo.describe(args.model)} ({1e3 * (t5 - t4):.0f} ms); "
+          f"{rings['found']} of the published model's 12 rings within 0.01 Å⁻¹ in |Q|"
+          + (f" (missing |Q| {', '.join(f'{q:.3f}' for q in rings['missing'])} Å⁻¹)" if rings["missing"] else "") + ":")
     for k in np.argsort(peaks.q):
         print(f"    |Q| {peaks.q[k]:.4f} Å⁻¹  φ {peaks.phi[k]:5.1f}°  width {peaks.q_width[k]:.4f} Å⁻¹ × {peaks.phi_width[k]:5.1f}°"
               f"  score {peaks.score[k]:.4f}")

@@ -27,4 +27,4 @@ def test_builtin_models_are_found_by_name(tmp_path, monkeypatch):
         zoo.load("no-such-model")
     save_model(net, weights / "default", {"name": "ours"})
     assert zoo.has_default_weights() and zoo.load("default").card["name"] == "ours"
-    assert zoo.describe("default") == "default"
+    assert zoo.describe("default") == "default (ours)"

@@ -300,3 +300,20 @@ def test_sim_config_from_yaml_dict_and_errors(tmp_path):
     over = _sim_overrides(data)
     assert over["n_peaks"] == [5, 60] and "contrast_coef" not in over
     assert _sim_overrides(simulate(1, 0, size=(64, 64))) == {}
+
+
+def test_faint_label_config_changes_labels_not_images():
+    from gixdrt.sim import simulate
+    from gixdrt.train.evaluate import sim_config
+
+    root = Path(__file__).resolve().parents[2]
+    faint = sim_config(root / "configs" / "sim-faint.yaml")
+    assert faint.min_snr == 5.0
+    a = simulate(6, 31, size=(128, 256))
+    b = simulate(6, 31, size=(128, 256), config=faint)
+    np.testing.assert_array_equal(a.images, b.images)  # the same images ...
+    assert sum(map(len, b.boxes)) > sum(map(len, a.boxes))  # ... with every default label and fainter ones
+    for ba, bb, pb in zip(a.boxes, b.boxes, b.peaks):
+        assert {tuple(r) for r in ba} <= {tuple(r) for r in bb}
+        extra = ~np.isin(np.arange(len(bb)), [i for i, r in enumerate(bb) if tuple(r) in {tuple(x) for x in ba}])
+        assert np.all(pb["snr"][extra] < 10.0) and np.all(pb["snr"] >= 5.0)

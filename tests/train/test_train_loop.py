@@ -51,8 +51,12 @@ def test_every_shipped_training_config_is_valid(path):
     cfg = TrainConfig.from_yaml(path)
     sim = SimConfig.from_dict(cfg.sim)  # the simulator overrides are known, valid settings
     assert cfg.steps > 0 and cfg.batch_size > 0
-    if cfg.init_weights and path.name != "train-cpu-finetune.yaml":  # that one starts from an unshipped run
-        assert (ROOT / cfg.init_weights).exists(), f"{path.name}: init_weights {cfg.init_weights} is not in the repo"
+    if cfg.init_weights:
+        init = Path(cfg.init_weights)
+        if init.parts[0] == "runs":  # a checkpoint of an earlier run (not shipped): made by a config of this repo
+            assert (ROOT / "configs" / f"{init.parts[1]}.yaml").is_file(), f"{path.name}: no config makes {init}"
+        else:  # shipped weights
+            assert (ROOT / init).exists(), f"{path.name}: init_weights {init} is not in the repo"
     if path.name == "train-paper.yaml":
         assert sim.p_x_edge > 0 and sim.p_on_halo > 0
 

@@ -35,8 +35,16 @@ def builtin() -> list[str]:
 
 def describe(spec: str) -> str:
     """A one-line description of what ``spec`` resolves to (without loading it)."""
-    if spec == "default" and not has_default_weights():
-        return f"default (gixdrt's own weights are not trained yet: using published {PUBLISHED_DEFAULT})"
+    if spec == "default":
+        if not has_default_weights():
+            return f"default (gixdrt's own weights are not trained yet: using published {PUBLISHED_DEFAULT})"
+        import json
+
+        try:
+            name = json.loads((DEFAULT_WEIGHTS / "model.json").read_text()).get("name")
+        except (OSError, ValueError):
+            name = None
+        return f"default ({name})" if name else "default"
     return spec
 
 

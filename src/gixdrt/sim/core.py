@@ -10,6 +10,7 @@ order. Steps, in order (each optional step with its probability from :class:`Sim
    |Q|, low-|Q| diffuse decay; normalised to mean 1;
 3. peaks: 2-D Gaussians (radially pixel-averaged; optionally pseudo-Voigt), narrow in |Q|, full rings or
    Gaussian segments in φ, each angular profile multiplied by 1-D Perlin noise; log-uniform heights;
+   centres uniform in |Q|, or (optional placements, off by default) cut by the last column or on a halo;
 4. counts: λ = exposure·(background + peaks); Poisson noise (exact for λ < 12 by inversion with a
    counter-based splitmix64 stream keyed from the image's Generator, N(λ, λ) from its normals above),
    optional Gaussian read noise, optional low-|Q| angular oversampling (noise streaks along φ), hot
