@@ -28,15 +28,18 @@ def _models(comparison: Path, model_dir: Path, name: str) -> dict:
     """The comparison's numbers, with the evaluated model directory's entry renamed ``name``."""
     doc = json.loads(comparison.read_text())
     ours = {str(model_dir), str(model_dir.resolve()), model_dir.name}
-    models = {(name if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in doc["models"].items()}
+
+    def renamed(per_model: dict) -> dict:
+        return {(name if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in per_model.items()}
+
+    models = renamed(doc["models"])
     if name not in models:
         raise SystemExit(f"{comparison}: no results for {model_dir} (models: {', '.join(doc['models'])})")
     out = {"n_images": doc["n_images"], "seed": doc["seed"], "size": doc["size"],
            "sim_overrides": doc.get("sim_overrides", {}), "models": models}
     if "common_targets" in doc:  # the paired |ΔQ| over the targets every model matched
         common = doc["common_targets"]
-        out["common_targets"] = {"n_targets": common["n_targets"], "models": {
-            (name if k in ours or Path(k).resolve() == model_dir.resolve() else k): v for k, v in common["models"].items()}}
+        out["common_targets"] = {"n_targets": common["n_targets"], "models": renamed(common["models"])}
     return out
 
 
@@ -54,16 +57,22 @@ def _this_cpu() -> str:
     return f"{model}, {os.cpu_count()} cores (shared VM)"
 
 
+def _in_repo(spec: str) -> Path:
+    """A config's path (init_weights): relative paths are relative to the repository root."""
+    return Path(spec) if Path(spec).is_absolute() else ROOT / spec
+
+
 def _pretraining(path: Path, spec: str) -> tuple[dict, int, float]:
     """What a fine-tuning run started from: a training checkpoint (.pt) or a model directory with a card (whose
     own pretraining, if any, is kept) → (record, images seen before, wall time before)."""
     if path.is_dir():
         from gixdrt.model import read_card
 
-        prov = read_card(path).get("provenance", {})
+        card = read_card(path)
+        prov = card.get("provenance", {})
         images = int(prov.get("total_images_seen", prov.get("images_seen", 0)))
         wall = float(prov.get("total_wall_time_s", prov.get("wall_time_s", 0.0)))
-        record = {"model": spec, "name": read_card(path).get("name"), "steps": prov.get("steps"),
+        record = {"model": spec, "name": card.get("name"), "steps": prov.get("steps"),
                   "images_seen": images, "wall_time_s": round(wall, 1), "config": prov.get("config"),
                   "pretraining": prov.get("pretraining")}
         return record, images, wall
@@ -76,8 +85,7 @@ def _pretraining(path: Path, spec: str) -> tuple[dict, int, float]:
               "config": pre["config"]}
     earlier = pre["config"].get("init_weights")
     if earlier:  # that run was a fine-tuning too: follow the chain
-        p = Path(earlier) if Path(earlier).is_absolute() else ROOT / earlier
-        record["pretraining"], before_images, before_wall = _pretraining(p, earlier)
+        record["pretraining"], before_images, before_wall = _pretraining(_in_repo(earlier), earlier)
         images, wall = images + before_images, wall + before_wall
     return record, images, wall
 
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                         "amp": prov.get("amp"), "torch_threads": prov.get("config", {}).get("threads")}
     init = prov.get("config", {}).get("init_weights")
     if init:  # a fine-tuning run: record the run its weights came from, and the totals
-        prov["pretraining"], pre_images, pre_wall = _pretraining(Path(init) if Path(init).is_absolute() else ROOT / init, init)
+        prov["pretraining"], pre_images, pre_wall = _pretraining(_in_repo(init), init)
         prov["total_images_seen"] = prov["images_seen"] + pre_images
         prov["total_wall_time_s"] = round(prov["wall_time_s"] + pre_wall, 1)
     new_card = {

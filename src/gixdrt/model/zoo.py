@@ -38,11 +38,11 @@ def describe(spec: str) -> str:
     if spec == "default":
         if not has_default_weights():
             return f"default (gixdrt's own weights are not trained yet: using published {PUBLISHED_DEFAULT})"
-        import json
+        from .checkpoint import read_card
 
         try:
-            name = json.loads((DEFAULT_WEIGHTS / "model.json").read_text()).get("name")
-        except (OSError, ValueError):
+            name = read_card(DEFAULT_WEIGHTS).get("name")
+        except CheckpointError:  # loading it will say what is wrong
             name = None
         return f"default ({name})" if name else "default"
     return spec

@@ -459,8 +459,8 @@ def format_comparison(results: dict[str, EvalResult], *, paper: bool = True) -> 
         rows.append(row)
     first = next(iter(results.values()), None)
     common = None
-    if len(results) > 1 and all(len(r.dq_target) == len(r.dq_px) for r in results.values()):
-        with contextlib.suppress(ValueError):
+    if len(results) > 1:
+        with contextlib.suppress(ValueError):  # results of different sets: no paired rows
             common = common_dq(results)
     if common is not None:
         for key, label in (("dq_median_px", "|ΔQ| median, common targets*"), ("dq_p95_px", "|ΔQ| 95th pct, common targets*")):
