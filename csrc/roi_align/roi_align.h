@@ -18,15 +18,20 @@ struct Params {
   bool aligned = false;         // false: legacy (no half-pixel shift, RoI size clamped to ≥ 1)
 };
 
-// Threads used when `threads` ≤ 0: the hardware concurrency (≥ 1).
-int default_cpu_threads();
+// Optional `valid` (int32[n], or null for all rows): the K RoIs are grouped R = K / n per image (K a multiple
+// of n), row i·R + j belongs to image i, and rows with j ≥ valid[i] (clamped to [0, R]) are skipped: neither
+// checked nor computed (their output is left as it is).
+bool roi_is_computed(int64_t row, int64_t k, int64_t n, const int32_t* valid);
 
-// Index of the first RoI whose batch index (truncated toward zero, as torchvision does) is not in [0, n) or
-// whose coordinates are not finite, or −1 when all are valid. The CPU entry point calls this first.
-int64_t first_invalid_roi(const float* rois, int64_t k, int64_t n);
+// Index of the first computed RoI whose batch index (truncated toward zero, as torchvision does) is not in
+// [0, n) (with `valid`: is not its image i) or whose coordinates are not finite, or −1 when all are valid.
+// The CPU entry point calls this first.
+int64_t first_invalid_roi(const float* rois, int64_t k, int64_t n, const int32_t* valid = nullptr);
 
-// CPU forward, multi-threaded over RoIs. Expects valid RoIs (see first_invalid_roi); returns at once for K = 0.
-void forward_cpu(const float* features, const float* rois, float* out, const Params& p, int threads);
+// CPU forward, multi-threaded over RoIs (threads ≤ 0: gixdrt::default_cpu_threads()). Expects valid RoIs (see
+// first_invalid_roi); returns at once for K = 0.
+void forward_cpu(const float* features, const float* rois, float* out, const Params& p, int threads,
+                 const int32_t* valid = nullptr);
 
 #ifdef GIXDRT_WITH_CUDA
 // CUDA forward on device pointers, launched asynchronously on `stream` (a cudaStream_t; 0 = legacy default

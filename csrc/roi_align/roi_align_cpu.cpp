@@ -6,14 +6,10 @@
 #include "roi_align.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <exception>
-#include <mutex>
-#include <system_error>
-#include <thread>
 #include <vector>
 
+#include "kernels/parallel.h"
 #include "roi_align_common.h"
 
 namespace gixdrt::roi_align {
@@ -112,72 +108,50 @@ void pool_roi(const float* features, const float* roi, float* out, const Params&
 
 }  // namespace
 
-int default_cpu_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(n);
+bool roi_is_computed(int64_t row, int64_t k, int64_t n, const int32_t* valid) {
+  if (valid == nullptr) return true;
+  const int64_t per_image = k / n;
+  const int64_t image = row / per_image;
+  const int64_t v = std::min<int64_t>(std::max<int64_t>(valid[image], 0), per_image);
+  return row - image * per_image < v;
 }
 
-int64_t first_invalid_roi(const float* rois, int64_t k, int64_t n) {
+int64_t first_invalid_roi(const float* rois, int64_t k, int64_t n, const int32_t* valid) {
   for (int64_t i = 0; i < k; ++i) {
+    if (!roi_is_computed(i, k, n, valid)) continue;
     const float* r = rois + i * 5;
     if (!(std::isfinite(r[0]) && std::isfinite(r[1]) && std::isfinite(r[2]) && std::isfinite(r[3]) &&
           std::isfinite(r[4])))
       return i;
     const double b = std::trunc(static_cast<double>(r[0]));
     if (b < 0.0 || b >= static_cast<double>(n)) return i;
+    if (valid != nullptr && b != static_cast<double>(i / (k / n))) return i;
   }
   return -1;
 }
 
-void forward_cpu(const float* features, const float* rois, float* out, const Params& p, int threads) {
+void forward_cpu(const float* features, const float* rois, float* out, const Params& p, int threads,
+                 const int32_t* valid) {
   if (p.k == 0 || p.c == 0) return;
   const int64_t per_roi = p.c * p.out_h * p.out_w;
   if (p.h == 0 || p.w == 0) {  // an empty map samples nothing
-    std::fill(out, out + p.k * per_roi, 0.0f);
+    for (int64_t i = 0; i < p.k; ++i)
+      if (roi_is_computed(i, p.k, p.n, valid)) std::fill(out + i * per_roi, out + (i + 1) * per_roi, 0.0f);
     return;
   }
-  if (threads <= 0) threads = default_cpu_threads();
-  const int64_t n_threads = std::min<int64_t>(threads, p.k);
-
   // RoIs are handed out in small blocks: their costs differ (sample counts and widths vary with size)
-  constexpr int64_t kBlock = 4;
-  std::atomic<int64_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto work = [&]() {
-    try {
-      Worker wk;
+  const int workers = worker_count(p.k, threads);
+  std::vector<Worker> scratch(workers);
+  parallel_for(p.k, workers, 4, [&](int64_t begin, int64_t end, int worker) {
+    Worker& wk = scratch[worker];
+    if (wk.row.empty()) {
       wk.scratch_y.assign(p.h, 0.0);
       wk.scratch_x.assign(p.w, 0.0);
       wk.row.resize(p.w);
-      for (;;) {
-        const int64_t begin = next.fetch_add(kBlock);
-        if (begin >= p.k) break;
-        const int64_t end = std::min(begin + kBlock, p.k);
-        for (int64_t i = begin; i < end; ++i) pool_roi(features, rois + i * 5, out + i * per_roi, p, wk);
-      }
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
-      next.store(p.k);  // stop the other workers early
     }
-  };
-  if (n_threads <= 1) {
-    work();
-  } else {
-    std::vector<std::thread> pool;
-    pool.reserve(n_threads - 1);
-    for (int64_t t = 1; t < n_threads; ++t) {
-      try {
-        pool.emplace_back(work);
-      } catch (const std::system_error&) {
-        break;  // fewer threads than asked: the ones started (and this one) share the RoIs
-      }
-    }
-    work();  // the calling thread takes a share
-    for (auto& t : pool) t.join();
-  }
-  if (error) std::rethrow_exception(error);
+    for (int64_t i = begin; i < end; ++i)
+      if (roi_is_computed(i, p.k, p.n, valid)) pool_roi(features, rois + i * 5, out + i * per_roi, p, wk);
+  });
 }
 
 }  // namespace gixdrt::roi_align

@@ -1,5 +1,5 @@
-"""The published contrast chain: reference against an independent composition with cv2, Numba CPU and
-CUDA (simulator) against the reference, degenerate inputs, ``out=`` handling."""
+"""The published contrast chain: reference against an independent composition with cv2, the C++ CPU kernel
+and CUDA (simulator) against the reference, degenerate inputs, ``out=`` handling."""
 from __future__ import annotations
 
 import warnings
@@ -14,10 +14,11 @@ from gixdrt.kernels.registry import cuda_unavailable_reason
 
 # Allowed deviation of each backend from the reference: (max |difference|, max fraction of pixels,
 # reason). All 0: every backend evaluates the same float32 operations; log10 is the correctly
-# rounded float32 value in all of them (the CPU/CUDA series equals NumPy's float64 log10 rounded to
-# float32 on every float32 in [1, 65536], checked exhaustively), so u and the result are bit-identical.
+# rounded float32 value in all of them (the C++ kernel's double log10 rounded to float32 and the CUDA
+# series both equal NumPy's float64 log10 rounded to float32 on every float32 in [1, 65536], checked
+# exhaustively), so u and the result are bit-identical.
 TOLERANCE = {
-    "cpu": (0.0, 0.0, "same float32 operations, log10 series verified exhaustively against NumPy"),
+    "cpu": (0.0, 0.0, "same float32 operations, double log10 rounded once, FMA contraction off"),
     "cuda": (0.0, 0.0, "same float32 operations through __f*_rn intrinsics, same log10 series"),
 }
 
@@ -173,7 +174,7 @@ def test_out_and_argument_errors(backend):
 
 
 # ------------------------------------------------------------------------------------------------
-# CPU fast path internals: the thresholds of u(p) (see gixdrt.kernels.cpu.contrast)
+# CPU kernel: the 16-bit levels u at and around every level boundary (see gixdrt.kernels.cpu.contrast)
 # ------------------------------------------------------------------------------------------------
 def _u_reference(img, coef, log):
     """u per pixel with the reference's float32 operations (NaN/±Inf count as the minimum)."""
@@ -207,6 +208,37 @@ def _hard_images():
     yield "non-finite", bad
 
 
+def _key(x):
+    """Order-preserving int64 key of float32 values (consecutive floats, consecutive keys)."""
+    b = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+def _unkey(k):
+    k = np.asarray(k, np.int64)
+    return (k ^ ((k >> 31) & 0x7FFFFFFF)).astype(np.int32).view(np.float32)
+
+
+def _thresholds(vmin, vmax, coef, log):
+    """T_k, k = 1..trunc(coef): the smallest float32 in (vmin, vmax] whose level u is ≥ k, by bisection on the
+    float keys with the reference's per-pixel u (monotone in the pixel value; u(vmin) = 0, u(vmax) = trunc(coef))."""
+    umax = int(np.float32(coef))
+    k = np.arange(1, umax + 1)
+    lo = np.full(umax, _key(vmin), np.int64)  # u(lo) < k
+    hi = np.full(umax, _key(vmax), np.int64)  # u(hi) ≥ k
+
+    def u_at(keys):  # the extrema stay in the image, so the reference's extrema are vmin and vmax
+        vals = np.concatenate([[vmin, vmax], _unkey(keys)]).astype(np.float32)
+        return _u_reference(vals, coef, log)[2:].astype(np.int64)
+
+    while (hi - lo > 1).any():
+        mid = lo + (hi - lo) // 2
+        up = u_at(mid) >= k
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid)
+    return _unkey(hi)
+
+
 def _around_thresholds(img, thr):
     """img plus every threshold and its two float32 neighbours (clipped to the finite range, so
     that the extrema and hence the thresholds stay the same)."""
@@ -220,19 +252,17 @@ def _around_thresholds(img, thr):
 @pytest.mark.parametrize("log", [True, False])
 @pytest.mark.parametrize("coef", [300.0, 5000.0, 65535.0, 1000.5, 1.5, 0.5])
 def test_cpu_thresholds_exact(coef, log):
-    """The thresholds are the smallest float32 values of each level, and u from the bucket grid equals
-    the per-pixel u on values exactly at and one ulp around every threshold."""
+    """The C++ kernel's levels u equal the reference's per-pixel u on values exactly at and one ulp around every
+    level boundary T_k (the smallest float32 value of level k), and so does the whole chain."""
     from gixdrt.kernels.cpu import contrast as cpu
 
     f32 = np.float32
-    c32 = f32(coef)
-    umax = int(c32)
+    umax = int(f32(coef))
     for name, base in _hard_images():
         finite = base[np.isfinite(base)]
         vmin, vmax = finite.min(), finite.max()
-        _, _, _, _, thr_pad = cpu._prepare(vmin, vmax, c32, log, 2, cpu._MAX_BUCKETS)
-        thr = thr_pad[1:-1]
-        assert thr.size == umax and thr_pad[0] == -np.inf and thr_pad[-1] == np.inf
+        thr = _thresholds(vmin, vmax, coef, log)
+        assert thr.size == umax
         img = _around_thresholds(base, thr)
         want = _u_reference(img, coef, log)
         # T_k is the smallest value with u >= k
@@ -244,70 +274,45 @@ def test_cpu_thresholds_exact(coef, log):
             assert (u_at >= k).all(), f"{name}: u(T_k) < k"
             assert (u_below < k).all(), f"{name}: u just below T_k reaches k"
             assert (thr > vmin).all() and (thr <= vmax).all() and (np.diff(thr) >= 0).all(), name
-        for direct in (False, True):
-            for max_buckets in (cpu._MAX_BUCKETS, 8 if umax <= 5000 else 512):  # many thresholds per bucket
-                for nchunks in (1, 3):
-                    u, hist = cpu._levels(img, vmin, vmax, c32, log, nchunks, direct=direct, max_buckets=max_buckets)
-                    what = f"{name} coef={coef} log={log} direct={direct} buckets<={max_buckets} chunks={nchunks}"
-                    np.testing.assert_array_equal(u, want, err_msg=what)
-                    counts = np.bincount(want, minlength=umax + 1)
-                    np.testing.assert_array_equal(hist.sum(axis=(0, 2)), counts, err_msg=what)
+        for threads in (1, 3):
+            u = cpu.levels(img, coef=coef, log=log, threads=threads)
+            np.testing.assert_array_equal(u, want, err_msg=f"{name} coef={coef} log={log} threads={threads}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)
             got = kernels.contrast(img[None, :], coef=coef, log=log, backend="cpu")
             np.testing.assert_array_equal(got, ref.contrast(img[None, :], coef=coef, log=log), err_msg=name)
 
 
-def test_cpu_threshold_search_safety_net():
-    """The bisection that backs up the guesses finds the same thresholds from arbitrary starting values."""
+def test_cpu_threads_do_not_change_the_result():
+    """Each pixel (and each tile) is computed by one worker the same way: 1, 2 or 3 threads give the same bits."""
     from gixdrt.kernels.cpu import contrast as cpu
 
-    rng = np.random.default_rng(13)
-    f32 = np.float32
-    cases = [  # (step, constant, value at vmin, value at vmax)
-        (cpu._MUL, f32(5000.0), f32(0.0), f32(1.0)),
-        (cpu._DIV, f32(3.7), f32(0.0), f32(3.7)),
-        (cpu._SUB, f32(-70.2), f32(-70.2), f32(1048.2)),
-        (cpu._ADD, f32(1.0), f32(0.0), f32(65535.0)),
-        (cpu._LOG, f32(0.0), f32(1.0), f32(5001.0)),
-    ]
-    for kind, c, lo, hi in cases:
-        ops = np.array([cpu._op(kind, v, c) for v in (lo, hi)], f32)
-        tgt = np.unique(rng.uniform(ops[0], ops[1], 300).astype(f32))
-        tgt = tgt[(tgt > ops[0]) & (tgt <= ops[1])]
-        want = np.empty_like(tgt)
-        cpu._stage(kind, c, lo, hi, tgt, want)
-        for start in (np.full_like(tgt, lo), np.full_like(tgt, hi), rng.uniform(lo, hi, tgt.size).astype(f32)):
-            got = start.copy()
-            cpu._stage_search(kind, c, lo, hi, tgt, got)
-            np.testing.assert_array_equal(got, want, err_msg=f"kind {kind}")
-        # and they are the smallest values reaching the targets
-        at = np.array([cpu._op(kind, v, c) for v in want], f32)
-        below = np.array([cpu._op(kind, v, c) for v in np.nextafter(want, f32(-np.inf))], f32)
-        assert (at >= tgt).all() and (below < tgt).all(), f"kind {kind}"
+    img = dict(_hard_images())["heavy-tail"].reshape(40, 100)
+    one = cpu.contrast(img, threads=1)
+    u16 = (np.random.default_rng(14).random((301, 517)) ** 4 * 5001).astype(np.uint16)
+    clahe_one = cpu.clahe(u16, 2.0, (7, 3), threads=1)
+    for threads in (2, 3, 0):
+        np.testing.assert_array_equal(cpu.contrast(img, threads=threads), one)
+        np.testing.assert_array_equal(cpu.clahe(u16, 2.0, (7, 3), threads=threads), clahe_one)
+    np.testing.assert_array_equal(one, ref.contrast(img))
 
 
-def test_cpu_thresholds_one_part_equals_two():
-    from gixdrt.kernels.cpu import contrast as cpu
-
-    img = dict(_hard_images())["heavy-tail"]
-    args = (img.min(), img.max(), np.float32(5000.0), True)
-    one = cpu._prepare(*args, 1, cpu._MAX_BUCKETS)[-1]
-    two = cpu._prepare(*args, 2, cpu._MAX_BUCKETS)[-1]
-    np.testing.assert_array_equal(one, two)
-
-
-def test_cpu_full_size_uses_thresholds_and_matches():
-    """512x1024 with the default coef takes the threshold path; an inexact threshold shows in u."""
+def test_cpu_full_size_cauchy_matches():
+    """512x1024 with the default coef: u and the result equal the reference's, pixel for pixel."""
     from gixdrt.kernels.cpu import contrast as cpu
 
     rng = np.random.default_rng(12)
     img = (rng.standard_cauchy((512, 1024)) * 5.0 + 20.0).astype(np.float32)
-    assert img.size >= cpu._DIRECT_BELOW * 5001  # the threshold path is the default here
-    p = img.reshape(-1)
-    u, _ = cpu._levels(p, p.min(), p.max(), np.float32(5000.0), True, 2)
-    np.testing.assert_array_equal(u, _u_reference(p, 5000.0, True))
+    np.testing.assert_array_equal(cpu.levels(img), _u_reference(img.reshape(-1), 5000.0, True))
     np.testing.assert_array_equal(kernels.contrast(img, backend="cpu"), ref.contrast(img))
+
+
+def test_cpu_levels_of_degenerate_images_are_none():
+    from gixdrt.kernels.cpu import contrast as cpu
+
+    assert cpu.levels(np.full(7, 2.5, np.float32)) is None
+    assert cpu.levels(np.array([np.nan, np.inf, 1.0], np.float32)) is None
+    assert cpu.levels(np.array([np.nan, 2.0, 1.0], np.float32)).tolist() == [0, 5000, 0]
 
 
 # ------------------------------------------------------------------------------------------------

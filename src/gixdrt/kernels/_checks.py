@@ -46,3 +46,49 @@ def warn_nonfinite(count: int, what: str) -> None:
             DataWarning,
             stacklevel=4,
         )
+
+
+def check_outs(out, specs, fn: str) -> tuple[np.ndarray, ...]:
+    """Allocate or validate the host output arrays of a kernel with several outputs.
+
+    specs: ``((name, shape, dtype), ...)`` in the order of the kernel's results. out: None (allocate, contents
+    undefined: the kernel writes every element) or a tuple of preallocated NumPy arrays with exactly these
+    shapes and dtypes, C-contiguous and writeable. Returns the arrays as a tuple.
+    """
+    if out is None:
+        return tuple(np.empty(shape, dtype) for _, shape, dtype in specs)
+    names = ", ".join(name for name, _, _ in specs)
+    if not isinstance(out, (tuple, list)):
+        raise TypeError(f"{fn}: out must be a tuple ({names}) of NumPy arrays, got {type(out).__name__}")
+    if len(out) != len(specs):
+        raise ValueError(f"{fn}: out must be a tuple of {len(specs)} arrays ({names}), got {len(out)}")
+    for i, ((name, shape, dtype), arr) in enumerate(zip(specs, out)):
+        what = f"{fn}: out[{i}] ({name})"
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{what} must be a NumPy array for a host backend, got {type(arr).__name__}")
+        if arr.dtype != np.dtype(dtype):
+            raise TypeError(f"{what} must have dtype {np.dtype(dtype).name}, got {arr.dtype}")
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{what} must have shape {list(shape)}, got {list(arr.shape)}")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{what} must be C-contiguous")
+        if not arr.flags.writeable:
+            raise ValueError(f"{what} is read-only")
+    return tuple(out)
+
+
+def decode_topk_specs(n: int, n_levels: int, k: int):
+    """The outputs of decode_topk: (boxes, scores, levels, valid)."""
+    m = n_levels * k
+    return (("boxes", (n, m, 4), np.float32), ("scores", (n, m), np.float32), ("levels", (n, m), np.int32),
+            ("valid", (n,), np.int32))
+
+
+def nms_fixed_specs(n: int, max_out: int):
+    """The outputs of nms_fixed: (keep_idx, count)."""
+    return (("keep_idx", (n, max_out), np.int32), ("count", (n,), np.int32))
+
+
+def decode_final_specs(n: int, r: int):
+    """The outputs of decode_final: (boxes, scores, count)."""
+    return (("boxes", (n, r, 4), np.float32), ("scores", (n, r), np.float32), ("count", (n,), np.int32))
