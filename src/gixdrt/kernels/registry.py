@@ -1,4 +1,4 @@
-"""One registry for every kernel: NumPy reference, Numba CPU and CUDA implementations.
+"""One registry for every kernel: NumPy reference, compiled C++ CPU and CUDA implementations.
 
 Each operation (``"polar_remap"``, ``"contrast"``, ``"clahe"``, ...) has up to three registered
 implementations:
@@ -6,18 +6,19 @@ implementations:
 ``reference``
     Plain NumPy. It is the specification: slow, readable, always available.
 ``cpu``
-    Numba (parallel, cached compilation). Takes and returns NumPy arrays.
+    C++ kernels in the compiled extension :mod:`gixdrt._ext` (std::thread workers, compiled at install:
+    no JIT). Takes and returns NumPy arrays. Available when ``gixdrt._ext`` imports with these kernels.
 ``cuda``
-    Numba CUDA kernels. Takes device arrays (anything exposing ``__cuda_array_interface__``:
-    CuPy arrays, Numba device arrays, PyTorch CUDA tensors through ``numba.cuda.as_cuda_array``),
-    a stream, and writes into a caller-provided device buffer.
+    Numba CUDA kernels (and the extension's CUDA RoIAlign). Takes device arrays (anything exposing
+    ``__cuda_array_interface__``: CuPy arrays, Numba device arrays, PyTorch CUDA tensors), a stream, and
+    writes into a caller-provided device buffer.
 
 :func:`resolve` picks an implementation: with ``backend=None`` it looks at where the first array
-lives (a device array → ``cuda``, anything else → ``cpu`` when Numba is importable, else
+lives (a device array → ``cuda``, anything else → ``cpu`` when the extension is usable, else
 ``reference``). A backend named by the caller that is not available raises
 :class:`BackendUnavailableError`; there is no silent fallback when the caller asked for a backend.
 Implementations are registered lazily (module path + attribute) so importing :mod:`gixdrt` never
-imports Numba or any CUDA stack.
+imports Numba or any CUDA stack, and the host backends never import Numba at all.
 """
 from __future__ import annotations
 
@@ -69,6 +70,13 @@ def numba_unavailable_reason() -> str | None:
     return _PROBE_CACHE["numba"]
 
 
+def cpu_unavailable_reason() -> str | None:
+    """None when the compiled CPU kernels (gixdrt._ext) can run here, else why not."""
+    from .cpu._ext import unavailable_reason
+
+    return unavailable_reason()
+
+
 def cuda_unavailable_reason() -> str | None:
     """None when Numba CUDA can launch kernels here (a GPU, or NUMBA_ENABLE_CUDASIM=1), else why not.
 
@@ -89,15 +97,18 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-_PROBES = {"reference": _always, "cpu": numba_unavailable_reason, "cuda": cuda_unavailable_reason}
+_PROBES = {"reference": _always, "cpu": cpu_unavailable_reason, "cuda": cuda_unavailable_reason}
 
 
-def register(op: str, backend: str, target: str) -> None:
-    """Register ``target`` (``"package.module:function"``) as ``backend`` implementation of ``op``."""
+def register(op: str, backend: str, target: str, probe: Callable[[], str | None] | None = None) -> None:
+    """Register ``target`` (``"package.module:function"``) as ``backend`` implementation of ``op``.
+
+    probe: returns None when the implementation can run here, else why not (default: the backend's probe).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     module, _, attr = target.partition(":")
-    _REGISTRY.setdefault(op, {})[backend] = _Entry(module, attr, _PROBES[backend])
+    _REGISTRY.setdefault(op, {})[backend] = _Entry(module, attr, probe or _PROBES[backend])
 
 
 def is_device_array(x: Any) -> bool:
