@@ -343,3 +343,118 @@ def test_decode_final_shape_errors():
     with pytest.raises(ValueError, match="valid"):
         K.decode_final(z, np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4), np.float32), np.ones(2, np.int32),
                        height=8, width=8, score_threshold=0.5, backend="cpu")
+
+
+# --- out=: preallocated outputs on every backend ----------------------------------------------------------
+def _garbage_like(specs, backend):
+    """Arrays of the given (shape, dtype) filled with values no kernel writes (on the device for cuda)."""
+    arrs = []
+    for shape, dtype in specs:
+        fill = np.nan if np.dtype(dtype).kind == "f" else 77
+        a = np.full(shape, fill, dtype)
+        arrs.append(_dev(a) if backend == "cuda" else a)
+    return tuple(arrs)
+
+
+def _call(backend, fn, args, kw):
+    """fn through ``backend`` with args (host arrays, copied to the device for cuda) → (result, host copies)."""
+    if backend == "cuda":
+        args = tuple(_dev(a) if isinstance(a, np.ndarray) else a for a in args)
+    res = fn(*args, backend=backend, **kw)
+    return res, tuple(_host(r) for r in res)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_parity_decode_topk(backend):
+    rng = np.random.default_rng(21)
+    sizes = (60, 30, 10)
+    logits, deltas, anchors, starts = make_rpn(rng, 2, sizes, ties=True)
+    logits[1, 5] = np.nan
+    k = 25
+    kw = dict(k=k, height=64, width=128)
+    _, want = _call(backend, K.decode_topk, (logits, deltas, anchors), dict(level_starts=starts, **kw))
+    m = 3 * k
+    out = _garbage_like([((2, m, 4), np.float32), ((2, m), np.float32), ((2, m), np.int32), ((2,), np.int32)], backend)
+    res, got = _call(backend, K.decode_topk, (logits, deltas, anchors), dict(level_starts=starts, out=out, **kw))
+    assert all(r is o for r, o in zip(res, out))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    ref = K.decode_topk(logits, deltas, anchors, starts, backend="reference", **kw)
+    np.testing.assert_array_equal(got[3], ref[3])
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_parity_nms_fixed(backend):
+    rng = np.random.default_rng(22)
+    boxes, scores = random_boxes(rng, 2, 70, tie_levels=5)
+    valid = np.array([70, 33], np.int32)
+    groups = rng.integers(0, 3, (2, 70)).astype(np.int32)
+    _, want = _call(backend, K.nms_fixed, (boxes, scores, valid, 0.4, 40, groups), {})
+    out = _garbage_like([((2, 40), np.int32), ((2,), np.int32)], backend)
+    res, got = _call(backend, K.nms_fixed, (boxes, scores, valid, 0.4, 40, groups), dict(out=out))
+    assert all(r is o for r, o in zip(res, out))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    ref = K.nms_fixed(boxes, scores, valid, 0.4, 40, groups, backend="reference")
+    for g, w in zip(got, ref):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_parity_decode_final(backend):
+    rng = np.random.default_rng(23)
+    logits, deltas, props, valid = make_head(rng, 3, 90, [90, 40, 0], ties=True)
+    kw = dict(height=64, width=128, score_threshold=0.3)
+    _, want = _call(backend, K.decode_final, (logits, deltas, props, valid), kw)
+    out = _garbage_like([((3, 90, 4), np.float32), ((3, 90), np.float32), ((3,), np.int32)], backend)
+    res, got = _call(backend, K.decode_final, (logits, deltas, props, valid), dict(out=out, **kw))
+    assert all(r is o for r, o in zip(res, out))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    ref = K.decode_final(logits, deltas, props, valid, backend="reference", **kw)
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=2.4e-7)
+
+
+def _bad_outs(backend, good):
+    """(out, exception, message) cases built from a list of good (shape, dtype) specs."""
+    cases = [
+        (list(_garbage_like(good, backend))[:-1], ValueError, r"out must be a tuple of \d+"),
+        (np.zeros(3), TypeError, "out must be a tuple"),
+    ]
+    wrong_dtype = list(good)
+    wrong_dtype[0] = (good[0][0], np.float64 if np.dtype(good[0][1]).kind == "f" else np.int64)
+    cases.append((_garbage_like(wrong_dtype, backend), TypeError, r"out\[0\] \(\w+\) must have dtype"))
+    wrong_shape = list(good)
+    wrong_shape[-1] = ((good[-1][0][0] + 1,), good[-1][1])
+    cases.append((_garbage_like(wrong_shape, backend), ValueError, rf"out\[{len(good) - 1}\] \(\w+\) must have shape"))
+    if backend == "cuda":
+        cases.append((_garbage_like(good, "reference"), TypeError, r"out\[0\] \(\w+\) must be a device array"))
+    else:
+        strided = list(_garbage_like(good, backend))
+        shape, dtype = good[0]
+        strided[0] = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)[..., ::2]
+        cases.append((tuple(strided), ValueError, r"out\[0\] \(\w+\) must be C-contiguous"))
+    return cases
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_errors_name_the_argument(backend):
+    rng = np.random.default_rng(24)
+    logits, deltas, anchors, starts = make_rpn(rng, 1, (20, 10))
+    topk_specs = [((1, 8, 4), np.float32), ((1, 8), np.float32), ((1, 8), np.int32), ((1,), np.int32)]
+    for out, exc, msg in _bad_outs(backend, topk_specs):
+        with pytest.raises(exc, match="decode_topk: " + msg):
+            _call(backend, K.decode_topk, (logits, deltas, anchors), dict(level_starts=starts, k=4, height=64, width=128, out=out))
+    boxes, scores = random_boxes(rng, 1, 10)
+    valid = np.array([10], np.int32)
+    for out, exc, msg in _bad_outs(backend, [((1, 5), np.int32), ((1,), np.int32)]):
+        with pytest.raises(exc, match="nms_fixed: " + msg):
+            _call(backend, K.nms_fixed, (boxes, scores, valid, 0.5, 5), dict(out=out))
+    hl, hd, hp, hv = make_head(rng, 1, 12, [12])
+    for out, exc, msg in _bad_outs(backend, [((1, 12, 4), np.float32), ((1, 12), np.float32), ((1,), np.int32)]):
+        with pytest.raises(exc, match="decode_final: " + msg):
+            _call(backend, K.decode_final, (hl, hd, hp, hv), dict(height=64, width=128, score_threshold=0.1, out=out))

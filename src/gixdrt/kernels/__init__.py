@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .reference.boxes import BBOX_CLIP
 from .registry import BACKENDS, BackendUnavailableError, available, register, registered, resolve
 
 for _backend, _module in (
@@ -118,8 +119,9 @@ def decode_topk(
     k: int = 1000,
     height: int,
     width: int,
-    bbox_clip: float = 4.135166556742356,
+    bbox_clip: float = BBOX_CLIP,
     min_size: float = 1e-3,
+    out: tuple[Any, Any, Any, Any] | None = None,
     backend: str | None = None,
     stream: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
@@ -130,10 +132,12 @@ def decode_topk(
     bbox_clip: upper clamp of dw, dh (log(1000/16)); boxes with a side < min_size are dropped.
     → (boxes float32[N, L·k, 4], scores float32[N, L·k] (sigmoid), levels int32[N, L·k], valid int32[N]):
     image i's entries [:valid[i]] are level by level, by decreasing logit (ties: lower index first).
+    out: optional tuple (boxes, scores, levels, valid) of preallocated arrays with exactly these shapes and
+    dtypes (NumPy for the host backends, device arrays for cuda): checked, written and returned.
     The cuda backend takes and returns device arrays, launched on ``stream``.
     """
     name, fn = resolve("decode_topk", backend, logits)
-    kw = dict(k=k, height=height, width=width, bbox_clip=bbox_clip, min_size=min_size)
+    kw = dict(k=k, height=height, width=width, bbox_clip=bbox_clip, min_size=min_size, out=out)
     if name == "cuda":
         kw["stream"] = stream
     return fn(logits, deltas, anchors, level_starts, **kw)
@@ -147,6 +151,7 @@ def nms_fixed(
     max_out: int,
     groups: Any = None,
     *,
+    out: tuple[Any, Any] | None = None,
     backend: str | None = None,
     stream: Any = None,
 ) -> tuple[Any, Any]:
@@ -155,11 +160,13 @@ def nms_fixed(
     boxes: float32[N, M, 4]; scores: float32[N, M]; valid: int32[N] (entries [:valid[i]] count); a box is
     suppressed when its fp32 IoU with a kept box of the same group is > iou; groups: optional int32[N, M].
     → (keep_idx int32[N, max_out] by decreasing score, ties lower index first, padded with −1; count int32[N]).
+    out: optional tuple (keep_idx, count) of preallocated arrays with exactly these shapes and dtypes (NumPy
+    for the host backends, device arrays for cuda): checked, written and returned.
     """
     name, fn = resolve("nms_fixed", backend, boxes)
     if name == "cuda":
-        return fn(boxes, scores, valid, iou, max_out, groups, stream=stream)
-    return fn(boxes, scores, valid, iou, max_out, groups)
+        return fn(boxes, scores, valid, iou, max_out, groups, out=out, stream=stream)
+    return fn(boxes, scores, valid, iou, max_out, groups, out=out)
 
 
 def decode_final(
@@ -171,8 +178,9 @@ def decode_final(
     height: int,
     width: int,
     score_threshold: float,
-    bbox_clip: float = 4.135166556742356,
+    bbox_clip: float = BBOX_CLIP,
     min_size: float = 1e-3,
+    out: tuple[Any, Any, Any] | None = None,
     backend: str | None = None,
     stream: Any = None,
 ) -> tuple[Any, Any, Any]:
@@ -182,12 +190,15 @@ def decode_final(
     Score 2·sigmoid − 1; boxes decoded against the proposals and clipped to [0, width] × [0, height]; kept
     where score ≥ score_threshold and both sides ≥ min_size.
     → (boxes float32[N, R, 4], scores float32[N, R], count int32[N]): survivors first, in proposal order.
+    out: optional tuple (boxes, scores, count) of preallocated arrays with exactly these shapes and dtypes
+    (NumPy for the host backends, device arrays for cuda): checked, written and returned.
     """
     name, fn = resolve("decode_final", backend, logits)
-    kw = dict(height=height, width=width, score_threshold=score_threshold, bbox_clip=bbox_clip, min_size=min_size)
+    kw = dict(height=height, width=width, score_threshold=score_threshold, bbox_clip=bbox_clip, min_size=min_size,
+              out=out)
     if name == "cuda":
         kw["stream"] = stream
     return fn(logits, deltas, proposals, valid, **kw)
 
 
-__all__ += ["decode_final", "decode_topk", "nms_fixed"]
+__all__ += ["BBOX_CLIP", "decode_final", "decode_topk", "nms_fixed"]

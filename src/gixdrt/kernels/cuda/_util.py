@@ -48,3 +48,39 @@ def device_out(out: Any, shape: tuple[int, ...], dtype, stream):
     if tuple(view.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(view.shape)}")
     return view
+
+
+def device_outs(out: Any, specs, fn: str, stream):
+    """Allocate on ``stream`` (out None) or validate a tuple of caller-provided device output arrays.
+
+    specs: ``((name, shape, dtype), ...)`` in the order of the kernel's results. Returns ``(views, results)``:
+    the Numba views the kernels write through, and what the function returns (the caller's arrays, or the
+    fresh allocations).
+    """
+    import numpy as np
+
+    if out is None:
+        views = tuple(
+            cuda.device_array(shape, dtype=dtype) if cudasim() else cuda.device_array(shape, dtype=dtype, stream=stream)
+            for _, shape, dtype in specs
+        )
+        return views, views
+    names = ", ".join(name for name, _, _ in specs)
+    if not isinstance(out, (tuple, list)):
+        raise TypeError(f"{fn}: out must be a tuple ({names}) of device arrays, got {type(out).__name__}")
+    if len(out) != len(specs):
+        raise ValueError(f"{fn}: out must be a tuple of {len(specs)} device arrays ({names}), got {len(out)}")
+    views = []
+    for i, ((name, shape, dtype), arr) in enumerate(zip(specs, out)):
+        what = f"{fn}: out[{i}] ({name})"
+        if not is_device_array(arr):
+            raise TypeError(f"{what} must be a device array for the cuda backend, got {type(arr).__name__}")
+        view = arr if cudasim() else cuda.as_cuda_array(arr)
+        if view.dtype != np.dtype(dtype):
+            raise TypeError(f"{what} must have dtype {np.dtype(dtype).name}, got {view.dtype}")
+        if tuple(view.shape) != tuple(shape):
+            raise ValueError(f"{what} must have shape {list(shape)}, got {list(view.shape)}")
+        if not view.is_c_contiguous():
+            raise ValueError(f"{what} must be C-contiguous")
+        views.append(view)
+    return tuple(views), tuple(out)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from .._checks import decode_final_specs, decode_topk_specs, nms_fixed_specs
 from ..reference.boxes import (
     BBOX_CLIP,
     check_decode_inputs,
@@ -27,7 +28,7 @@ from ..reference.boxes import (
     threshold_below,
 )
 from ..registry import cudasim
-from ._util import as_device, as_stream
+from ._util import as_device, as_stream, device_outs
 
 _TPB = 128  # threads per block of the select/compact kernels (also the scan buffer length)
 _NMS_TILE = 64  # boxes per mask tile: one uint64 word per (row, column tile)
@@ -192,12 +193,12 @@ def _compact_kernel(tmp_boxes, tmp_scores, ok, k, boxes, scores, levels, valid):
 
 
 def decode_topk(logits, deltas, anchors, level_starts, *, k=1000, height, width, bbox_clip=BBOX_CLIP,
-                min_size=1e-3, stream=None):
+                min_size=1e-3, out=None, stream=None):
     """Device version of :func:`gixdrt.kernels.reference.boxes.decode_topk`.
 
     logits float32[N, A], deltas float32[N, A, 4], anchors float32[A, 4]: device arrays (never copied);
-    level_starts: host ints. Returns device arrays (boxes, scores, levels, valid), allocated and filled
-    asynchronously on ``stream``.
+    level_starts: host ints. Returns device arrays (boxes, scores, levels, valid), allocated (or ``out``, a
+    tuple of four device arrays of exactly those shapes and dtypes) and filled asynchronously on ``stream``.
     """
     s = as_stream(stream)
     lg = as_device(logits, "logits")
@@ -216,19 +217,16 @@ def decode_topk(logits, deltas, anchors, level_starts, *, k=1000, height, width,
     tmp_boxes = _alloc((n, m, 4), np.float32, stream=s)
     tmp_scores = _alloc((n, m), np.float32, stream=s)
     ok = cuda.to_device(np.zeros((n, m), np.int32), stream=s)
-    boxes = _alloc((n, m, 4), np.float32, stream=s)
-    scores = _alloc((n, m), np.float32, stream=s)
-    levels = _alloc((n, m), np.int32, stream=s)
-    valid = _alloc(n, np.int32, stream=s)
+    (boxes, scores, levels, valid), result = device_outs(out, decode_topk_specs(n, n_levels, k), "decode_topk", s)
     if n == 0:
-        return boxes, scores, levels, valid
+        return result
     if n_levels > 0 and k > 0:
         _select_decode_kernel[n * n_levels, _TPB, s](
             bits, lg, dl, an, d_starts, k, height, width, np.float32(bbox_clip), np.float32(min_size),
             cand, ranked, tmp_boxes, tmp_scores, ok,
         )
     _compact_kernel[n, _TPB, s](tmp_boxes, tmp_scores, ok, max(k, 1), boxes, scores, levels, valid)
-    return boxes, scores, levels, valid
+    return result
 
 
 @cuda.jit(cache=True)
@@ -328,11 +326,12 @@ def _reduce_kernel(mask, valid, order, max_out, removed, keep_idx, count):  # pr
         count[i] = kept
 
 
-def nms_fixed(boxes, scores, valid, iou, max_out, groups=None, stream=None):
+def nms_fixed(boxes, scores, valid, iou, max_out, groups=None, *, out=None, stream=None):
     """Device version of :func:`gixdrt.kernels.reference.boxes.nms_fixed`.
 
     boxes float32[N, M, 4], scores float32[N, M], valid int32[N], groups int32[N, M] or None: device arrays.
-    Returns device (keep_idx int32[N, max_out], count int32[N]), filled asynchronously on ``stream``.
+    Returns device (keep_idx int32[N, max_out], count int32[N]) (or ``out``, a tuple of two device arrays of
+    exactly those shapes and dtypes), filled asynchronously on ``stream``.
     NaN scores are not supported (their rank is undefined).
     """
     s = as_stream(stream)
@@ -347,10 +346,9 @@ def nms_fixed(boxes, scores, valid, iou, max_out, groups=None, stream=None):
     if g is None:
         g = cuda.to_device(np.zeros((n, m), np.int32), stream=s)
     n_tiles = max(1, math.ceil(m / _NMS_TILE))
-    keep_idx = _alloc((n, max_out), np.int32, stream=s)
-    count = _alloc(n, np.int32, stream=s)
+    (keep_idx, count), result = device_outs(out, nms_fixed_specs(n, max_out), "nms_fixed", s)
     if n == 0:
-        return keep_idx, count
+        return result
     order = _alloc((n, max(m, 1)), np.int32, stream=s)
     mask = _alloc((n, max(m, 1), n_tiles), np.uint64, stream=s)
     removed = _alloc((n, n_tiles), np.uint64, stream=s)
@@ -358,7 +356,7 @@ def nms_fixed(boxes, scores, valid, iou, max_out, groups=None, stream=None):
         _rank_kernel[(math.ceil(m / _TPB), n), _TPB, s](sc, va, order)
         _mask_kernel[(n_tiles, n_tiles, n), _NMS_TILE, s](b, g, va, order, threshold_below(iou), mask)
     _reduce_kernel[n, 32, s](mask, va, order, max_out, removed, keep_idx, count)
-    return keep_idx, count
+    return result
 
 
 @cuda.jit(cache=True)
@@ -405,9 +403,10 @@ def _final_kernel(logits, deltas, proposals, valid, height, width, thr, clip, mi
 
 
 def decode_final(logits, deltas, proposals, valid, *, height, width, score_threshold, bbox_clip=BBOX_CLIP,
-                 min_size=1e-3, stream=None):
+                 min_size=1e-3, out=None, stream=None):
     """Device version of :func:`gixdrt.kernels.reference.boxes.decode_final`: device arrays in (never copied),
-    device arrays (boxes, scores, count) out, filled asynchronously on ``stream``."""
+    device arrays (boxes, scores, count) out (allocated, or ``out``: a tuple of three device arrays of exactly
+    those shapes and dtypes), filled asynchronously on ``stream``."""
     s = as_stream(stream)
     lg = as_device(logits, "logits")
     dl = as_device(deltas, "deltas")
@@ -417,11 +416,9 @@ def decode_final(logits, deltas, proposals, valid, *, height, width, score_thres
         if arr.dtype != np.float32:
             raise TypeError(f"decode_final: {name} must be float32 on the device, got {arr.dtype}")
     n, r = check_final_inputs(lg, dl, pr, va)
-    boxes = _alloc((n, r, 4), np.float32, stream=s)
-    scores = _alloc((n, r), np.float32, stream=s)
-    count = _alloc(n, np.int32, stream=s)
+    (boxes, scores, count), result = device_outs(out, decode_final_specs(n, r), "decode_final", s)
     if n == 0:
-        return boxes, scores, count
+        return result
     _final_kernel[n, _TPB, s](lg, dl, pr, va, height, width, np.float32(score_threshold), np.float32(bbox_clip),
                               np.float32(min_size), boxes, scores, count)
-    return boxes, scores, count
+    return result
