@@ -1,5 +1,5 @@
 // RoIAlign geometry shared by the CPU and CUDA kernels, so both follow one definition of the semantics
-// (gixdrt.model.reference_ops.roi_align_reference, torchvision's legacy/aligned RoIAlign):
+// (gixdrt.kernels.reference.roi_align.roi_align, torchvision's legacy/aligned RoIAlign):
 //   start = coordinate·scale − (0.5 if aligned), size = end − start (clamped to ≥ 1 unless aligned),
 //   bin = size / bins, samples per bin and axis = sampling_ratio if > 0 else ceil(size / bins),
 //   sample i of bin p at start + p·bin + (i + 0.5)·bin / samples.

@@ -25,7 +25,12 @@ _ext = pytest.importorskip("gixdrt._ext", reason="gixdrt._ext is not built")
 
 from gixdrt.kernels import roi_align as ra_module
 from gixdrt.kernels.roi_align import ExtensionUnavailableError, roi_align
-from gixdrt.model.reference_ops import roi_align_reference
+from gixdrt.kernels.reference import roi_align as roi_align_spec
+
+
+def roi_align_reference(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """The float64 specification (gixdrt.kernels.reference.roi_align)."""
+    return roi_align_spec.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned, dtype=np.float64)
 
 TOL_REFERENCE = {"atol": 1e-5, "rtol": 1e-5}
 TOL_TORCH64 = {"atol": 1e-5, "rtol": 1e-5}

@@ -1,4 +1,5 @@
-"""Box coding, NMS and RoIAlign (torch, vectorised) against the naive float64 loops of gixdrt.model.reference_ops.
+"""Box coding, NMS and RoIAlign (torch, vectorised) against the NumPy specifications in gixdrt.kernels.reference
+(boxes: decode and nms in float64 or float32; roi_align: the naive float64 loops).
 
 Tolerances (fp32 fast ops vs float64 references):
 - box decoding: 1e-4 px absolute on coordinates up to ~2000 px (fp32 ulp there is 1.2e-4);
@@ -15,8 +16,22 @@ import numpy as np
 import pytest
 import torch
 
+from gixdrt.kernels.reference import roi_align as roi_align_spec
+from gixdrt.kernels.reference.boxes import BBOX_CLIP, decode, nms
 from gixdrt.model import ops
-from gixdrt.model.reference_ops import BBOX_CLIP, decode_boxes_reference, nms_reference, roi_align_reference
+
+
+def decode_boxes_reference(deltas, boxes):
+    return decode(deltas, boxes, BBOX_CLIP, np.float64)
+
+
+def nms_reference(boxes, scores, iou_threshold, iou_dtype=np.float64):
+    return nms(boxes, scores, iou_threshold, iou_dtype).tolist()
+
+
+def roi_align_reference(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    return roi_align_spec.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned, dtype=np.float64)
+
 
 TOL_BOX = 1e-4
 TOL_ROI = 2e-5

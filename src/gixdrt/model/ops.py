@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .reference_ops import BBOX_CLIP
+from ..kernels.reference.boxes import BBOX_CLIP
 
 __all__ = [
     "BBOX_CLIP",
