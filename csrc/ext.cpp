@@ -18,6 +18,7 @@ namespace py = pybind11;
 #ifdef GIXDRT_WITH_CUDA
 namespace gixdrt::cuda {
 int probe_compiled();  // defined in csrc/cuda/probe.cu
+int device_count();    // defined in csrc/cuda/probe.cu
 }
 #endif
 
@@ -423,6 +424,8 @@ PYBIND11_MODULE(_ext, m) {
         py::arg("min_size"), py::arg("boxes"), py::arg("scores"), py::arg("count"), py::arg("threads") = 0,
         "decode_final (gixdrt.kernels.reference.boxes) into the given output arrays; valid int64.");
 #ifdef GIXDRT_WITH_CUDA
+  m.def("cuda_device_count", &gixdrt::cuda::device_count,
+        "Number of CUDA devices the CUDA runtime sees (0 without a GPU or driver). Needs no Numba or CuPy.");
   m.def("roi_align_cuda", &roi_align_cuda, py::arg("features_ptr"), py::arg("rois_ptr"), py::arg("out_ptr"),
         py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("out_h"), py::arg("out_w"),
         py::arg("scale_y"), py::arg("scale_x"), py::arg("sampling_ratio"), py::arg("aligned"), py::arg("stream") = 0,

@@ -10,4 +10,14 @@ __global__ void probe_kernel(int* flag) {
 
 int probe_compiled() { return 1; }
 
+// CUDA devices the runtime sees (0 without a GPU or driver: the error is cleared, nothing is thrown).
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
 }  // namespace gixdrt::cuda

@@ -1,4 +1,5 @@
-"""The compiled RoIAlign kernels (gixdrt._ext via gixdrt.kernels.roi_align) against the float64 specification.
+"""RoIAlign through the registry (gixdrt.kernels.roi_align: reference, C++ cpu and CUDA backends) against the
+float64 specification (gixdrt.kernels.reference.roi_align).
 
 Tolerances (absolute and relative, both applied as in np.testing.assert_allclose):
 
@@ -13,6 +14,7 @@ Tolerances (absolute and relative, both applied as in np.testing.assert_allclose
 |                                          |       |       | kernel stays at ~2e-7 of the float64 reference there      |
 | CUDA vs C++ CPU                          | 1e-5  | 1e-5  | same double geometry, different float32 summation order   |
 | C++ CPU, 1 vs N threads                  | 0     | 0     | each RoI is computed by one thread the same way           |
+| reference (float32 result) vs C++ CPU    | 1e-5  | 1e-5  | float64 loops rounded once vs float32 sums                |
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ import pytest
 
 _ext = pytest.importorskip("gixdrt._ext", reason="gixdrt._ext is not built")
 
-from gixdrt.kernels import roi_align as ra_module
+import gixdrt.kernels as K
+from gixdrt.kernels import registry
+from gixdrt.kernels.cpu import _ext as cpu_ext
+from gixdrt.kernels.cpu.roi_align import roi_align as roi_align_cpu
 from gixdrt.kernels.roi_align import ExtensionUnavailableError, roi_align
 from gixdrt.kernels.reference import roi_align as roi_align_spec
 
@@ -137,9 +142,10 @@ def test_threads_do_not_change_the_result():
     rng = np.random.default_rng(3)
     f = _features(rng, n=3, c=5, h=16, w=24)
     rois = _mixed_rois(rng, 3, 16 * 8, 24 * 4)
-    one = roi_align(f, rois, threads=1)
+    one = roi_align_cpu(f, rois, threads=1)
     for threads in (0, 2, 3, 64):
-        np.testing.assert_array_equal(roi_align(f, rois, threads=threads), one)
+        np.testing.assert_array_equal(roi_align_cpu(f, rois, threads=threads), one)
+    np.testing.assert_array_equal(roi_align(f, rois), one)
 
 
 def test_several_batch_indices_read_their_own_image():
@@ -216,25 +222,113 @@ def test_device_and_host_arrays_cannot_mix():
 
 
 def test_device_arrays_without_cuda_build_raise(monkeypatch):
-    class NoCuda:
-        roi_align_cpu = staticmethod(_ext.roi_align_cpu)
-
-    monkeypatch.setattr(ra_module, "_ext", NoCuda)
-    with pytest.raises(ExtensionUnavailableError, match="built without CUDA"):
+    monkeypatch.delattr(_ext, "roi_align_cuda", raising=False)
+    assert "built without CUDA" in K.available("roi_align")["cuda"]
+    with pytest.raises(registry.BackendUnavailableError, match="built without CUDA"):
         roi_align(_FakeDeviceArray((1, 1, 4, 4)), _FakeDeviceArray((1, 5)))
+    from gixdrt.kernels.cuda.roi_align import roi_align as roi_align_cuda
+
+    with pytest.raises(ExtensionUnavailableError, match="built without CUDA"):
+        roi_align_cuda(_FakeDeviceArray((1, 1, 4, 4)), _FakeDeviceArray((1, 5)))
 
 
-def test_missing_extension_raises_import_error(monkeypatch):
-    monkeypatch.setattr(ra_module, "_ext", None)
-    monkeypatch.setattr(ra_module, "_EXT_IMPORT_ERROR", ImportError("No module named 'gixdrt._ext'"))
-    with pytest.raises(ImportError, match="gixdrt._ext is not built"):
-        roi_align(np.zeros((1, 1, 4, 4), np.float32), np.zeros((0, 5), np.float32))
+def test_missing_extension_falls_back_to_the_reference(monkeypatch):
+    """Without gixdrt._ext the cpu backend is unavailable: backend=None takes the reference (as for every
+    kernel), backend='cpu' raises, and the cpu function itself raises ExtensionUnavailableError (an ImportError)."""
+    monkeypatch.setattr(cpu_ext, "_load", lambda: (None, "gixdrt._ext is not importable (blocked in this test)"))
+    rng = np.random.default_rng(9)
+    f = _features(rng, n=1, c=2, h=6, w=7)
+    rois = np.array([[0, 1, 1, 12, 20], [0, 0, 0, 3, 3]], np.float32)
+    assert registry.resolve("roi_align", None, f)[0] == "reference"
+    got = roi_align(f, rois, 3, 0.25)
+    np.testing.assert_allclose(got, roi_align_reference(f, rois, 3, 0.25), **TOL_REFERENCE)
+    with pytest.raises(registry.BackendUnavailableError, match="gixdrt._ext is not importable"):
+        roi_align(f, rois, 3, 0.25, backend="cpu")
+    with pytest.raises(ImportError, match="gixdrt._ext is not importable"):
+        roi_align_cpu(f, rois, 3, 0.25)
     assert issubclass(ExtensionUnavailableError, ImportError)
+
+
+def test_callable_module_and_registry():
+    """gixdrt.kernels.roi_align is the module the engines import from, and calling it is the entry point."""
+    rng = np.random.default_rng(10)
+    f = _features(rng)
+    rois = _mixed_rois(rng, 2, 96, 80)
+    assert sorted(K.registered()["roi_align"]) == ["cpu", "cuda", "reference"]
+    assert K.available("roi_align")["cpu"] is None and K.available("roi_align")["reference"] is None
+    np.testing.assert_array_equal(K.roi_align(f, rois), roi_align(f, rois))
+    np.testing.assert_array_equal(K.roi_align(f, rois, backend="cpu"), roi_align_cpu(f, rois))
+    assert K.roi_align._ext is _ext
+
+
+@pytest.mark.parametrize(("aligned", "sampling_ratio", "scale"), CASES[::2])
+def test_reference_backend_matches_cpu(aligned, sampling_ratio, scale):
+    rng = np.random.default_rng(11)
+    f = _features(rng)
+    sy, sx = (scale, scale) if np.isscalar(scale) else scale
+    rois = _mixed_rois(rng, f.shape[0], f.shape[2] / sy, f.shape[3] / sx)
+    ref = K.roi_align(f, rois, (4, 5), scale, sampling_ratio, aligned, backend="reference")
+    cpu = K.roi_align(f, rois, (4, 5), scale, sampling_ratio, aligned, backend="cpu")
+    assert ref.dtype == np.float32 and ref.shape == cpu.shape
+    np.testing.assert_allclose(cpu, ref, **TOL_REFERENCE)
+
+
+def _grouped_rois(rng, n, per_image, img_h, img_w):
+    """N groups of R rows, row i·R + j of image i; rows past each image's count are garbage (NaN, bad index)."""
+    rows = []
+    for i in range(n):
+        x0 = rng.uniform(-0.1 * img_w, img_w, per_image)
+        y0 = rng.uniform(-0.1 * img_h, img_h, per_image)
+        rows.append(np.c_[np.full(per_image, i), x0, y0, x0 + rng.uniform(1, 40, per_image), y0 + rng.uniform(1, 80, per_image)])
+    return np.concatenate(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_valid_skips_rows(backend):
+    rng = np.random.default_rng(12)
+    f = _features(rng, n=3, c=2, h=10, w=12)
+    r = 5
+    rois = _grouped_rois(rng, 3, r, 10 * 8, 12 * 4)
+    valid = np.array([5, 2, 0], np.int32)
+    skipped = [i * r + j for i in range(3) for j in range(valid[i], r)]
+    rois[skipped[0]] = [7, np.nan, 0, 1, 1]  # never read: neither checked nor computed
+    rois[skipped[1], 0] = 0  # a batch index that is not its image's, in a skipped row
+    out = np.full((15, 2, 16, 16), 123.0, np.float32)
+    got = K.roi_align(f, rois, out=out, valid=valid, backend=backend)
+    assert got is out
+    computed = [i * r + j for i in range(3) for j in range(valid[i])]
+    want = roi_align_reference(f, rois[computed], 16, P2_SCALE)
+    np.testing.assert_allclose(got[computed], want, **TOL_REFERENCE)
+    assert np.all(got[skipped] == 123.0)  # skipped rows are left as they were
+    # parity with the other host backend on the computed rows
+    other = K.roi_align(f, rois, valid=valid, backend="cpu" if backend == "reference" else "reference")
+    np.testing.assert_allclose(got[computed], other[computed], **TOL_REFERENCE)
+    # valid larger than R clamps to R; negative to 0
+    all_rows = K.roi_align(f, _grouped_rois(np.random.default_rng(13), 3, r, 80, 48), valid=np.array([9, -1, 5], np.int32),
+                           backend=backend)
+    assert all_rows.shape == (15, 2, 16, 16)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_valid_errors(backend):
+    rng = np.random.default_rng(14)
+    f = _features(rng, n=2, c=1, h=6, w=6)
+    rois = _grouped_rois(rng, 2, 3, 48, 24)
+    with pytest.raises(ValueError, match=r"valid must be \[2\]"):
+        K.roi_align(f, rois, valid=np.array([1, 1, 1], np.int32), backend=backend)
+    with pytest.raises(ValueError, match="not a multiple of N"):
+        K.roi_align(f, rois[:5], valid=np.array([1, 1], np.int32), backend=backend)
+    bad = rois.copy()
+    bad[4, 0] = 0  # row 1·3 + 1 belongs to image 1
+    with pytest.raises(ValueError, match=r"rois\[4\] .* batch index"):
+        K.roi_align(f, bad, valid=np.array([3, 3], np.int32), backend=backend)
+    K.roi_align(f, bad, valid=np.array([3, 1], np.int32), backend=backend)  # the bad row is skipped
 
 
 def test_build_info_reports_the_kernels():
     info = _ext.build_info()
-    assert info["roi_align_cpu"] is True
+    assert info["roi_align_cpu"] is True and info["cpu_kernels"] is True
+    assert hasattr(_ext, "cuda_device_count") == info["cuda"]
     assert isinstance(info["cpu_threads"], int) and info["cpu_threads"] >= 1
     assert info["roi_align_cuda"] == info["cuda"] == hasattr(_ext, "roi_align_cuda")
     if shutil.which("nvcc"):  # a CUDA compiler was there to build the kernel (it needs no GPU to compile)
@@ -284,3 +378,20 @@ def test_cuda_published_shape_out_and_bad_batch_index():
     cupy.cuda.get_current_stream().synchronize()
     np.testing.assert_allclose(got[0], want[0], **TOL_CUDA)
     assert np.all(np.isnan(got[1]))
+
+
+@pytest.mark.needs_gpu
+def test_cuda_valid_rows_match_cpu():
+    import cupy
+
+    if not _ext.build_info()["roi_align_cuda"]:
+        pytest.skip("gixdrt._ext was built without CUDA")
+    rng = np.random.default_rng(15)
+    f = _features(rng, n=2, c=4, h=16, w=24)
+    rois = _grouped_rois(rng, 2, 6, 16 * 8, 24 * 4)
+    valid = np.array([6, 3], np.int32)
+    want = K.roi_align(f, rois, valid=valid, backend="cpu")
+    got = K.roi_align(cupy.asarray(f), cupy.asarray(rois), valid=cupy.asarray(valid))
+    cupy.cuda.get_current_stream().synchronize()
+    computed = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    np.testing.assert_allclose(cupy.asnumpy(got)[computed], want[computed], **TOL_CUDA)

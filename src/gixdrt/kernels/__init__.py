@@ -1,10 +1,12 @@
-"""Image kernels with one NumPy reference, a Numba CPU fast path and a CUDA path each.
+"""Kernels with one NumPy reference, a compiled C++ CPU path (gixdrt._ext) and a CUDA path each.
 
 Public entry points pick the implementation through :mod:`gixdrt.kernels.registry`:
 
 - :func:`polar_remap`: raw detector frame(s) → polar (φ, |Q|) image through a :class:`~gixdrt.geometry.PolarMap`.
 - :func:`contrast`: the published contrast chain (min–max, log10, uint16, single-tile 16-bit CLAHE, min–max).
 - :func:`clahe`: contrast-limited adaptive histogram equalisation with OpenCV's semantics.
+- :func:`decode_topk`, :func:`nms_fixed`, :func:`decode_final`: the detector's box stages, fixed-size outputs.
+- ``roi_align(...)``: RoIAlign (the callable module :mod:`gixdrt.kernels.roi_align`).
 
 ``backend=None`` chooses from where the input lives (NumPy → ``cpu``, device array → ``cuda``);
 ``backend="reference" | "cpu" | "cuda"`` forces one and raises
@@ -15,7 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 from .reference.boxes import BBOX_CLIP
-from .registry import BACKENDS, BackendUnavailableError, available, register, registered, resolve
+from .registry import (
+    BACKENDS,
+    BackendUnavailableError,
+    available,
+    register,
+    registered,
+    resolve,
+    roi_align_cuda_unavailable_reason,
+)
 
 for _backend, _module in (
     ("reference", "gixdrt.kernels.reference"),
@@ -202,3 +212,12 @@ def decode_final(
 
 
 __all__ += ["BBOX_CLIP", "decode_final", "decode_topk", "nms_fixed"]
+
+register("roi_align", "reference", "gixdrt.kernels.reference.roi_align:roi_align")
+register("roi_align", "cpu", "gixdrt.kernels.cpu.roi_align:roi_align")
+register("roi_align", "cuda", "gixdrt.kernels.cuda.roi_align:roi_align", probe=roi_align_cuda_unavailable_reason)
+
+# gixdrt.kernels.roi_align is the RoIAlign entry point: a module that can be called (see its docstring)
+from . import roi_align  # noqa: E402
+
+__all__ += ["roi_align"]

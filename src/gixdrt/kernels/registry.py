@@ -37,6 +37,10 @@ class BackendUnavailableError(RuntimeError):
     """A kernel backend was asked for by name but cannot run here."""
 
 
+class ExtensionUnavailableError(BackendUnavailableError, ImportError):
+    """The compiled extension gixdrt._ext (or the part of it a call needs) is not available in this installation."""
+
+
 @dataclass
 class _Entry:
     module: str
@@ -75,6 +79,20 @@ def cpu_unavailable_reason() -> str | None:
     from .cpu._ext import unavailable_reason
 
     return unavailable_reason()
+
+
+def roi_align_cuda_unavailable_reason() -> str | None:
+    """None when gixdrt._ext has its CUDA RoIAlign kernel (device arrays need no Numba), else why not."""
+    try:
+        from gixdrt import _ext
+    except ImportError as exc:
+        return f"gixdrt._ext is not importable ({exc}); reinstall gixdrt (`pip install .` builds it)"
+    if not hasattr(_ext, "roi_align_cuda"):
+        return ("gixdrt._ext was built without CUDA (no CUDA compiler was found at build time, or "
+                "GIXDRT_DISABLE_CUDA=ON)")
+    if "roi_align_cuda" not in _PROBE_CACHE:  # the device count does not change within a process
+        _PROBE_CACHE["roi_align_cuda"] = None if _ext.cuda_device_count() > 0 else "no CUDA GPU or driver was found"
+    return _PROBE_CACHE["roi_align_cuda"]
 
 
 def cuda_unavailable_reason() -> str | None:

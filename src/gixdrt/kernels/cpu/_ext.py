@@ -34,10 +34,10 @@ def unavailable_reason() -> str | None:
 
 
 def ext():
-    """The compiled extension; :class:`gixdrt.kernels.registry.BackendUnavailableError` when it is unusable."""
+    """The compiled extension; :class:`gixdrt.kernels.registry.ExtensionUnavailableError` when it is unusable."""
     module, reason = _load()
     if module is None:
-        from ..registry import BackendUnavailableError
+        from ..registry import ExtensionUnavailableError
 
-        raise BackendUnavailableError(f"cpu backend: {reason}")
+        raise ExtensionUnavailableError(f"cpu backend: {reason}")
     return module
