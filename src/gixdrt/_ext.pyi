@@ -5,8 +5,90 @@ import numpy.typing as npt
 
 def build_info() -> dict[str, Any]:
     """version, cxx_compiler, pybind11, cuda, cuda_compiler, cuda_architectures, roi_align_cpu (True),
-    roi_align_cuda (bool), cpu_threads (default worker threads of the CPU kernels), tensorrt_plugin."""
+    cpu_kernels (True), roi_align_cuda (bool), cpu_threads (default worker threads of the CPU kernels),
+    trt_plugin, tensorrt_plugin."""
 
+# ---- CPU kernels (the `cpu` backend of gixdrt.kernels; the wrappers in gixdrt/kernels/cpu/ check arguments).
+# Arrays are C-contiguous NumPy arrays of exactly the dtypes named; outputs are written in place.
+# threads <= 0: build_info()["cpu_threads"]. Every kernel releases the GIL.
+
+def polar_remap_cpu(
+    frames: npt.NDArray[Any],
+    y0: npt.NDArray[np.int32],
+    x0: npt.NDArray[np.int32],
+    fy: npt.NDArray[np.float32],
+    fx: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32],
+    threads: int = 0,
+) -> int:
+    """Polar remap of frames [N, H, W] (float32/64, uint8/16/32, int16/32) into out [rows, cols]; returns the
+    number of non-finite pixels sampled (they count 0)."""
+
+def contrast_cpu(
+    polar: npt.NDArray[np.float32], coef: float, clip: int, log: bool, out: npt.NDArray[np.float32], threads: int = 0
+) -> tuple[int, float | None, float | None, bool]:
+    """The contrast chain into out; clip: clip count (0 = off). Returns (n_bad, vmin, vmax, one_level)."""
+
+def contrast_levels_cpu(
+    polar: npt.NDArray[np.float32], coef: float, log: bool, threads: int = 0
+) -> npt.NDArray[np.uint16] | None:
+    """The chain's 16-bit levels u of polar float32[N], or None without two distinct finite values."""
+
+def clahe_cpu(
+    image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16],
+    bins: int,
+    tiles_x: int,
+    tiles_y: int,
+    th: int,
+    tw: int,
+    clip: int,
+    out: npt.NDArray[np.uint8] | npt.NDArray[np.uint16],
+    threads: int = 0,
+) -> None:
+    """CLAHE (OpenCV semantics) into out: tiles of th × tw pixels of the BORDER_REFLECT_101 extension."""
+
+def decode_topk_cpu(
+    logits: npt.NDArray[np.float32],
+    deltas: npt.NDArray[np.float32],
+    anchors: npt.NDArray[np.float32],
+    level_starts: npt.NDArray[np.int64],
+    k: int,
+    height: float,
+    width: float,
+    bbox_clip: float,
+    min_size: float,
+    boxes: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32],
+    levels: npt.NDArray[np.int32],
+    valid: npt.NDArray[np.int32],
+    threads: int = 0,
+) -> None: ...
+def nms_fixed_cpu(
+    boxes: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32],
+    valid: npt.NDArray[np.int64],
+    groups: npt.NDArray[np.int64] | None,
+    iou: float,
+    max_out: int,
+    keep_idx: npt.NDArray[np.int32],
+    count: npt.NDArray[np.int32],
+    threads: int = 0,
+) -> None: ...
+def decode_final_cpu(
+    logits: npt.NDArray[np.float32],
+    deltas: npt.NDArray[np.float32],
+    proposals: npt.NDArray[np.float32],
+    valid: npt.NDArray[np.int64],
+    height: float,
+    width: float,
+    score_threshold: float,
+    bbox_clip: float,
+    min_size: float,
+    boxes: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32],
+    count: npt.NDArray[np.int32],
+    threads: int = 0,
+) -> None: ...
 def roi_align_cpu(
     features: npt.NDArray[np.float32],
     rois: npt.NDArray[np.float32],
@@ -18,11 +100,16 @@ def roi_align_cpu(
     aligned: bool,
     threads: int = 0,
     out: npt.NDArray[np.float32] | None = None,
+    valid: npt.NDArray[np.int32] | None = None,
 ) -> npt.NDArray[np.float32]:
     """RoIAlign forward on the CPU: features float32[N, C, H, W] and rois float32[K, 5] (batch index, x0, y0, x1,
-    y1), both C-contiguous → float32[K, C, out_h, out_w]. Raises TypeError/ValueError on bad inputs."""
+    y1), both C-contiguous → float32[K, C, out_h, out_w]. valid: optional int32[N], rows grouped K / N per image,
+    rows j >= valid[i] skipped. Raises TypeError/ValueError on bad inputs."""
 
 # present only when the extension was built with CUDA (build_info()["roi_align_cuda"])
+def cuda_device_count() -> int:
+    """CUDA devices the CUDA runtime sees (0 without a GPU or driver)."""
+
 def roi_align_cuda(
     features_ptr: int,
     rois_ptr: int,
