@@ -133,6 +133,7 @@ void nms_fixed(const float* boxes, const float* scores, const int64_t* valid, co
       std::iota(ranks.begin(), ranks.end(), int64_t{0});
       if (g) std::stable_sort(ranks.begin(), ranks.end(), [&](int64_t r, int64_t s) { return g[order[r]] < g[order[s]]; });
       std::vector<float> x0(v), y0(v), x1(v), y1(v), area(v);
+      std::vector<char> has_nan(v);
       for (int64_t t = 0; t < v; ++t) {
         const float* b = bx + order[ranks[t]] * 4;
         x0[t] = b[0];
@@ -140,6 +141,7 @@ void nms_fixed(const float* boxes, const float* scores, const int64_t* valid, co
         x1[t] = b[2];
         y1[t] = b[3];
         area[t] = (x1[t] - x0[t]) * (y1[t] - y0[t]);
+        has_nan[t] = std::isnan(b[0]) || std::isnan(b[1]) || std::isnan(b[2]) || std::isnan(b[3]);
       }
       std::vector<char> removed(v, 0), kept(v, 0);  // removed: by position t; kept: by rank
       for (int64_t start = 0; start < v;) {
@@ -150,10 +152,13 @@ void nms_fixed(const float* boxes, const float* scores, const int64_t* valid, co
           if (removed[t]) continue;
           kept[ranks[t]] = 1;
           ++n_kept;
+          // a NaN coordinate makes the reference's IoU NaN (its min/max propagate NaN), which never suppresses;
+          // without NaN, std::min/max give the same values (up to the sign of a zero, which no comparison sees)
+          if (has_nan[t]) continue;
           for (int64_t s = t + 1; s < stop; ++s) {
-            if (removed[s]) continue;
-            const float iw = nan_max(0.0f, nan_min(x1[t], x1[s]) - nan_max(x0[t], x0[s]));
-            const float ih = nan_max(0.0f, nan_min(y1[t], y1[s]) - nan_max(y0[t], y0[s]));
+            if (removed[s] || has_nan[s]) continue;
+            const float iw = std::max(0.0f, std::min(x1[t], x1[s]) - std::max(x0[t], x0[s]));
+            const float ih = std::max(0.0f, std::min(y1[t], y1[s]) - std::max(y0[t], y0[s]));
             const float inter = iw * ih;
             const float overlap = inter / (area[t] + area[s] - inter);  // fp32; NaN (0/0) never suppresses
             if (static_cast<double>(overlap) > iou) removed[s] = 1;

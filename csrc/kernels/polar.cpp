@@ -45,12 +45,23 @@ int64_t polar_remap(const T* frames, int64_t n, int64_t h, int64_t w, const int3
       for (int64_t j = 0; j < cols; ++j) {
         const int64_t at = i * cols + j;
         const int64_t y = y0[at], x = x0[at];
+        const float ax = fx[at], ay = fy[at];
+        if (n == 1 && y >= 0 && y < h - 1 && x >= 0 && x < w - 1) {  // one frame, all four neighbours on it
+          const T* p = frames + y * w + x;
+          const float v00 = 0.0f + static_cast<float>(p[0]), v01 = 0.0f + static_cast<float>(p[1]);
+          const float v10 = 0.0f + static_cast<float>(p[w]), v11 = 0.0f + static_cast<float>(p[w + 1]);
+          if (std::isfinite(v00) && std::isfinite(v01) && std::isfinite(v10) && std::isfinite(v11)) {
+            const float top = v00 * (one - ax) + v01 * ax;
+            const float bottom = v10 * (one - ax) + v11 * ax;
+            out[at] = top * (one - ay) + bottom * ay;
+            continue;
+          }
+        }
         float v00 = 0.0f, v01 = 0.0f, v10 = 0.0f, v11 = 0.0f;
         add_pixel(frames, n, h, w, y, x, v00, nb);
         add_pixel(frames, n, h, w, y, x + 1, v01, nb);
         add_pixel(frames, n, h, w, y + 1, x, v10, nb);
         add_pixel(frames, n, h, w, y + 1, x + 1, v11, nb);
-        const float ax = fx[at], ay = fy[at];
         const float top = v00 * (one - ax) + v01 * ax;
         const float bottom = v10 * (one - ax) + v11 * ax;
         out[at] = top * (one - ay) + bottom * ay;
