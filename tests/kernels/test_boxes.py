@@ -458,3 +458,22 @@ def test_out_errors_name_the_argument(backend):
     for out, exc, msg in _bad_outs(backend, [((1, 12, 4), np.float32), ((1, 12), np.float32), ((1,), np.int32)]):
         with pytest.raises(exc, match="decode_final: " + msg):
             _call(backend, K.decode_final, (hl, hd, hp, hv), dict(height=64, width=128, score_threshold=0.1, out=out))
+
+
+def test_nms_nan_and_inf_boxes_and_scores_cpu_matches_reference():
+    """NaN coordinates never suppress (their fp32 IoU is NaN), infinite boxes give inf/inf = NaN or 0, NaN scores
+    rank last: the cpu kernel decides as the reference does (the cuda kernel does not support NaN scores)."""
+    rng = np.random.default_rng(31)
+    boxes, scores = random_boxes(rng, 2, 120, size=30.0, tie_levels=6)
+    boxes[0, ::9, rng.integers(0, 4)] = np.nan
+    boxes[1, 3::11, 2] = np.inf
+    boxes[1, 5::13] = [[np.nan, 0, np.nan, 1]]
+    scores[0, ::17] = np.nan
+    valid = np.array([120, 120], np.int32)
+    groups = rng.integers(0, 2, (2, 120)).astype(np.int32)
+    for g in (None, groups):
+        for iou in (0.0, 0.3, 0.9):
+            want = K.nms_fixed(boxes, scores, valid, iou, 80, g, backend="reference")
+            got = K.nms_fixed(boxes, scores, valid, iou, 80, g, backend="cpu")
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
