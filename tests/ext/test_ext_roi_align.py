@@ -29,13 +29,14 @@ import gixdrt.kernels as K
 from gixdrt.kernels import registry
 from gixdrt.kernels.cpu import _ext as cpu_ext
 from gixdrt.kernels.cpu.roi_align import roi_align as roi_align_cpu
-from gixdrt.kernels.roi_align import ExtensionUnavailableError, roi_align
 from gixdrt.kernels.reference import roi_align as roi_align_spec
+from gixdrt.kernels.roi_align import ExtensionUnavailableError, roi_align
 
 
 def roi_align_reference(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """The float64 specification (gixdrt.kernels.reference.roi_align)."""
     return roi_align_spec.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned, dtype=np.float64)
+
 
 TOL_REFERENCE = {"atol": 1e-5, "rtol": 1e-5}
 TOL_TORCH64 = {"atol": 1e-5, "rtol": 1e-5}

@@ -218,6 +218,6 @@ register("roi_align", "cpu", "gixdrt.kernels.cpu.roi_align:roi_align")
 register("roi_align", "cuda", "gixdrt.kernels.cuda.roi_align:roi_align", probe=roi_align_cuda_unavailable_reason)
 
 # gixdrt.kernels.roi_align is the RoIAlign entry point: a module that can be called (see its docstring)
-from . import roi_align  # noqa: E402
+from . import roi_align
 
 __all__ += ["roi_align"]
