@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from gixdrt.bench import summarize
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def timeit(fn: Callable[[], Any], runs: int, warmup: int = 3, sync: Callable[[], Any] | None = None) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` + ``runs`` times; return median/p99/min/mean in milliseconds."""
+    """Run ``fn`` ``warmup`` + ``runs`` times; return median/p99/min/mean in milliseconds
+    (:func:`gixdrt.bench.summarize`)."""
     for _ in range(warmup):
         fn()
     if sync:
@@ -28,14 +31,7 @@ def timeit(fn: Callable[[], Any], runs: int, warmup: int = 3, sync: Callable[[],
         if sync:
             sync()
         times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    return {
-        "median_ms": float(np.median(ms)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "min_ms": float(ms.min()),
-        "mean_ms": float(ms.mean()),
-        "runs": runs,
-    }
+    return summarize(times)
 
 
 def timeit_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int = 3) -> dict[str, dict[str, float]]:
@@ -50,17 +46,39 @@ def timeit_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int
             t0 = time.perf_counter()
             fn()
             times[name][i] = time.perf_counter() - t0
-    out = {}
-    for name, t in times.items():
-        ms = t * 1e3
-        out[name] = {
-            "median_ms": float(np.median(ms)),
-            "p99_ms": float(np.percentile(ms, 99)),
-            "min_ms": float(ms.min()),
-            "mean_ms": float(ms.mean()),
-            "runs": runs,
-        }
-    return out
+    return {name: summarize(t) for name, t in times.items()}
+
+
+def revision_python(rev: str, work: Path, *, extras: str = "") -> Path:
+    """A fresh virtual environment with git revision ``rev`` of this repository installed from a wheel (plus
+    ``extras``, e.g. ``"[torch]"``, which takes this machine's CPU PyTorch) → its Python. For measuring a
+    revision side by side with the working tree (the ``--baseline`` of the benchmarks)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    src, venv, wheels = work / f"src-{rev}", work / f"venv-{rev}", work / f"wheel-{rev}"
+    if not src.exists():
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(src), rev], check=True,
+                       capture_output=True)
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)], check=True)
+        (wheel,) = wheels.glob("gixdrt-*.whl")
+        if "torch" in extras:
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}{extras}"], check=True)
+    return py
+
+
+def remove_revision(rev: str, work: Path) -> None:
+    """Remove the git worktree :func:`revision_python` made."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(work / f"src-{rev}")],
+                   capture_output=True, check=False)
 
 
 def environment() -> dict[str, Any]:

@@ -13,6 +13,11 @@ first call had to export the ONNX graphs is run once more, with the graphs cache
     python benchmarks/bench_engines.py [--runs 20] [--warmup 3] [--batches 1,8] [--backends torch,onnxruntime]
                                        [--model published] [--out FILE.json] [--no-readme]
     python benchmarks/bench_engines.py --render benchmarks/results/engines-cpu.json   # table + README only
+    python benchmarks/bench_engines.py --baseline HEAD~1 --backends onnxruntime        # side by side with a revision
+
+``--baseline REV`` installs git revision REV into a fresh environment (its ``[test]`` extra: what it needs to
+export graphs) and measures every engine × batch there too, alternating with this checkout's measurement, so that
+the load of a shared machine falls on both alike; the result holds both and their frames/s ratio.
 
 Prints a Markdown table, writes JSON (default benchmarks/results/engines-cpu.json, engines-cpu-cuda.json
 when GPU engines ran) and the table into benchmarks/README.md between ``<!-- engines:begin -->`` and
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, save
+from _common import RESULTS, environment, remove_revision, revision_python, save
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- engines:begin -->", "<!-- engines:end -->"
@@ -104,6 +109,11 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         npy = Path(tmp) / "image.npy"
         np.save(npy, image)
+        base_py = None
+        if args.baseline:
+            print(f"installing revision {args.baseline} for the side-by-side measurement …", file=sys.stderr)
+            base_py = revision_python(args.baseline, Path(tmp), extras="[test]")
+            results["baseline"] = {"revision": args.baseline, "engines": {}}
         for name in engines:
             backend, device, precision = ENGINES[name]
             entry: dict = {"backend": backend, "device": device, "precision": precision}
@@ -125,11 +135,23 @@ def run(args) -> dict:
                     res = run_isolated(npy, timeout=args.timeout, **kwargs)
                 res["bench_seconds"] = time.perf_counter() - t0
                 entry["batches"][str(batch)] = res
+                if base_py is not None:
+                    base = run_isolated(npy, timeout=args.timeout, python=base_py, **kwargs)
+                    if base.get("graphs_exported"):
+                        base = run_isolated(npy, timeout=args.timeout, python=base_py, **kwargs)
+                    results["baseline"]["engines"].setdefault(name, {})[str(batch)] = base
+                    if "error" not in base and "error" not in res:
+                        ratio = res["frames_per_s"] / base["frames_per_s"]
+                        base["ratio_frames_per_s"] = ratio
+                        print(f"{name} batch {batch}: {args.baseline} {base['frames_per_s']:.3f} frames/s, this "
+                              f"checkout {res['frames_per_s']:.3f} frames/s ({ratio:.3f}×)", file=sys.stderr)
                 if "error" in res:
                     print(f"{name} batch {batch}: failed: {res['error']}", file=sys.stderr)
                 else:
                     print(f"{name} batch {batch}: median {res['latency']['median_ms']:.1f} ms, "
                           f"{res['frames_per_s']:.2f} frames/s ({res['bench_seconds']:.0f} s)", file=sys.stderr)
+        if base_py is not None:
+            remove_revision(args.baseline, Path(tmp))
     results["speedup"] = speedups(results)
     results["environment"] = environment()
     return results
@@ -163,7 +185,7 @@ def _cell(text: str) -> str:
 
 def markdown(results: dict) -> str:
     """The results as a Markdown table with a heading line and the speed-ups."""
-    from gixdrt.bench import STAGES
+    from gixdrt.model.config import STAGES
 
     s, d = results["settings"], results["device"]
     env = results.get("environment", {})
@@ -205,7 +227,13 @@ def markdown(results: dict) -> str:
                      f"{'met' if goal['met'] else 'not met'}")
     else:
         lines.append(f"- CPU goal, onnxruntime over torch at batch 1 ≥ {goal.get('goal', CPU_GOAL)}×: not measured")
-    lines.append("- stage columns: medians in ms (`Detector.last_timings`; indicative only on a GPU); latency is "
+    base = results.get("baseline")
+    if base:
+        for name, per_batch in base["engines"].items():
+            text = ", ".join(f"batch {b} {r['ratio_frames_per_s']:.3f}×" for b, r in per_batch.items()
+                             if "ratio_frames_per_s" in r)
+            lines.append(f"- {name} frames/s over revision {base['revision']}'s, measured side by side: {text}")
+    lines.append("- stage columns: medians in ms (`PeakDetector.last_timings`; not timed on a GPU); latency is "
                  "the whole call. Peak RSS: the high-water mark over the timed calls, Δ over the process before the detector was "
                  "made (see `gixdrt/bench.py`).")
     return "\n".join(lines)
@@ -244,6 +272,7 @@ def main(argv=None) -> int:
                     help="JSON result (default benchmarks/results/engines-cpu.json, engines-cpu-cuda.json with a GPU)")
     ap.add_argument("--readme", type=Path, default=README, help="Markdown file to update (default benchmarks/README.md)")
     ap.add_argument("--no-readme", action="store_true", help="do not touch the README")
+    ap.add_argument("--baseline", metavar="REV", help="also measure this git revision, side by side (see above)")
     ap.add_argument("--render", type=Path, metavar="FILE.json",
                     help="measure nothing: print the table of a result file and update the README from it")
     args = ap.parse_args(argv)

@@ -83,7 +83,7 @@ def real_image(published_frame, published_config):
     """The real frame's contrast image, float32[512, 1024] in [0, 1]: the published detector's input."""
     import numpy as np
 
-    from gixdrt.preprocess import Preprocessor
+    from gixdrt.gixd.preprocess import Preprocessor
 
     pre = Preprocessor(published_config)
     return np.asarray(pre.contrast(pre.polar(published_frame)), dtype=np.float32)

@@ -19,7 +19,7 @@ def small_setup(tmp_path, small_config):
 @pytest.mark.parametrize("stage", ["polar", "contrast"])
 def test_preprocess_npy_matches_library(small_setup, tmp_path, stage, capsys):
     from gixdrt.geometry import load_config
-    from gixdrt.preprocess import preprocess
+    from gixdrt.gixd.preprocess import preprocess
 
     cfg_path, frame_path, frame = small_setup
     out = tmp_path / f"{stage}.npy"
@@ -43,7 +43,7 @@ def test_preprocess_tif_and_png(small_setup, tmp_path):
 
 def test_preprocess_sum_of_stack(small_setup, tmp_path):
     from gixdrt.geometry import load_config
-    from gixdrt.preprocess import preprocess
+    from gixdrt.gixd.preprocess import preprocess
 
     cfg_path, _, frame = small_setup
     stack = np.stack([frame, 2 * frame, 3 * frame])

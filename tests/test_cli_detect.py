@@ -125,7 +125,7 @@ def test_detect_errors(small, tmp_path, capsys, case, expect):
 
 @pytest.mark.parametrize("where", ["pipeline", "writer"])
 def test_interrupted_run_keeps_previous_output(small, tmp_path, monkeypatch, capsys, where):
-    from gixdrt import pipeline
+    from gixdrt.gixd import pipeline
     from gixdrt.io import writers
 
     cfg, frame, model = small
@@ -214,7 +214,7 @@ def test_detect_h5_sum_of_two(real_csv, published_assets, published_frame, publi
 
 @pytest.mark.published
 def test_detect_processed_input_without_config(published_config, published_frame, published_assets, tmp_path):
-    from gixdrt.preprocess import Preprocessor
+    from gixdrt.gixd.preprocess import Preprocessor
 
     pre = Preprocessor(published_config)
     processed = np.asarray(pre.contrast(pre.polar(published_frame)), np.float32)
@@ -308,7 +308,7 @@ def test_gixi_compat_layout(small, tmp_path):
 
 
 def test_gixi_compat_interrupted_leaves_nothing(small, tmp_path, monkeypatch):
-    from gixdrt import pipeline
+    from gixdrt.gixd import pipeline
 
     cfg, frame, model = small
     gixi = tmp_path / "p.gixi.h5"

@@ -1,6 +1,7 @@
 """gixdrt's own models shipped in the package (src/gixdrt/model/weights/NAME): small, fp16, with a complete card
-whose real-frame claim is re-checked here; and `gixdrt detect --model default`, once gixdrt's own default exists,
-finds the published 12 rings of the real frame."""
+whose real-frame claim is re-checked here, with their ONNX graphs (the CPU runtime's artifacts) recorded in the
+card and made from exactly these weights; and `gixdrt detect --model default` finds the published 12 rings of the
+real frame."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,6 +43,41 @@ def test_builtin_model_is_small_fp16_and_carded(name):
         assert ours["images_with_fp_pct"] <= theirs["images_with_fp_pct"]
     model = zoo.load(name)
     assert model.card["name"] == card["name"] and not model.training
+
+
+@pytest.mark.parametrize("name", MODELS or [pytest.param("none", marks=pytest.mark.skip("no built-in models"))])
+def test_builtin_model_ships_its_graphs_made_from_its_weights(name):
+    """dense.onnx and head.onnx beside the weights: under 16 MiB each, as the card records them (sha256, sizes),
+    exported from these very weights (the state dict's digest), with the current export version."""
+    import hashlib
+
+    from gixdrt.export import EXPORT_VERSION, graph_metadata, model_digest
+    from gixdrt.model import read_card
+
+    d = zoo.WEIGHTS / name
+    graphs = read_card(d)["graphs"]
+    assert graphs["export_version"] == EXPORT_VERSION, "re-export the shipped graphs: python tools/ship_graphs.py"
+    digest = model_digest(zoo.load(name))
+    assert graphs["model_sha256"] == digest
+    for kind in ("dense", "head"):
+        path = d / graphs[kind]["file"]
+        data = path.read_bytes()
+        assert len(data) == graphs[kind]["bytes"] < 16 * 1024 * 1024
+        assert hashlib.sha256(data).hexdigest() == graphs[kind]["sha256"]
+        meta = graph_metadata(path)
+        assert meta["gixdrt.model_sha256"] == digest and meta["gixdrt.graph"] == kind
+        assert meta["gixdrt.export_version"] == str(EXPORT_VERSION)
+
+
+def test_package_stays_small():
+    """Everything the wheel carries from the package folder: ≤ 30 MB (weights, graphs, code)."""
+    from pathlib import Path
+
+    import gixdrt
+
+    root = Path(gixdrt.__file__).parent
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert total <= 30e6, f"{total / 1e6:.1f} MB in {root}"
 
 
 @pytest.mark.published

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gixdrt.preprocess import Preprocessor
+from gixdrt.gixd.preprocess import Preprocessor
 
 pytestmark = pytest.mark.published
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import gixdrt
+from gixdrt.gixd.peaks import COLUMNS, PeakTable
 from gixdrt.io import writers
 from gixdrt.io.writers import read_peaks, write_peaks
-from gixdrt.peaks import COLUMNS, PeakTable
 
 h5py = pytest.importorskip("h5py")
 yaml = pytest.importorskip("yaml")

@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if size >= LIMIT:
         print(f"refusing: {DEST / 'model.safetensors'} is {size / 1e6:.1f} MB (limit 16 MiB)", file=sys.stderr)
         return 1
+    from ship_graphs import ship  # the ONNX graphs of the saved (fp16) weights, recorded in the card
+
+    ship(DEST)
     print(json.dumps({"evaluation": evaluation, "real_frame": new_card["real_frame"]}, indent=1))
     print(f"wrote {card_path} and model.safetensors ({size / 1e6:.1f} MB)")
     return 0

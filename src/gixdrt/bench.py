@@ -7,15 +7,15 @@ One implementation for ``gixdrt bench`` (one engine, in the calling process) and
 >>> res = measure(image, model="published", backend="onnxruntime", batch=8, runs=20)
 >>> print(format_result(res))
 
-What is measured (:func:`measure`): a :class:`gixdrt.engine.Detector` is created and called once on the batch
+What is measured (:func:`measure`): a :class:`gixdrt.gixd.PeakDetector` is created and called once on the batch
 (``first_call_s``: model load is outside it, but graph export or loading, session creation and first-call
 allocations are inside); then ``warmup`` untimed calls and ``runs`` timed calls of
-:meth:`~gixdrt.engine.Detector.boxes` on the same batch (B images: copies of the input images, cycled when
+:meth:`~gixdrt.gixd.PeakDetector.boxes` on the same batch (B images: copies of the input images, cycled when
 there are fewer than B). Latency is the wall time of a whole call (processed images in, boxes and scores
 out as NumPy, so GPU work is finished); frames/s = B / median latency; per-stage times come from
-``Detector.last_timings`` (dense, proposals, roi_align, head, postprocess: exact on the CPU; the torch
-backend leaves them empty on a GPU, and ONNX Runtime's CUDA path takes them without synchronising the
-device, so there they are only indicative).
+``PeakDetector.last_timings`` (dense, proposals, roi_align, head, postprocess: exact on the CPU; on a GPU the
+timed calls are not synchronised per stage, so the stages are left empty there: the GPU check script times
+them separately).
 
 Memory (Linux): the resident set size from ``/proc/self/status``. ``rss_before`` is VmRSS after the imports
 and the input are ready, before the detector is created. The high-water mark VmHWM is reset there (writing
@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from .model.config import STAGES
+
 __all__ = [
     "ENGINES",
     "STAGES",
@@ -56,19 +58,19 @@ __all__ = [
     "summarize",
 ]
 
-#: engine name → (Detector backend, device, precision)
+#: engine name → (backend, device, precision)
 ENGINES: dict[str, tuple[str, str, str]] = {
     "torch": ("torch", "cpu", "fp32"),
     "onnxruntime": ("onnxruntime", "cpu", "fp32"),
     "onnxruntime-fp16": ("onnxruntime", "cpu", "fp16"),
-    "torch-cuda": ("torch", "cuda", "fp32"),
+    "torch-cuda": ("torch-cuda", "cuda", "fp32"),
+    "torch-cuda-fp16": ("torch-cuda", "cuda", "fp16"),
     "onnxruntime-cuda": ("onnxruntime", "cuda", "fp32"),
     "onnxruntime-cuda-fp16": ("onnxruntime", "cuda", "fp16"),
     "tensorrt": ("tensorrt", "cuda", "fp32"),
+    "tensorrt-fp16": ("tensorrt", "cuda", "fp16"),
 }
 
-#: the Detector's stages, in order (``Detector.last_timings`` keys)
-STAGES = ("dense", "proposals", "roi_align", "head", "postprocess")
 
 _MIB = 1 << 20
 
@@ -102,8 +104,8 @@ def summarize(samples_s: Sequence[float]) -> dict[str, float]:
 def published_image() -> tuple[np.ndarray, str]:
     """The published real frame, preprocessed with its config → (float32[512, 1024] contrast image, label)."""
     from .geometry import load_config
+    from .gixd.preprocess import Preprocessor
     from .io import fetch_published, read_frame
-    from .preprocess import Preprocessor
 
     assets = fetch_published(quiet=True)
     cfg = load_config(assets.config)
@@ -119,18 +121,27 @@ def load_images(inputs: Sequence[str], *, config: str | os.PathLike | None = Non
     """The first ``limit`` (summed) frames of ``inputs``, made detector input as ``gixdrt detect`` makes it
     (raw: remap + contrast with ``config``; polar: contrast; processed: as is) → (float32[N, H, W], sources)."""
     from .errors import GixdrtError
-    from .geometry import load_config
+    from .geometry import ContrastConfig, load_config
+    from .gixd.preprocess import Preprocessor
     from .io import iter_frames
-    from .pipeline import Pipeline
 
     cfg = load_config(config) if config else None
     if input == "raw" and cfg is None:
         raise GixdrtError("raw frames need the experiment geometry: pass --config CONFIG.yaml (or --input polar|processed)")
     expect = cfg.geometry.frame_shape if (cfg is not None and input == "raw") else None
-    pipe = Pipeline(cfg, None, input=input)  # only its frame → processed image step is used
+    pre = Preprocessor(cfg) if cfg is not None else None
     images, sources = [], []
     for frame in iter_frames(list(inputs), sum_n=sum_n, expect_shape=expect):
-        _, img = pipe.prepare(frame.data, frame.source)
+        if input == "processed":
+            img = np.asarray(frame.data, np.float32)
+        elif input == "polar":
+            polar = np.asarray(frame.data, np.float32)
+            polar = polar.sum(axis=0, dtype=np.float32) if polar.ndim == 3 else polar
+            img = _contrast(polar, cfg.contrast if cfg is not None else ContrastConfig())
+        else:
+            img = pre(frame.data)
+        if img.ndim != 2:
+            raise GixdrtError(f"{frame.source}: a {input} image must be 2-D, got shape {img.shape}")
         if images and img.shape != images[0].shape:
             raise GixdrtError(f"{frame.source}: image {img.shape} differs from the first one's {images[0].shape}; "
                               "a batch needs one size")
@@ -141,6 +152,14 @@ def load_images(inputs: Sequence[str], *, config: str | os.PathLike | None = Non
     if not images:
         raise GixdrtError(f"no frames in {', '.join(map(str, inputs))}")
     return np.stack(images), sources
+
+
+def _contrast(polar: np.ndarray, c) -> np.ndarray:
+    """The contrast chain of a :class:`gixdrt.geometry.ContrastConfig` on one polar image (host kernels)."""
+    from .kernels import contrast
+    from .kernels.batched import minmax
+
+    return minmax(polar) if c.disable else contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log)
 
 
 def make_batch(images: np.ndarray, batch: int) -> np.ndarray:
@@ -183,28 +202,16 @@ def _reset_hwm() -> bool:
 # ------------------------------------------------------------------------------------------------
 # The measurement
 # ------------------------------------------------------------------------------------------------
-def _graphs_missing(det, shape: tuple[int, ...]) -> bool:
-    """True when the first call of an ONNX Runtime detector on a batch of ``shape`` exports its graphs
-    (they are not in the graph cache yet)."""
-    stages = getattr(det, "_stages", None)
-    if stages is None:
-        return False
-    n, h, w = (int(v) for v in shape)
-    rois = det.model.config.rpn_post_nms_top_n * n
-    return not (stages.graph_path("dense", f"{h}x{w}-b{n}").is_file() and stages.graph_path("head", f"r{rois}").is_file())
-
-
 def measure(images: np.ndarray, *, model: Any = "default", backend: str = "auto", device: str | None = None,
             precision: str = "fp32", threads: int | None = None, batch: int = 1, runs: int = 20, warmup: int = 3,
             onnx_cache: Any = True, input_label: str = "") -> dict[str, Any]:
     """Time the detector on ``batch`` copies of ``images`` (see the module docstring) → a JSON-able dict.
 
-    model/backend/device/precision/threads/onnx_cache: as :class:`gixdrt.engine.Detector` takes them.
+    model/backend/device/precision/threads/onnx_cache: as :class:`gixdrt.gixd.PeakDetector` takes them.
     Raises :class:`gixdrt.engine.EngineUnavailableError` when the backend cannot run here.
     """
-    import torch
-
-    from .engine import Detector, backend_status
+    from .engine import backend_status
+    from .gixd.detector import PeakDetector
     from .model import zoo
 
     if runs < 1:
@@ -216,18 +223,21 @@ def measure(images: np.ndarray, *, model: Any = "default", backend: str = "auto"
     rss_before = _status_bytes("VmRSS")
     hwm_reset = _reset_hwm()
     t0 = time.perf_counter()
-    det = Detector(model, backend=backend, device=device, precision=precision, threads=threads, onnx_cache=onnx_cache)
+    det = PeakDetector(model, backend=backend, device=device, precision=precision, threads=threads, cache=onnx_cache)
     load_s = time.perf_counter() - t0
-    cuda = det.device.type == "cuda"
+    cuda = det.kernels.on_device
+    torch = None
+    if cuda or "torch" in sys.modules:
+        import torch
     try:
-        exported = _graphs_missing(det, x.shape)
+        exported = det.graphs.needs_export(det.backend, precision)
         t0 = time.perf_counter()
         first = det.boxes(x)
         first_s = time.perf_counter() - t0
         peak_setup = _status_bytes("VmHWM")
         hwm_reset = _reset_hwm() and hwm_reset
         if cuda:
-            torch.cuda.reset_peak_memory_stats(det.device)
+            torch.cuda.reset_peak_memory_stats(det.kernels.device)
         for _ in range(warmup):
             det.boxes(x)
         totals: list[float] = []
@@ -239,7 +249,7 @@ def measure(images: np.ndarray, *, model: Any = "default", backend: str = "auto"
             for k, v in det.last_timings.items():
                 stages.setdefault(k, []).append(v)
         peak_run = _status_bytes("VmHWM")
-        gpu_peak = int(torch.cuda.max_memory_allocated(det.device)) if cuda else None
+        gpu_peak = int(torch.cuda.max_memory_allocated(det.kernels.device)) if cuda else None
         engine = {"backend": det.backend, "device": str(det.device), "precision": det.precision}
     finally:
         det.close()
@@ -249,7 +259,7 @@ def measure(images: np.ndarray, *, model: Any = "default", backend: str = "auto"
         "model": zoo.describe(model) if isinstance(model, str) else str(getattr(model, "card", None) or "in-memory"),
         **engine,
         "threads": threads,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "batch": int(batch),
         "image_shape": [int(v) for v in x.shape[1:]],
         "input": input_label,
@@ -312,9 +322,11 @@ def format_result(res: dict[str, Any]) -> str:
 # One measurement in a fresh process
 # ------------------------------------------------------------------------------------------------
 def run_isolated(images: np.ndarray | str | os.PathLike, *, timeout: float | None = None,
-                 env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, python: str | os.PathLike | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
     """:func:`measure` in a fresh Python process (so its peak memory is its own) → its result, or
     ``{"error": message}`` when it failed. images: an array, or the path of a ``.npy`` file holding one.
+    python: the interpreter (default this one; another environment measures another installed gixdrt).
     kwargs: :func:`measure`'s keywords (JSON-able: ``model`` as a name or path)."""
     with tempfile.TemporaryDirectory(prefix="gixdrt-bench-") as tmp:
         tmp = Path(tmp)
@@ -325,7 +337,7 @@ def run_isolated(images: np.ndarray | str | os.PathLike, *, timeout: float | Non
             path = Path(images)
         request, result = tmp / "request.json", tmp / "result.json"
         request.write_text(json.dumps({"images": str(path), **kwargs}))
-        cmd = [sys.executable, "-m", "gixdrt.bench", str(request), str(result)]
+        cmd = [os.fspath(python or sys.executable), "-m", "gixdrt.bench", str(request), str(result)]
         try:
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:

@@ -34,8 +34,8 @@ def _load_frames(path: str, index: int, n_sum: int, geometry) -> np.ndarray:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .geometry import load_config
+    from .gixd.preprocess import Preprocessor
     from .io import write_image
-    from .preprocess import Preprocessor
 
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".png"):
@@ -75,12 +75,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     c = cfg.contrast
     processed = contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, backend=args.backend)
     t3 = time.perf_counter()
-    from .engine import Detector
+    from .gixd.detector import PeakDetector
+    from .gixd.peaks import PeakTable
     from .io import write_peaks
     from .model import zoo
-    from .peaks import PeakTable
 
-    detector = Detector(args.model, score_threshold=cfg.postprocessing.score_level, nms_iou=cfg.postprocessing.nms_level)
+    t3b = time.perf_counter()
+    detector = PeakDetector(args.model, score_threshold=cfg.postprocessing.score_level,
+                            nms_iou=cfg.postprocessing.nms_level)
     t4 = time.perf_counter()
     (boxes, scores), = detector.boxes(processed)
     t5 = time.perf_counter()
@@ -112,7 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .testing import match_rings, published_ring_q
 
     rings = match_rings(peaks.q, published_ring_q(g.q_max))
-    print(f"  detect   {len(peaks)} peaks with model {zoo.describe(args.model)} ({1e3 * (t5 - t4):.0f} ms); "
+    print(f"  detect   {len(peaks)} peaks with model {zoo.describe(args.model)} on {detector.describe()} "
+          f"({1e3 * (t5 - t4):.0f} ms; {1e3 * (t4 - t3b):.0f} ms to open the model and runtime); "
           f"{rings['found']} of the published model's 12 rings within 0.01 Å⁻¹ in |Q|"
           + (f" (missing |Q| {', '.join(f'{q:.3f}' for q in rings['missing'])} Å⁻¹)" if rings["missing"] else "") + ":")
     for k in np.argsort(peaks.q):
@@ -125,11 +128,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .engine import Detector
     from .geometry import load_config
+    from .gixd.detector import PeakDetector
+    from .gixd.pipeline import Pipeline
     from .io import count_frames, iter_frames, write_peaks
     from .model import zoo
-    from .pipeline import Pipeline
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".h5", ".hdf5"):
@@ -141,21 +144,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     n_frames = count_frames(args.inputs, args.sum)
     frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=expect)
     pp = cfg.postprocessing if cfg is not None else None
-    detector = Detector(
+    detector = PeakDetector(
         args.model,
         backend=args.backend,
         device=args.device,
         precision=args.precision,
         threads=args.threads,
-        score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else 0.6),
-        nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else 0.1),
+        # the option, else the config's postprocessing_config, else the model card's
+        score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else None),
+        nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
         max_detections=args.max_detections,
     )
-    pipe = Pipeline(cfg, detector, input=args.input, kernel_backend=args.kernel_backend, batch=args.batch,
-                    keep_polar=bool(args.gixi_compat))
-    print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.backend} "
-          f"on {detector.device}, thresholds score ≥ {detector.thresholds['score_threshold']}, "
-          f"NMS IoU {detector.thresholds['nms_iou']}", file=sys.stderr)
+    pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=bool(args.gixi_compat))
+    th = detector.thresholds
+    print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.describe()}, "
+          f"thresholds score ≥ {th.score_threshold}, NMS IoU {th.nms_iou}", file=sys.stderr)
     bar = None
     found = 0
     if n_frames > 1 and not args.no_progress:
@@ -200,7 +203,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "input": args.input,
         "sum": args.sum,
         "inputs": [str(x) for x in args.inputs],
-        **{k: float(v) for k, v in detector.thresholds.items()},
+        **detector.thresholds.to_dict(),
     }
     write_peaks(out, table, n_frames=n_frames, metadata=metadata)
     if gixi is not None:
@@ -436,7 +439,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 #: --backend choices of the commands that run the detector (gixdrt.engine.PREFERENCE plus "auto")
-from .engine.detector import PREFERENCE as _PREFERENCE
+from .engine.backends import PREFERENCE as _PREFERENCE
 
 DETECTOR_BACKENDS = ["auto", *_PREFERENCE]
 
@@ -472,12 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
-    p.add_argument("--score-threshold", type=float, default=None, help="keep peaks scoring ≥ this (default: config or 0.6)")
-    p.add_argument("--nms-iou", type=float, default=None, help="final NMS IoU (default: config or 0.1)")
-    p.add_argument("--max-detections", type=int, default=250, help="at most this many peaks per frame (default 250)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")
+    p.add_argument("--nms-iou", type=float, default=None,
+                   help="final NMS IoU (default: the config's, else the model card's: 0.1)")
+    p.add_argument("--max-detections", type=int, default=None,
+                   help="at most this many peaks per frame (default: the model card's: 250)")
     p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
     p.add_argument("--batch", type=int, default=1, help="frames per detector call (default 1)")
-    p.add_argument("--kernel-backend", choices=backends, default=None, help="preprocessing kernel backend")
     p.add_argument("--out", required=True, help="peak table: .csv or .h5")
     p.add_argument("--gixi-compat", metavar="FILE.h5",
                    help="also write the authors' per-frame-group HDF5 layout (normalized boxes, scores, polar image, "

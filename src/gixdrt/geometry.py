@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from . import published
 from .errors import ConfigError
 
 __all__ = [
@@ -340,8 +341,8 @@ def _read_poni(path: str) -> dict[str, Any]:
 class ContrastConfig:
     """The ``contrast`` section: coef (log scale), CLAHE clip limit, log on/off, disable."""
 
-    coef: float = 5000.0
-    limit: float = 2000.0
+    coef: float = published.CONTRAST_COEF
+    limit: float = published.CONTRAST_LIMIT
     log: bool = True
     disable: bool = False
 
@@ -368,8 +369,8 @@ class ContrastConfig:
 class PostprocessConfig:
     """The ``postprocessing_config`` section: NMS IoU and score threshold of the final filter."""
 
-    nms_level: float = 0.1
-    score_level: float = 0.6
+    nms_level: float = published.NMS_IOU
+    score_level: float = published.SCORE_THRESHOLD
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None, path: str | None = None) -> PostprocessConfig:

@@ -57,7 +57,7 @@ def plot_polar(
 ) -> Path:
     """A polar image with |Q| (Å⁻¹) on x and φ (°) on y, φ = 0° at the bottom.
 
-    peaks: optional :class:`gixdrt.peaks.PeakTable` of this image: boxes drawn, each labelled with |Q|.
+    peaks: optional :class:`gixdrt.gixd.peaks.PeakTable` of this image: boxes drawn, each labelled with |Q|.
     """
     plt = _figure()
     img = np.asarray(image, np.float64)

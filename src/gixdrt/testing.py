@@ -59,9 +59,41 @@ def match_detections(
     return idx
 
 
+def match_boxes(got, want, *, tol_px: float | None = None, centre_px: float | None = None,
+                min_iou: float | None = None, tol_score: float) -> list[tuple[int, int]]:
+    """Match the detections ``got`` = (boxes [K, 4], scores [K]) to ``want`` one to one (each wanted box takes the
+    got box nearest in its largest coordinate difference) and assert the tolerances: ``tol_px`` per coordinate,
+    ``centre_px`` on the |Q| centre x̄, ``min_iou``, ``tol_score``. → the pairs (index in got, index in want).
+    Raises AssertionError naming the first pair off, or different counts."""
+    (gb, gs), (wb, ws) = [(np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64).reshape(-1))
+                          for b, s in (got, want)]
+    if len(gb) != len(wb):
+        raise AssertionError(f"{len(gb)} detections, expected {len(wb)}")
+    if not len(wb):
+        return []
+    dist = np.abs(gb[:, None, :] - wb[None, :, :]).max(axis=2)
+    pick = dist.argmin(axis=0)
+    if len(set(pick.tolist())) != len(wb):
+        raise AssertionError("a detection matched two reference boxes")
+    for j, i in enumerate(pick):
+        a, b = gb[i], wb[j]
+        if tol_px is not None and dist[i, j] > tol_px:
+            raise AssertionError(f"{a} vs {b}: {dist[i, j]:.4f} px")
+        if centre_px is not None and abs((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) > centre_px:
+            raise AssertionError(f"{a} vs {b}: |Q| centres differ by more than {centre_px} px")
+        if min_iou is not None:
+            inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            if inter / union < min_iou:
+                raise AssertionError(f"{a} vs {b}: IoU {inter / union:.3f} < {min_iou}")
+        if abs(gs[i] - ws[j]) > tol_score:
+            raise AssertionError(f"{a}: score {gs[i]} vs {ws[j]}")
+    return [(int(i), j) for j, i in enumerate(pick)]
+
+
 def published_ring_q(q_max: float, width: int = 1024) -> np.ndarray:
     """|Q| (Å⁻¹) of the 12 published real-frame rings: box centres of :data:`PUBLISHED_REAL_FRAME_DETECTIONS`,
-    column x ↦ x · q_max / (W − 1) as :meth:`gixdrt.peaks.PeakTable.from_boxes` converts them."""
+    column x ↦ x · q_max / (W − 1) as :meth:`gixdrt.gixd.peaks.PeakTable.from_boxes` converts them."""
     ref = PUBLISHED_REAL_FRAME_DETECTIONS
     return (ref[:, 0] + ref[:, 2]) / 2 * (q_max / (width - 1))
 
@@ -101,14 +133,14 @@ def real_frame_rings(model="default", *, backend: str = "auto", tol_q: float = 0
     """Run ``model`` (a name, a path or a GixdDetector) on the published real frame with the published config
     (downloaded once, :func:`gixdrt.io.fetch_published`) and match its peaks to the 12 published rings by |Q|
     (:func:`match_rings`); the result also lists every detected |Q| and score."""
-    from .engine import Detector
     from .geometry import load_config
+    from .gixd.detector import PeakDetector
+    from .gixd.pipeline import Pipeline
     from .io import fetch_published, read_frame
-    from .pipeline import Pipeline
 
     assets = fetch_published(quiet=True)
     config = load_config(assets.config)
-    pipe = Pipeline(config, Detector(model, backend=backend))
+    pipe = Pipeline(config, PeakDetector(model, backend=backend))
     table = pipe.detect(read_frame(assets.frame), source=str(assets.frame))
     res = match_rings(table.q, published_ring_q(config.geometry.q_max), tol_q)
     res["q"] = [float(v) for v in table.q]

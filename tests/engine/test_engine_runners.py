@@ -8,12 +8,23 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from gixdrt.engine import EngineUnavailableError, OnnxRuntimeRunner, TensorRTRunner, cuda_gpu, onnxruntime_devices
-from gixdrt.engine.pyt import head_runner
+from gixdrt.engine import (
+    EngineUnavailableError,
+    OnnxRuntimeRunner,
+    TensorRTRunner,
+    TorchRunner,
+    cuda_gpu,
+    onnxruntime_devices,
+)
 from gixdrt.export import export_head
 from gixdrt.model import GixdDetector
+from gixdrt.model.graphs import HEAD_INPUTS, HEAD_OUTPUTS, HeadGraph
 
 ROIS = 8
+
+
+def head_runner(model, rois=ROIS):
+    return TorchRunner(HeadGraph(model), {HEAD_INPUTS[0]: (np.float32, (rois, 64, 16, 16))}, HEAD_OUTPUTS)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +115,37 @@ def test_tensorrt_runner_says_why_it_cannot_run():
     assert not runner.is_active
     if not cuda_gpu()[0]:
         assert "no CUDA GPU" in str(info.value)
+
+
+def test_torch_runner_math_settings_are_set_and_restored(model):
+    """fp32 forces IEEE convolutions/matmuls (no TF32) while a CUDA module runs, fp16 no reduced-precision
+    reductions; everything is restored afterwards. (Only the flags: they take effect on a GPU.)"""
+    b = torch.backends
+    runner = TorchRunner(HeadGraph(model), {"roi_features": (np.float32, (1, 64, 16, 16))}, HEAD_OUTPUTS,
+                         precision="fp32", cudnn_benchmark=True)
+    runner.device = torch.device("cuda")  # _math() is a no-op on the CPU
+    before = (b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision, b.cudnn.benchmark,
+              b.cuda.matmul.allow_fp16_reduced_precision_reduction)
+    with runner._math():
+        assert b.cudnn.conv.fp32_precision == "ieee" and b.cuda.matmul.fp32_precision == "ieee"
+        assert b.cudnn.benchmark is True
+    runner.precision = "fp16"
+    with runner._math():
+        assert b.cuda.matmul.allow_fp16_reduced_precision_reduction is False
+    with pytest.raises(KeyError), runner._math():
+        raise KeyError("restored on errors too")
+    assert before == (b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision, b.cudnn.benchmark,
+                      b.cuda.matmul.allow_fp16_reduced_precision_reduction)
+
+
+def test_onnxruntime_free_dimensions(model, tmp_path, feats):
+    """A graph with a dynamic RoI count runs as a static one once the dimension's value is given."""
+    path = export_head(model, tmp_path / "head-dyn.onnx")
+    with OnnxRuntimeRunner(path, dims={"rois": ROIS}) as runner:
+        assert runner.input_metadata()["roi_features"].shape == (ROIS, 64, 16, 16)
+        out = runner.infer({"roi_features": feats})
+    with head_runner(model) as ref:
+        want = ref.infer({"roi_features": feats})
+    np.testing.assert_allclose(out["deltas"], want["deltas"].numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="dynamic shape"), OnnxRuntimeRunner(path):
+        pass

@@ -12,6 +12,7 @@ import enum
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -481,15 +482,60 @@ def test_build_engine_says_why_it_cannot_run(fp32_graph, tmp_path):
 
 
 def test_detector_tensorrt_backend_says_why():
-    pytest.importorskip("torch")
-    from gixdrt.engine import Detector, backend_status
+    from gixdrt.engine import backend_status
+    from gixdrt.gixd import PeakDetector
 
     why = backend_status()["tensorrt", "cuda"]
     if why is None:
         pytest.skip("the TensorRT backend can run here")
     with pytest.raises(EngineUnavailableError, match="backend 'tensorrt' on cuda is not available here") as info:
-        Detector(backend="tensorrt")
+        PeakDetector(backend="tensorrt")
     assert why in str(info.value)
+
+
+def test_runner_builds_a_missing_engine_and_rebuilds_a_mismatching_one(tmp_path, monkeypatch, fp32_graph):
+    """build=: the engine is built from the graph when its file is missing, and rebuilt once when its sidecar
+    does not fit this machine; without build= such an engine is refused."""
+    torch = pytest.importorskip("torch")
+    trt, _ = fake_tensorrt()
+    monkeypatch.setattr(trt_mod, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_mod, "_torch_cuda", lambda: torch)
+    monkeypatch.setattr(trt_mod, "gpu_info", lambda index=None: dict(GPU))
+    built, opened = [], []
+
+    def fake_build(onnx_path, engine_path, **kw):
+        built.append((Path(engine_path).name, kw["precision"]))
+        Path(engine_path).parent.mkdir(parents=True, exist_ok=True)  # as build_engine's atomic write does
+        Path(engine_path).write_bytes(b"engine")
+
+    checks = {"refuse": 0}
+
+    def fake_check(engine_path, **kw):
+        if checks["refuse"]:
+            checks["refuse"] -= 1
+            raise EngineMismatchError(engine_path, ["built with TensorRT 10.0, this is 10.9"])
+        return {"format": "gixdrt.tensorrt-engine"}
+
+    monkeypatch.setattr(trt_mod, "build_engine", fake_build)
+    monkeypatch.setattr(trt_mod, "check_sidecar", fake_check)
+    monkeypatch.setattr(TensorRTRunner, "_open", lambda self, trt, torch, dev, path: opened.append(path))
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())  # no GPU in this test
+    engine = tmp_path / "cache" / "dense.engine"
+    build = {"precision": "fp16", "workspace_gib": 2.0}
+    TensorRTRunner(engine, onnx_path=fp32_graph, build=build).activate()
+    assert built == [("dense.engine", "fp16")] and opened == [engine]
+    TensorRTRunner(engine, onnx_path=fp32_graph, build=build).activate()  # cached: no new build
+    assert len(built) == 1
+    checks["refuse"] = 1  # the cached engine does not fit this machine: rebuilt once
+    TensorRTRunner(engine, onnx_path=fp32_graph, build=build).activate()
+    assert len(built) == 2 and len(opened) == 3
+    checks["refuse"] = 1
+    with pytest.raises(EngineMismatchError, match="10.0"):
+        TensorRTRunner(engine, onnx_path=fp32_graph).activate()  # no build=: refused, as before
+    with pytest.raises(ValueError, match="onnx_path"):
+        TensorRTRunner(engine, build=build)
 
 
 def test_cli_build_without_tensorrt_exits_2(fp32_graph, tmp_path, capsys):

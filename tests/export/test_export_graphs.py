@@ -2,7 +2,7 @@
 
 A random model with random BN statistics (so folding is not a no-op), exported once per module at a small
 shape (128 × 256, batch 2) to keep the tests fast; the published model on the full frame is in
-tests/engine/test_engine_detector.py.
+tests/gixd/test_detector.py.
 
 Tolerances (relative to the largest magnitude of each output):
 - folded vs original model, fp32: 1e-5 (the folded weights are computed in fp64, then rounded to fp32);
@@ -20,20 +20,22 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from gixdrt.engine import OnnxRuntimeRunner
-from gixdrt.engine.pyt import dense_runner, head_runner
 from gixdrt.export import (
+    DENSE_OUTPUTS,
     IR_VERSION,
     OPSET,
     GraphCheckError,
     check_graph,
-    dense_outputs,
     export_dense,
     export_head,
+    export_head_pooled,
     fold_batchnorm,
     graph_metadata,
     model_digest,
+    store_weights_fp16,
 )
 from gixdrt.model import GixdDetector
+from gixdrt.model.graphs import DenseGraph, HeadGraph
 
 SHAPE, BATCH, ROIS = (128, 256), 2, 64
 TOL_FOLD, TOL_ORT, TOL_FP16 = 1e-5, 1e-4, 5e-3
@@ -83,8 +85,11 @@ def graphs(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(model, images, rois):
-    with dense_runner(model, shape=SHAPE, batch=BATCH) as dense, head_runner(model, rois=ROIS) as head:
-        return {**dense.infer({"images": images}), **head.infer({"roi_features": rois})}
+    """The graphs as PyTorch modules (BN not folded): what every export is compared with."""
+    with torch.no_grad():
+        p2, logits, deltas = DenseGraph(model)(images)
+        head_logits, head_deltas = HeadGraph(model)(rois)
+    return {"p2": p2, "logits": logits, "deltas": deltas, "head_logits": head_logits, "head_deltas": head_deltas}
 
 
 # --- BN folding ---------------------------------------------------------------------------------------
@@ -114,10 +119,12 @@ def test_graphs_pass_check_with_static_float32_boundaries(graphs, model, precisi
         assert "BatchNormalization" not in report.ops and "Identity" not in report.ops
         assert all(t == "FLOAT" for t, _ in [*report.inputs.values(), *report.outputs.values()])
     assert dense.inputs == {"images": ("FLOAT", (BATCH, 1, *SHAPE))}
-    assert list(dense.outputs) == list(dense_outputs())
+    assert list(dense.outputs) == list(DENSE_OUTPUTS)
     assert dense.outputs["p2"][1] == (BATCH, 64, SHAPE[0] // 8, SHAPE[1] // 4)
-    assert dense.outputs["deltas_2"][1] == (BATCH, 8, SHAPE[0] // 32, SHAPE[1] // 4)
-    assert set(dense.ops) <= {"Conv", "Relu", "MaxPool", "Add", "Resize", "Sub", "Div", "Cast"}
+    anchors = 2 * sum((SHAPE[0] // s) * (SHAPE[1] // 4) for s in (8, 16, 32))
+    assert dense.outputs["logits"][1] == (BATCH, anchors) and dense.outputs["deltas"][1] == (BATCH, anchors, 4)
+    assert set(dense.ops) <= {"Conv", "Relu", "MaxPool", "Add", "Resize", "Sub", "Div", "Cast", "Transpose",
+                              "Reshape", "Flatten", "Concat"}
     assert head.inputs == {"roi_features": ("FLOAT", (ROIS, 64, 16, 16))}
     assert head.outputs == {"logits": ("FLOAT", (ROIS,)), "deltas": ("FLOAT", (ROIS, 4))}
     assert ("Cast" in dense.ops) == (precision == "fp16")
@@ -129,7 +136,70 @@ def test_graphs_pass_check_with_static_float32_boundaries(graphs, model, precisi
 def test_fp16_graph_weights_are_half(graphs):
     m = onnx.load(graphs["dense", "fp16"])
     kinds = {onnx.TensorProto.DataType.Name(i.data_type) for i in m.graph.initializer}
-    assert "FLOAT16" in kinds and "FLOAT" not in kinds  # Resize sizes are INT64
+    assert "FLOAT16" in kinds and "FLOAT" not in kinds  # Resize sizes and reshape targets are INT64
+
+
+def test_dynamic_graphs_serve_any_batch_and_image_size(model, tmp_path):
+    """Exported without a shape, one file runs every batch and image size (fixed per session, as the runtime
+    does): the RPN outputs come flattened in anchor order, BatchNorm stays in the graph."""
+    dense = export_dense(model, tmp_path / "dense.onnx")
+    head = export_head(model, tmp_path / "head.onnx")
+    ops = {n.op_type for n in onnx.load(dense).graph.node}
+    assert "BatchNormalization" in ops  # the runtime folds it: the stored weights stay the model's values
+    meta = graph_metadata(dense)
+    assert meta["gixdrt.image_shape"] == "dynamic" and meta["gixdrt.batch"] == "dynamic"
+    assert meta["gixdrt.roi_scale"] == "0.125,0.25"
+    rng = np.random.default_rng(8)
+    for n, h, w in ((1, 64, 128), (3, 96, 40)):
+        x = rng.random((n, 1, h, w), dtype=np.float32)
+        levels = [(h // s, w // 4) for s in (8, 16, 32)]
+        dims = {"batch": n, "height": h, "width": w, "p2_height": h // 8, "p2_width": w // 4,
+                "anchors": 2 * sum(a * b for a, b in levels)}
+        with OnnxRuntimeRunner(dense, threads=1, dims=dims) as runner:
+            out = runner.infer({"images": x})
+        with torch.no_grad():
+            want = DenseGraph(model)(torch.from_numpy(x))
+        for name, ref in zip(DENSE_OUTPUTS, want):
+            assert out[name].shape == tuple(ref.shape) and rel_err(out[name], ref) <= TOL_ORT, (name, n, h, w)
+    with OnnxRuntimeRunner(head, threads=1, dims={"rois": 5}) as runner:
+        assert runner.infer({"roi_features": np.zeros((5, 64, 16, 16), np.float32)})["deltas"].shape == (5, 4)
+
+
+def test_weights_stored_in_fp16_only_where_exact(model, tmp_path, images):
+    """fp16 storage is lossless: weights that fp16 represents exactly go fp16 (+ a Cast), the others stay fp32,
+    and the graph computes exactly what it computed before."""
+    half_model = GixdDetector()
+    half_model.load_state_dict({k: v.half().float() if v.is_floating_point() and k.endswith("weight") else v
+                                for k, v in model.state_dict().items()})
+    plain = export_dense(half_model, tmp_path / "plain.onnx")
+    stored = export_dense(half_model, tmp_path / "stored.onnx", weights_fp16=True)
+    assert stored.stat().st_size < 0.6 * plain.stat().st_size
+    kinds = {onnx.TensorProto.DataType.Name(i.data_type) for i in onnx.load(stored).graph.initializer}
+    assert {"FLOAT16", "FLOAT"} <= kinds  # BN statistics are not fp16 values: they stay fp32
+    dims = {"batch": BATCH, "height": SHAPE[0], "width": SHAPE[1], "p2_height": SHAPE[0] // 8,
+            "p2_width": SHAPE[1] // 4, "anchors": 2 * sum((SHAPE[0] // s) * (SHAPE[1] // 4) for s in (8, 16, 32))}
+    with OnnxRuntimeRunner(plain, threads=1, dims=dims) as a, OnnxRuntimeRunner(stored, threads=1, dims=dims) as b:
+        x = {"images": images.numpy()}
+        for name, value in a.infer(x).items():
+            np.testing.assert_array_equal(b.infer(x)[name], value)
+    assert store_weights_fp16(onnx.load(stored)).graph.initializer  # idempotent on an already stored graph
+
+
+def test_pooled_head_graph_for_tensorrt(model, tmp_path):
+    path = export_head_pooled(model, tmp_path / "head_pooled.onnx", batch=2, p2_shape=(SHAPE[0] // 8, SHAPE[1] // 4))
+    report = check_graph(path)  # the plugin op is accepted: TensorRT maps it to gixdrt's plugin
+    assert report.inputs == {"p2": ("FLOAT", (2, 64, SHAPE[0] // 8, SHAPE[1] // 4)), "rois": ("FLOAT", (2000, 5))}
+    assert report.outputs == {"logits": ("FLOAT", (2000,)), "deltas": ("FLOAT", (2000, 4))}
+    g = onnx.load(path).graph
+    (node,) = [n for n in g.node if n.op_type == "GixdrtRoIAlign"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert node.domain == "gixdrt" and attrs["plugin_namespace"] == b"gixdrt" and attrs["plugin_version"] == b"1"
+    assert (attrs["out_h"], attrs["out_w"], attrs["sampling_ratio"], attrs["aligned"]) == (16, 16, -1, 0)
+    assert (attrs["scale_y"], attrs["scale_x"]) == pytest.approx((0.125, 0.25))
+    half = export_head_pooled(model, tmp_path / "head_pooled16.onnx", batch=1, p2_shape=(4, 8), fp16=True)
+    check_graph(half)
+    fp16_nodes = [n for n in onnx.load(half).graph.node if n.op_type == "Cast"]
+    assert fp16_nodes and onnx.load(half).graph.node[0].op_type == "GixdrtRoIAlign"  # the plugin stays fp32
 
 
 def _tiny(op: str, dims_in, dims_out, **attrs):
@@ -207,7 +277,7 @@ def test_onnxruntime_dense_matches_torch(graphs, images, reference, precision, t
     with OnnxRuntimeRunner(graphs["dense", precision], threads=2) as runner:
         out = runner.infer({"images": images.numpy()})
         assert runner.providers == ["CPUExecutionProvider"]
-    assert list(out) == list(dense_outputs())
+    assert list(out) == list(DENSE_OUTPUTS)
     for name, value in out.items():
         assert value.dtype == np.float32 and value.shape == tuple(reference[name].shape)
         assert rel_err(value, reference[name]) <= tol, name
@@ -219,4 +289,4 @@ def test_onnxruntime_head_matches_torch(graphs, rois, reference, precision, tol)
         out = runner.infer({"roi_features": rois})  # a CPU torch tensor is viewed, not copied
     assert out["logits"].shape == (ROIS,) and out["deltas"].shape == (ROIS, 4)
     for name in ("logits", "deltas"):
-        assert rel_err(out[name], reference[name]) <= tol, name
+        assert rel_err(out[name], reference[f"head_{name}"]) <= tol, name

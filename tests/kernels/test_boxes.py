@@ -6,7 +6,6 @@ the same fp32 sigmoid everywhere, so ties resolve identically).
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -241,9 +240,9 @@ def test_decode_topk_matches_reference(backend):
 @pytest.mark.published
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_real_frame_proposals(backend, published_frame, published_config, published_assets):
+    from gixdrt.gixd.preprocess import Preprocessor
     from gixdrt.model import load_published
-    from gixdrt.model.detector import flatten_rpn
-    from gixdrt.preprocess import Preprocessor
+    from gixdrt.model.network import flatten_rpn
 
     pre = Preprocessor(published_config)
     img = torch.from_numpy(np.asarray(pre.contrast(pre.polar(published_frame)), np.float32))[None, None]
@@ -291,7 +290,7 @@ def make_head(rng, n, r, valid, size=(64, 128), ties=False):
 @pytest.mark.parametrize("ties", [False, True])
 def test_decode_final_vs_torch_postprocess(backend, ties):
     """decode_final + nms_fixed(0.1) give what GixdDetector.postprocess gives, image by image."""
-    from gixdrt.model.detector import DetectorConfig, GixdDetector, Proposals
+    from gixdrt.model.network import DetectorConfig, GixdDetector, Proposals
 
     rng = np.random.default_rng(5 + ties)
     r = 300 if backend != "cuda" else 150

@@ -54,7 +54,7 @@ def test_contrast_and_clahe_cupy_match_reference(cp):
 
 
 def test_real_frame_on_gpu(cp, published_config, published_frame):
-    from gixdrt.preprocess import Preprocessor
+    from gixdrt.gixd.preprocess import Preprocessor
 
     host = Preprocessor(published_config, backend="reference")
     want_polar = host.polar(published_frame)

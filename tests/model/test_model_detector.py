@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gixdrt.model import STAGES, AnchorGenerator, DetectorConfig, GixdDetector, load_published
-from gixdrt.model.detector import flatten_rpn
+from gixdrt.model.network import flatten_rpn
 from gixdrt.testing import PUBLISHED_REAL_FRAME_DETECTIONS
 
 TOL_PX = 0.05
@@ -153,7 +153,7 @@ def test_config_round_trip():
 # --- the published models on the real frame -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_image(published_frame, published_config):
-    from gixdrt.preprocess import Preprocessor
+    from gixdrt.gixd.preprocess import Preprocessor
 
     pre = Preprocessor(published_config)
     img = np.asarray(pre.contrast(pre.polar(published_frame)), dtype=np.float32)
@@ -234,7 +234,7 @@ def test_constant_frame_gives_no_detections(default_model, published_config):
     weights respond to the zero padding at the right border, so that is not asserted.)"""
     import warnings
 
-    from gixdrt.preprocess import Preprocessor
+    from gixdrt.gixd.preprocess import Preprocessor
 
     pre = Preprocessor(published_config)
     with warnings.catch_warnings():

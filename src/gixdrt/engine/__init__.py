@@ -1,21 +1,37 @@
-"""Runners for the detector graphs behind one :class:`Detector` facade.
+"""The engine: plans run by one executor, with runners for the graphs and kernel sets for the stages between.
 
-Runners (one lifecycle: ``activate()``, ``infer(feed) -> dict``, ``deactivate()``, or a ``with`` block):
-:class:`TorchRunner` (the reference), :class:`OnnxRuntimeRunner` (CPU provider by default, CUDA where
-onnxruntime-gpu and a GPU exist), :class:`TensorRTRunner` (serialized engines from
-:func:`build_engine`, checked against their sidecar by :func:`check_sidecar`).
-:class:`Detector` chooses a backend (``auto``: tensorrt > torch-cuda > onnxruntime on a GPU > onnxruntime on
-the CPU > torch, logged) and says which; :data:`BACKENDS` lists those available here (probed on first access).
-Runtimes are imported only when used.
+- :mod:`~gixdrt.engine.plan`: :class:`Plan` (graph and kernel stages over named fixed-shape buffers);
+- :mod:`~gixdrt.engine.executor`: :class:`Executor` (runs any plan);
+- runners, one lifecycle (``activate()``, ``infer(feed) -> dict``, ``deactivate()``, or a ``with`` block):
+  :class:`OnnxRuntimeRunner`, :class:`TensorRTRunner` (engines from :func:`build_engine`, checked against their
+  sidecar by :func:`check_sidecar`), :class:`TorchRunner`;
+- :mod:`~gixdrt.engine.kernelsets`: :class:`HostKernels` (NumPy/C++), :class:`DeviceKernels` (CUDA, one stream);
+- :mod:`~gixdrt.engine.backends`: :class:`Runtime` (a backend = a runner kind + a kernel set, on a device),
+  :func:`backend_status`, :data:`PREFERENCE`, :func:`available_backends`.
+
+The engine knows no model: a model is a plan plus its graph artifacts (the GIXD detector's are in
+:mod:`gixdrt.gixd`). Runtimes are imported only when used.
 """
 from __future__ import annotations
 
 from .._lazy import lazy_exports
 from .base import EngineUnavailableError, Runner, TensorMeta, cuda_gpu
-from .detector import PREFERENCE, Detector, backend_status
 
 _LAZY = {
-    "BACKENDS": "detector",
+    "Plan": "plan",
+    "Buffer": "plan",
+    "GraphStage": "plan",
+    "KernelStage": "plan",
+    "Fusion": "plan",
+    "PlanError": "plan",
+    "Executor": "executor",
+    "HostKernels": "kernelsets",
+    "DeviceKernels": "kernelsets",
+    "Runtime": "backends",
+    "PREFERENCE": "backends",
+    "backend_status": "backends",
+    "available_backends": "backends",
+    "choose": "backends",
     "TorchRunner": "pyt",
     "OnnxRuntimeRunner": "onnxrt",
     "session_from_onnx": "onnxrt",
@@ -26,34 +42,8 @@ _LAZY = {
     "check_sidecar": "trt",
     "EngineMismatchError": "trt",
     "EngineBuildError": "trt",
-    "OrtStages": "staged",
-    "TorchCudaStages": "torch_cuda",
-    "torch_cuda_status": "torch_cuda",
 }
 
-__all__ = [
-    "BACKENDS",
-    "PREFERENCE",
-    "Detector",
-    "EngineBuildError",
-    "EngineMismatchError",
-    "EngineUnavailableError",
-    "OnnxRuntimeRunner",
-    "OrtStages",
-    "Runner",
-    "TensorMeta",
-    "TensorRTRunner",
-    "TorchCudaStages",
-    "TorchRunner",
-    "backend_status",
-    "build_engine",
-    "check_sidecar",
-    "cuda_gpu",
-    "onnxruntime_devices",
-    "session_from_onnx",
-    "tensorrt_status",
-    "torch_cuda_status",
-]
-
+__all__ = sorted([*_LAZY, "EngineUnavailableError", "Runner", "TensorMeta", "cuda_gpu"])
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -57,13 +57,15 @@ def onnxruntime_devices() -> dict[str, str | None]:
 
 
 def session_from_onnx(graph: str | os.PathLike | bytes, *, device: str = "cpu", threads: int | None = None,
-                      spin: bool = True):
+                      spin: bool = True, dims: Mapping[str, int] | None = None):
     """Loader: an ``onnxruntime.InferenceSession`` for a graph file or serialized graph on ``device``.
 
     threads: intra-op threads of the CPU provider (None: ONNX Runtime's default, one per core). spin: let
-    idle pool threads spin for new work; turn it off when other CPU work (PyTorch ops between graphs)
-    follows each run, or the spinning threads take the cores from it. Raises
-    :class:`EngineUnavailableError` when the device's provider cannot run here.
+    idle pool threads spin for new work; turn it off when other CPU work (kernels between graphs)
+    follows each run, or the spinning threads take the cores from it. dims: values of the graph's named
+    dynamic dimensions (``{"batch": 1, "height": 512, "width": 1024}``): ONNX Runtime then plans and optimises
+    the session for those static shapes (free-dimension overrides), as fast as a graph exported for them.
+    Raises :class:`EngineUnavailableError` when the device's provider cannot run here.
     """
     ort = _import_ort()
     kind, index = _parse_device(device)
@@ -74,6 +76,8 @@ def session_from_onnx(graph: str | os.PathLike | bytes, *, device: str = "cpu", 
         opts.intra_op_num_threads = int(threads)
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for name, value in (dims or {}).items():
+        opts.add_free_dimension_override_by_name(str(name), int(value))
     if kind == "cuda":
         why = onnxruntime_devices()["cuda"]
         if why:
@@ -89,17 +93,18 @@ class OnnxRuntimeRunner(Runner):
     """Runs an ONNX graph with ONNX Runtime.
 
     graph: a path, a serialized graph (bytes), or a zero-argument loader returning an InferenceSession.
-    device: ``"cpu"`` (default) or ``"cuda[:N]"``; threads: CPU intra-op threads (None: all cores); spin:
-    see :func:`session_from_onnx`.
-    The graph's inputs and outputs must have static shapes (as gixdrt's exported graphs do).
+    device: ``"cpu"`` (default) or ``"cuda[:N]"``; threads: CPU intra-op threads (None: all cores); spin and
+    dims: see :func:`session_from_onnx`.
+    The graph's inputs and outputs must have static shapes once ``dims`` are applied.
     """
 
     name = "onnxruntime"
 
     def __init__(self, graph: str | os.PathLike | bytes | Callable[[], Any], *, device: str = "cpu",
-                 threads: int | None = None, spin: bool = True):
+                 threads: int | None = None, spin: bool = True, dims: Mapping[str, int] | None = None):
         super().__init__()
         self.spin = spin
+        self.dims = dict(dims or {})
         self._kind, self._index = _parse_device(device)
         self.device = device
         self.threads = threads
@@ -126,7 +131,8 @@ class OnnxRuntimeRunner(Runner):
         if callable(self._graph) and not isinstance(self._graph, (str, bytes, os.PathLike)):
             self.session = self._graph()
         else:
-            self.session = session_from_onnx(self._graph, device=self.device, threads=self.threads, spin=self.spin)
+            self.session = session_from_onnx(self._graph, device=self.device, threads=self.threads, spin=self.spin,
+                                             dims=self.dims)
         if self._kind == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             self.session = None
             raise EngineUnavailableError(f"ONNX Runtime did not enable CUDA for {self.device}")
@@ -136,7 +142,8 @@ class OnnxRuntimeRunner(Runner):
         if arg.type not in _ORT_TYPES:
             raise ValueError(f"{self.name}: tensor {arg.name!r} has unsupported type {arg.type}")
         if not all(isinstance(d, int) for d in arg.shape):
-            raise ValueError(f"{self.name}: tensor {arg.name!r} has a dynamic shape {arg.shape}; export with static shapes")
+            raise ValueError(f"{self.name}: tensor {arg.name!r} has a dynamic shape {arg.shape}; export with static "
+                             "shapes or give the dynamic dimensions' values (dims=)")
         return TensorMeta(np.dtype(_ORT_TYPES[arg.type]), tuple(arg.shape))
 
     def input_metadata_impl(self) -> Mapping[str, TensorMeta]:

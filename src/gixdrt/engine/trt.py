@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GixdrtError
+from ..io.assets import sha256 as file_sha256
 from .base import EngineUnavailableError, Runner, TensorMeta, cuda_driver, cuda_gpu
 
 log = logging.getLogger(__name__)
@@ -174,15 +175,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _rebuild_hint(engine_path: str | os.PathLike, side: Mapping[str, Any] | None = None) -> str:
     onnx = (side or {}).get("onnx", {}).get("path") or "MODEL.onnx"
     precision = (side or {}).get("precision") or "fp32"
@@ -309,7 +301,7 @@ def _graph_info(onnx_path: Path) -> dict[str, Any]:
         import onnx
         from onnx import TensorProto
     except ImportError:
-        raise EngineUnavailableError("reading the graph's precision needs the onnx package (pip install gixdrt[onnx])") from None
+        raise EngineUnavailableError("reading the graph's precision needs the onnx package (pip install 'gixdrt[torch]')") from None
     try:
         model = onnx.load(os.fspath(onnx_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others on a corrupt file
@@ -618,7 +610,9 @@ class TensorRTRunner(Runner):
     device: ``"cuda"`` or ``"cuda:N"``. onnx_path: the graph the engine must have been built from (checked
     against the sidecar's sha256; None: not checked). cuda_graph: after one warm-up call, capture the
     engine's launch in a CUDA graph and replay it on later calls (falls back, with a logged warning, when
-    capture fails).
+    capture fails). build: :func:`build_engine`'s keywords (``precision``, ``workspace_gib``...): build the
+    engine from ``onnx_path`` when the file is missing, and rebuild it once when its sidecar does not fit this
+    machine (another TensorRT version or GPU, another graph); None: refuse such an engine.
 
     ``activate`` checks the sidecar (TensorRT version, GPU, graph: :func:`check_sidecar`), deserialises
     the engine, creates an execution context, allocates the outputs as torch CUDA tensors and a CUDA stream
@@ -633,13 +627,16 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, engine_path: str | os.PathLike, *, device: str = "cuda", onnx_path: str | os.PathLike | None = None,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, build: Mapping[str, Any] | None = None):
         super().__init__()
         self.engine_path = os.fspath(engine_path)
         self.onnx_path = None if onnx_path is None else os.fspath(onnx_path)
         self.device = device
         self._index = _cuda_index(device)
         self.cuda_graph = bool(cuda_graph)
+        self.build = None if build is None else dict(build)
+        if self.build is not None and self.onnx_path is None:
+            raise ValueError("TensorRTRunner: build= needs the onnx_path to build the engine from")
         self.sidecar: dict[str, Any] | None = None
         self._release()
 
@@ -673,9 +670,21 @@ class TensorRTRunner(Runner):
         _require_supported(trt)
         torch = _torch_cuda()
         path = Path(self.engine_path)
+        if not path.is_file() and self.build is not None:
+            self._build(path)
         if not path.is_file():
             raise EngineUnavailableError(f"{path}: no such engine file (build one: gixdrt build MODEL.onnx --out {path})")
-        self.sidecar = check_sidecar(path, onnx_path=self.onnx_path, trt_version=trt.__version__, gpu=gpu_info(self._index))
+        try:
+            self.sidecar = check_sidecar(path, onnx_path=self.onnx_path, trt_version=trt.__version__,
+                                         gpu=gpu_info(self._index))
+        except EngineMismatchError as exc:
+            if self.build is None:
+                raise
+            log.warning("%s; rebuilding it", exc)
+            path.unlink(missing_ok=True)
+            self._build(path)
+            self.sidecar = check_sidecar(path, onnx_path=self.onnx_path, trt_version=trt.__version__,
+                                         gpu=gpu_info(self._index))
         dev = torch.device("cuda", self._index)
         try:
             with torch.cuda.device(dev):
@@ -683,6 +692,12 @@ class TensorRTRunner(Runner):
         except BaseException:
             self._release()
             raise
+
+    def _build(self, path: Path) -> None:
+        t0 = time.perf_counter()
+        log.warning("building TensorRT engine %s (once per model, shape and GPU; takes minutes)", path.name)
+        build_engine(self.onnx_path, path, **self.build)
+        log.info("built %s in %.0f s", path.name, time.perf_counter() - t0)
 
     def _open(self, trt, torch, dev, path: Path) -> None:
         self._torch, self._dev = torch, dev

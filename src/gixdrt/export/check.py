@@ -25,12 +25,17 @@ from ..errors import GixdrtError
 
 __all__ = [
     "DATA_DEPENDENT_OPS",
+    "PLUGIN_OPS",
     "TRT_OPSETS",
     "TRT_SUPPORTED_OPS",
     "GraphCheckError",
     "GraphReport",
     "check_graph",
 ]
+
+#: ops of gixdrt's TensorRT plugin library (:mod:`gixdrt.engine.plugins`), by ONNX domain: TensorRT's parser turns
+#: a node it does not know into the registered plugin of the same name, once the library is loaded
+PLUGIN_OPS = {"gixdrt": frozenset({"GixdrtRoIAlign"})}
 
 #: opsets of the default ONNX domain every TensorRT 10 parser accepts (10.0: 9 to 20; 10.15: 9 to 24)
 TRT_OPSETS = range(9, 21)
@@ -186,7 +191,7 @@ def check_graph(graph: str | os.PathLike | Any, *, allow_data_dependent: bool = 
     """Check an ONNX graph (path or ``onnx.ModelProto``) for a TensorRT build → :class:`GraphReport`.
 
     Checked: the ONNX checker passes; opset within :data:`TRT_OPSETS`; every node is in the default domain
-    and in :data:`TRT_SUPPORTED_OPS`; no op of :data:`DATA_DEPENDENT_OPS` (unless ``allow_data_dependent``);
+    and in :data:`TRT_SUPPORTED_OPS`, or one of gixdrt's plugin ops (:data:`PLUGIN_OPS`); no op of :data:`DATA_DEPENDENT_OPS` (unless ``allow_data_dependent``);
     the documented restrictions we can see statically (TopK: sorted, K a constant below 3840; Resize:
     modes, no antialiasing, aspect ratio policy stretch; pooling: no dilations, MaxPool without Indices);
     every tensor (inputs, outputs, intermediates after shape
@@ -223,6 +228,8 @@ def check_graph(graph: str | os.PathLike | Any, *, allow_data_dependent: bool = 
                 consts[node.output[0]] = value
     for node in g.node:
         where = f"{node.op_type} {node.name or node.output[0]!r}"
+        if node.op_type in PLUGIN_OPS.get(node.domain, ()):
+            continue  # parsed into gixdrt's plugin (the library must be loaded when the engine is built)
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: custom domain {node.domain!r} (needs a TensorRT plugin)")
             continue
@@ -254,8 +261,9 @@ def check_graph(graph: str | os.PathLike | Any, *, allow_data_dependent: bool = 
         if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
             problems.append(f"{where}: Indices output not supported")
 
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    plugins = any(n.op_type in PLUGIN_OPS.get(n.domain, ()) for n in g.node)
+    try:  # ONNX has no schema for a plugin op: its output's shape comes from the graph's value_info instead
+        inferred = shape_inference.infer_shapes(model, strict_mode=not plugins, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError (a subclass of Exception) on inconsistent graphs
         problems.append(f"shape inference failed: {str(exc).splitlines()[0]}")
         inferred = model

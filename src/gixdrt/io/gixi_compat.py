@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..peaks import PeakTable
+from ..gixd.peaks import PeakTable
 from .atomic import atomic_path
 
 IMAGE_DATASET_ATTR = "IMAGE_DATASET"
@@ -62,7 +62,7 @@ class GixiCompatWriter:
         """Finish the file and move it under its final name."""
         self._stack.close()
 
-    def __enter__(self) -> "GixiCompatWriter":
+    def __enter__(self) -> GixiCompatWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

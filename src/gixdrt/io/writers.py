@@ -1,6 +1,6 @@
 """Peak-table files: CSV and HDF5, written atomically, and read back.
 
-- ``.csv``: a header with exactly the columns of :data:`gixdrt.peaks.COLUMNS`, one row per peak; floats as
+- ``.csv``: a header with exactly the columns of :data:`gixdrt.gixd.peaks.COLUMNS`, one row per peak; floats as
   Python's shortest round-trip repr, NaN as an empty field; ``source`` quoted by the csv module where needed.
   A CSV carries no metadata.
 - ``.h5``/``.hdf5``: ``/peaks``, a compound dataset with the same fields (``source`` a variable-length UTF-8
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..peaks import COLUMNS, PeakTable
+from ..gixd.peaks import COLUMNS, PeakTable
 from .atomic import atomic_path
 
 __all__ = ["read_peaks", "write_peaks"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..published import CONTRAST_COEF, CONTRAST_LIMIT
 from .reference.boxes import BBOX_CLIP
 from .registry import (
     BACKENDS,
@@ -57,8 +58,8 @@ def polar_remap(frames: Any, pmap: Any, *, out: Any = None, backend: str | None 
 def contrast(
     polar: Any,
     *,
-    coef: float = 5000.0,
-    clip_limit: float = 2000.0,
+    coef: float = CONTRAST_COEF,
+    clip_limit: float = CONTRAST_LIMIT,
     log: bool = True,
     out: Any = None,
     backend: str | None = None,
@@ -221,3 +222,12 @@ register("roi_align", "cuda", "gixdrt.kernels.cuda.roi_align:roi_align", probe=r
 from . import roi_align
 
 __all__ += ["roi_align"]
+
+# Ops between a plan's stages (gixdrt.engine.plan): NumPy on the host (the reference is the host path: they cost
+# next to nothing), PyTorch ops on device tensors; and the preprocessing kernels over a batch.
+for _op in ("gather_rows", "make_rois", "box_sums", "frame_constant", "threshold"):
+    register(_op, "reference", f"gixdrt.kernels.reference.layout:{_op}")
+    register(_op, "cuda", f"gixdrt.kernels.cuda.layout:{_op}")
+for _op in ("polar_remap_batch", "contrast_batch"):
+    for _impl in ("reference", "cpu", "cuda"):
+        register(_op, _impl, f"gixdrt.kernels.batched:{_op}_{_impl}")

@@ -1,9 +1,8 @@
-"""Fixed anchors of the published detector, computed per image shape and cached.
+"""The detector's fixed anchors as PyTorch tensors, cached per image shape.
 
-Per level l with stride (s_y, s_x) = image size // feature size and sizes ((h, w), ...): anchor a at
-feature cell (i, j) is [j·s_x − w/2, i·s_y − h/2, j·s_x + w/2, i·s_y + h/2] (centres on the cell corners,
-no half-stride offset). Order: level, then row i, then column j, then anchor a; this is the order of the
-RPN outputs flattened by :func:`gixdrt.model.detector.flatten_rpn`.
+The anchors themselves are defined once, in NumPy, by :func:`gixdrt.model.config.grid_anchors` (the runtime
+without PyTorch uses that function directly); this module only wraps them as tensors for the PyTorch network
+and training.
 """
 from __future__ import annotations
 
@@ -12,27 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PUBLISHED_ANCHOR_SIZES", "AnchorGenerator", "grid_anchors"]
+from .config import PUBLISHED_ANCHOR_SIZES, grid_anchors
 
-#: (h, w) in image pixels per FPN level P2, P3, P4 (strides (8, 4), (16, 4), (32, 4) for the published model)
-PUBLISHED_ANCHOR_SIZES: tuple[tuple[tuple[float, float], ...], ...] = (
-    ((50.0, 10.0), (100.0, 10.0)),
-    ((200.0, 10.0), (300.0, 10.0)),
-    ((400.0, 10.0), (500.0, 10.0)),
-)
-
-
-def grid_anchors(
-    grid: tuple[int, int], stride: tuple[int, int], sizes: Sequence[tuple[float, float]], *, device=None, dtype=torch.float32
-) -> Tensor:
-    """Anchors of one level: grid (rows, cols), stride (s_y, s_x), sizes ((h, w), ...) → float[rows·cols·A, 4]."""
-    rows, cols = grid
-    base = torch.tensor([[-w / 2, -h / 2, w / 2, h / 2] for h, w in sizes], dtype=dtype, device=device)
-    sy = torch.arange(rows, device=device, dtype=torch.int64) * stride[0]
-    sx = torch.arange(cols, device=device, dtype=torch.int64) * stride[1]
-    yy, xx = torch.meshgrid(sy, sx, indexing="ij")
-    shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4).to(dtype)
-    return (shifts + base[None]).reshape(-1, 4)
+__all__ = ["PUBLISHED_ANCHOR_SIZES", "AnchorGenerator"]
 
 
 class AnchorGenerator:
@@ -57,13 +38,14 @@ class AnchorGenerator:
         """image_shape (H, W), feature_shapes [(h_l, w_l)] → per level float[h_l·w_l·A_l, 4] in image pixels."""
         if len(feature_shapes) != len(self.sizes):
             raise ValueError(f"{len(feature_shapes)} feature levels, but anchors are defined for {len(self.sizes)}")
-        key = (tuple(image_shape), tuple(map(tuple, feature_shapes)), str(torch.device(device or "cpu")), dtype)
+        shapes = tuple((int(h), int(w)) for h, w in feature_shapes)
+        key = (tuple(image_shape), shapes, str(torch.device(device or "cpu")), dtype)
         hit = self._cache.get(key)
         if hit is None:
             height, width = image_shape
             hit = tuple(
-                grid_anchors((h, w), (height // h, width // w), sizes, device=device, dtype=dtype)
-                for (h, w), sizes in zip(feature_shapes, self.sizes)
+                torch.from_numpy(grid_anchors((h, w), (height // h, width // w), sizes)).to(device=device, dtype=dtype)
+                for (h, w), sizes in zip(shapes, self.sizes)
             )
             self._cache[key] = hit
         return hit

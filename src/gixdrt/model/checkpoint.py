@@ -13,7 +13,6 @@ Every failure raises :class:`gixdrt.errors.CheckpointError` naming the file and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,8 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import published
 from ..errors import CheckpointError
-from .detector import DetectorConfig, GixdDetector
+from ..io.assets import sha256 as _sha256
+from .card import CARD_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, model_paths, read_card
+from .network import DetectorConfig, GixdDetector
 
 __all__ = [
     "CARD_NAME",
@@ -42,26 +44,15 @@ __all__ = [
     "save_model",
 ]
 
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "model.json"
-FORMAT = "gixdrt-model"
-FORMAT_VERSION = 1
 
 #: the input the published model expects (the contrast chain of the paper's Methods IV A, test_config.yaml)
 PUBLISHED_PREPROCESSING: dict[str, Any] = {
-    "polar_shape": [512, 1024],
-    "contrast": {"coef": 5000.0, "limit": 2000.0, "log": True, "disable": False},
+    "polar_shape": list(published.POLAR_SHAPE),
+    "contrast": {"coef": published.CONTRAST_COEF, "limit": published.CONTRAST_LIMIT, "log": published.CONTRAST_LOG,
+                 "disable": False},
     "input_range": [0.0, 1.0],
 }
 _RESERVED = {"format", "format_version", "gixdrt_version", "architecture", "storage_dtype", "weights", "num_parameters"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -142,16 +133,6 @@ def load_published(path: str | os.PathLike, config: DetectorConfig | None = None
 # -------------------------------------------------------------------------------------------------
 # Our format
 # -------------------------------------------------------------------------------------------------
-def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(weights file, card file) for a directory, a ``.safetensors`` path or a ``.json`` card path."""
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        return p, p.with_suffix(".json")
-    if p.suffix == ".json":
-        return p.with_suffix(".safetensors"), p
-    return p / WEIGHTS_NAME, p / CARD_NAME
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -186,7 +167,7 @@ def save_model(
     clash = sorted(_RESERVED & set(card))
     if clash:
         raise ValueError(f"model card: {', '.join(clash)} are written by save_model and cannot be given")
-    weights_path, card_path = _paths(path)
+    weights_path, card_path = model_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
 
     params = {name for name, _ in model.named_parameters()}
@@ -238,25 +219,6 @@ def save_model(
     return card_path
 
 
-def read_card(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate the model card of a saved model (directory, ``.safetensors`` or ``.json`` path)."""
-    _, card_path = _paths(path)
-    if not card_path.is_file():
-        raise CheckpointError(f"model card {card_path.name} not found", path=card_path)
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"model card is not valid JSON ({exc})", path=card_path) from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise CheckpointError(f"not a gixdrt model card (format is not {FORMAT!r})", path=card_path)
-    if card.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported format_version {card.get('format_version')!r} (this gixdrt reads {FORMAT_VERSION})", path=card_path)
-    for key in ("architecture", "thresholds", "storage_dtype"):
-        if key not in card:
-            raise CheckpointError(f"model card lacks {key!r}", path=card_path)
-    return card
-
-
 def load_model(path: str | os.PathLike, *, verify: bool = True) -> GixdDetector:
     """Load a model saved by :func:`save_model` strictly → :class:`GixdDetector` (eval, fp32, CPU).
 
@@ -265,7 +227,7 @@ def load_model(path: str | os.PathLike, *, verify: bool = True) -> GixdDetector:
     """
     from safetensors.torch import load_file
 
-    weights_path, card_path = _paths(path)
+    weights_path, card_path = model_paths(path)
     card = read_card(path)
     try:
         cfg = DetectorConfig.from_dict(card["architecture"])

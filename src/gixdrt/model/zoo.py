@@ -38,7 +38,7 @@ def describe(spec: str) -> str:
     if spec == "default":
         if not has_default_weights():
             return f"default (gixdrt's own weights are not trained yet: using published {PUBLISHED_DEFAULT})"
-        from .checkpoint import read_card
+        from .card import read_card
 
         try:
             name = read_card(DEFAULT_WEIGHTS).get("name")

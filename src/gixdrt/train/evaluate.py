@@ -10,10 +10,10 @@ IoU(t, p) ≤ 0.3; an optimal one-to-one assignment (Hungarian) is taken and an 
 match when its cost is < 1 px. Detected = matched targets, missed = unmatched targets, false positive =
 unmatched prediction, |ΔQ| = |x̄_p − x̄_t| over matched pairs.
 
-The assignment solver (:func:`linear_sum_assignment`) is a self-contained exact O(n²m) shortest augmenting
-path (Kuhn–Munkres with potentials); :func:`match_image` solves each connected component of the
-"possible pair" graph on its own, which gives the same assignment as the whole matrix with a large
-impossible cost (it first maximises the number of possible pairs, then minimises their total cost).
+The assignment is SciPy's exact solver (``scipy.optimize.linear_sum_assignment``); :func:`match_image`
+solves each connected component of the "possible pair" graph on its own, which gives the same assignment as
+the whole matrix with a large impossible cost (it first maximises the number of possible pairs, then
+minimises their total cost).
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ __all__ = [
     "compare",
     "evaluate",
     "format_comparison",
-    "linear_sum_assignment",
     "main_evaluate",
     "match_image",
 ]
@@ -59,66 +58,7 @@ NMS_IOU = 0.1
 
 
 # --------------------------------------------------------------------------------------------------------------
-# assignment
-
-
-def linear_sum_assignment(cost: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Exact minimum-cost one-to-one assignment of a finite cost matrix [n, m].
-
-    Returns (rows, cols), int64 arrays of length min(n, m), rows increasing: every row is assigned when
-    n ≤ m, every column otherwise, and the total ``cost[rows, cols].sum()`` is minimal.
-    Shortest augmenting paths with dual potentials (Jonker–Volgenant style Hungarian), O(n² m).
-    """
-    c = np.asarray(cost, dtype=np.float64)
-    if c.ndim != 2:
-        raise ValueError(f"expected a 2-d cost matrix, got shape {c.shape}")
-    if not np.all(np.isfinite(c)):
-        raise ValueError("cost matrix must be finite (use a large value for impossible pairs)")
-    n, m = c.shape
-    if n == 0 or m == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if n > m:
-        cols, rows = linear_sum_assignment(c.T)
-        order = np.argsort(rows)
-        return rows[order], cols[order]
-    inf = math.inf
-    u = np.zeros(n + 1)  # row potentials (1-based; 0 is the virtual row)
-    v = np.zeros(m + 1)  # column potentials (1-based; column 0 is the virtual start)
-    p = np.zeros(m + 1, np.int64)  # p[j]: row assigned to column j (0: none)
-    way = np.zeros(m + 1, np.int64)
-    for i in range(1, n + 1):
-        p[0] = i
-        j0 = 0
-        minv = np.full(m + 1, inf)
-        used = np.zeros(m + 1, bool)
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            free = ~used
-            cur = c[i0 - 1] - u[i0] - v[1:]
-            better = free[1:] & (cur < minv[1:])
-            idx = np.nonzero(better)[0] + 1
-            minv[idx] = cur[idx - 1]
-            way[idx] = j0
-            cand = np.where(free, minv, inf)
-            cand[0] = inf
-            j1 = int(np.argmin(cand))
-            delta = cand[j1]
-            used_idx = np.nonzero(used)[0]
-            u[p[used_idx]] += delta
-            v[used_idx] -= delta
-            minv[free] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while j0:
-            j1 = int(way[j0])
-            p[j0] = p[j1]
-            j0 = j1
-    cols = np.nonzero(p[1:])[0]
-    rows = p[1:][cols] - 1
-    order = np.argsort(rows)
-    return rows[order].astype(np.int64), cols[order].astype(np.int64)
+# matching
 
 
 def box_iou(a: Any, b: Any) -> np.ndarray:
@@ -191,6 +131,8 @@ def match_image(
             if len(s) != m:
                 raise ValueError(f"pred_scores has {len(s)} entries for {m} predictions")
             cost = cost - 1e-9 * s[None, :]
+        from scipy.optimize import linear_sum_assignment
+
         possible = box_iou(t, p) > iou_min
         found = []
         for rows, cols in _components(possible):
@@ -564,12 +506,16 @@ def _predict(detector: Any, images: np.ndarray, batch: int, progress: bool, desc
     return preds, scores
 
 
+def _thresholds_dict(thresholds: Any) -> dict | None:
+    return thresholds.to_dict() if hasattr(thresholds, "to_dict") else thresholds
+
+
 def _make_detector(model: Any, backend: str, score_threshold: float, nms_iou: float):
     if hasattr(model, "boxes") and not isinstance(model, (str, os.PathLike)):
         return model, False
-    from ..engine.detector import Detector
+    from ..gixd.detector import PeakDetector
 
-    return Detector(model, backend=backend, score_threshold=score_threshold, nms_iou=nms_iou), True
+    return PeakDetector(model, backend=backend, score_threshold=score_threshold, nms_iou=nms_iou), True
 
 
 def evaluate(
@@ -590,7 +536,7 @@ def evaluate(
     """Evaluate a model on ``n`` simulated images of ``seed`` (reference §6).
 
     model: a name/path for :func:`gixdrt.model.load`, a ``GixdDetector`` or a
-        :class:`gixdrt.engine.Detector` (anything with ``.boxes(images)``; its own thresholds are used, and
+        :class:`gixdrt.gixd.PeakDetector` (anything with ``.boxes(images)``; its own thresholds are used, and
         predictions with score ≤ score_threshold are dropped here).
     data: a :class:`gixdrt.sim.SimBatch` to use instead of simulating (n, seed and size are then taken from it).
     out_dir: where to save ``metrics.json`` and the figures (nothing saved when None).
@@ -617,7 +563,7 @@ def evaluate(
         "batch": int(batch),
         "backend": getattr(detector, "backend", None),
         "device": str(getattr(detector, "device", "")) or None,
-        "thresholds": getattr(detector, "thresholds", None),
+        "thresholds": _thresholds_dict(getattr(detector, "thresholds", None)),
         "sim_overrides": _sim_overrides(data),
     }
     res = score_results(name, data.boxes, preds, scores, seed=data.seed, size=data.size,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..model.detector import DetectorConfig, GixdDetector
+from ..model.network import DetectorConfig, GixdDetector
 from .losses import LOSS_TERMS, LossWeights, detector_losses
 from .targets import TargetConfig
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.detector import Dense, GixdDetector, Proposals, flatten_rpn
+from ..model.network import Dense, GixdDetector, Proposals, flatten_rpn
 from .targets import RoiSample, RpnTargets, TargetConfig, roi_targets, rpn_targets
 
 __all__ = ["LOSS_TERMS", "LossWeights", "detector_losses", "roi_losses", "rpn_losses", "smooth_l1"]

@@ -24,6 +24,7 @@ from gixdrt.kernels.reference.contrast import (
     clip_count,
     degenerate,
 )
+from gixdrt.published import CONTRAST_COEF, CONTRAST_LIMIT
 
 from ._ext import ext
 
@@ -60,8 +61,8 @@ def clahe(
 def contrast(
     polar: np.ndarray,
     *,
-    coef: float = 5000.0,
-    clip_limit: float = 2000.0,
+    coef: float = CONTRAST_COEF,
+    clip_limit: float = CONTRAST_LIMIT,
     log: bool = True,
     out: np.ndarray | None = None,
     threads: int = 0,
@@ -91,7 +92,7 @@ def contrast(
     return dst
 
 
-def levels(polar: np.ndarray, *, coef: float = 5000.0, log: bool = True, threads: int = 0) -> np.ndarray | None:
+def levels(polar: np.ndarray, *, coef: float = CONTRAST_COEF, log: bool = True, threads: int = 0) -> np.ndarray | None:
     """The chain's 16-bit levels ``u = uint16(coef · n(a))`` of a float32 image (flattened), as the contrast
     kernel computes them (non-finite pixels count as the minimum); None when the image has no two distinct
     finite values. For tests: the reference evaluates the same expression per pixel."""

@@ -44,6 +44,7 @@ from gixdrt.kernels.reference.contrast import (
     clahe_geometry,
     clip_count,
 )
+from gixdrt.published import CONTRAST_COEF, CONTRAST_LIMIT
 
 from ._util import as_device, as_stream, device_out
 
@@ -546,7 +547,7 @@ def clahe(image, clip_limit: float, tile_grid: tuple[int, int], out=None, stream
     return out
 
 
-def contrast(polar, *, coef: float = 5000.0, clip_limit: float = 2000.0, log: bool = True, out=None, stream=None):
+def contrast(polar, *, coef: float = CONTRAST_COEF, clip_limit: float = CONTRAST_LIMIT, log: bool = True, out=None, stream=None):
     """The published contrast chain on the device (see :func:`gixdrt.kernels.reference.contrast.contrast`).
 
     polar: device float32[H, W]. out: optional device float32[H, W] (allocated on ``stream`` if None);

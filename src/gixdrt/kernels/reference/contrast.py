@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from gixdrt.errors import DataWarning
+from gixdrt.published import CONTRAST_COEF, CONTRAST_LIMIT
 
 __all__ = ["check_clahe_args", "check_contrast_args", "clahe", "clahe_geometry", "clip_count", "contrast"]
 
@@ -287,8 +288,8 @@ def degenerate(shape: tuple[int, ...], n_bad: int, vmin, vmax, *, stacklevel: in
 def contrast(
     polar: np.ndarray,
     *,
-    coef: float = 5000.0,
-    clip_limit: float = 2000.0,
+    coef: float = CONTRAST_COEF,
+    clip_limit: float = CONTRAST_LIMIT,
     log: bool = True,
     out: np.ndarray | None = None,
 ) -> np.ndarray:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..kernels.reference.layout import image_box_sums as box_sums
+
 COLUMNS = ("frame", "source", "peak", "q", "phi", "q_width", "phi_width", "score", "x0", "y0", "x1", "y1", "intensity")
 _FLOAT = ("q", "phi", "q_width", "phi_width", "score", "x0", "y0", "x1", "y1", "intensity")
 
@@ -147,25 +149,3 @@ class PeakTable:
             y1=y1,
             intensity=intensity,
         )
-
-
-def box_sums(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """float64[K]: sum of ``image`` over the pixels whose centres (integer coordinates) lie in each box.
-
-    Uses a summed-area table (one pass over the image, O(1) per box).
-    """
-    img = np.asarray(image, np.float64)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if not len(boxes):
-        return np.zeros(0)
-    h, w = img.shape
-    sat = np.zeros((h + 1, w + 1))
-    np.cumsum(np.cumsum(np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0), axis=0), axis=1, out=sat[1:, 1:])
-    # Pixel j is inside when x0 ≤ j ≤ x1: columns ceil(x0) … floor(x1), clipped to the image.
-    c0 = np.clip(np.ceil(boxes[:, 0]), 0, w).astype(np.int64)
-    c1 = np.clip(np.floor(boxes[:, 2]) + 1, 0, w).astype(np.int64)
-    r0 = np.clip(np.ceil(boxes[:, 1]), 0, h).astype(np.int64)
-    r1 = np.clip(np.floor(boxes[:, 3]) + 1, 0, h).astype(np.int64)
-    c1 = np.maximum(c1, c0)
-    r1 = np.maximum(r1, r0)
-    return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]

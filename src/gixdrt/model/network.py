@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .anchors import PUBLISHED_ANCHOR_SIZES, AnchorGenerator
+from .anchors import AnchorGenerator
+from .config import STAGES, DetectorConfig
 
 __all__ = [
     "STAGES",
@@ -30,70 +31,9 @@ __all__ = [
     "GixdDetector",
     "Proposals",
     "Trace",
+    "flatten_levels",
     "flatten_rpn",
 ]
-
-#: the stages timed by :meth:`GixdDetector.trace`, in order
-STAGES = ("dense", "proposals", "roi_align", "head", "postprocess")
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Architecture and inference parameters. The defaults are the published model's."""
-
-    in_channels: int = 1
-    stem_channels: int = 64
-    widths: tuple[int, ...] = (64, 128, 256, 256)  # layer1..layer4
-    strides: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (2, 1), (2, 1))  # layer1..layer4, (y, x)
-    fpn_channels: int = 64
-    anchor_sizes: tuple[tuple[tuple[float, float], ...], ...] = PUBLISHED_ANCHOR_SIZES  # per level ((h, w), ...)
-    rpn_pre_nms_top_n: int = 1000  # per image and level
-    rpn_post_nms_top_n: int = 1000  # per image
-    rpn_nms_iou: float = 0.9
-    rpn_min_size: float = 1e-3
-    roi_output_size: int = 16
-    roi_scale: tuple[float, float] = (1 / 8, 1 / 4)  # (y, x) image px → P2 cells
-    roi_sampling_ratio: int = -1  # ≤ 0: adaptive ceil(roi_size / 16)
-    roi_aligned: bool = False  # legacy RoIAlign, as the published model was trained
-    representation_size: int = 32
-    leaky_slope: float = 0.01
-    bbox_clip: float = ops.BBOX_CLIP
-    min_size: float = 1e-2  # final boxes with a side below this are dropped
-    score_threshold: float = 0.6
-    nms_iou: float = 0.1
-    max_detections: int = 250
-
-    @property
-    def height_multiple(self) -> int:
-        sy = 2 * 2  # conv1 and maxpool
-        for s in self.strides:
-            sy *= s[0]
-        return sy
-
-    @property
-    def width_multiple(self) -> int:
-        sx = 2 * 2
-        for s in self.strides:
-            sx *= s[1]
-        return sx
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (tuples become lists)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
-        """Inverse of :meth:`to_dict`; raises ValueError on unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown detector parameter(s): {', '.join(unknown)}")
-        return cls(**{k: _tuplify(v) for k, v in d.items()})
-
-
-def _tuplify(v: Any) -> Any:
-    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
-
 
 # -------------------------------------------------------------------------------------------------
 # Modules (names follow the published state dict)
@@ -269,11 +209,22 @@ class Trace:
 
 
 def flatten_rpn(logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
-    """One level: logits [N, A, h, w], deltas [N, 4A, h, w] → [N, h·w·A], [N, h·w·A, 4] in (row, col, anchor) order."""
-    n, a, h, w = logits.shape
-    flat_logits = logits.permute(0, 2, 3, 1).reshape(n, h * w * a)
-    flat_deltas = deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4)
+    """One level: logits [N, A, h, w], deltas [N, 4A, h, w] → [N, h·w·A], [N, h·w·A, 4] in (row, col, anchor) order.
+
+    Written with flatten/unflatten (no sizes read from the tensors), so that an exported graph keeps its batch
+    and image size dynamic; works on channels-last tensors too.
+    """
+    a = logits.shape[1]
+    flat_logits = logits.permute(0, 2, 3, 1).flatten(1)
+    flat_deltas = deltas.unflatten(1, (a, 4)).permute(0, 3, 4, 1, 2).flatten(1, 3)
     return flat_logits, flat_deltas
+
+
+def flatten_levels(logits: Sequence[Tensor], deltas: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Every level's RPN outputs → (logits [N, A_total], deltas [N, A_total, 4]), level by level: the order of
+    :func:`gixdrt.model.config.anchors`. The one place the RPN outputs are flattened."""
+    flat = [flatten_rpn(lg, dl) for lg, dl in zip(logits, deltas)]
+    return torch.cat([f[0] for f in flat], 1), torch.cat([f[1] for f in flat], 1)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from . import kernels
-from .geometry import Config, PolarMap, polar_map
+from .. import kernels
+from ..geometry import Config, PolarMap, polar_map
+from ..kernels.batched import minmax
 
 STAGES = ("polar", "contrast")
 
@@ -43,7 +42,7 @@ class Preprocessor:
         """
         c = self.config.contrast
         if c.disable:
-            return _minmax(polar) if out is None else _minmax(polar, out)
+            return minmax(polar, out)
         return kernels.contrast(
             polar, coef=c.coef, clip_limit=c.limit, log=c.log, out=out, backend=self.backend, stream=stream
         )
@@ -54,18 +53,6 @@ class Preprocessor:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         polar = self.polar(frames)
         return polar if stage == "polar" else self.contrast(polar)
-
-
-def _minmax(img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    img = np.asarray(img, np.float32)
-    finite = np.isfinite(img)
-    lo = img[finite].min() if finite.any() else np.float32(0)
-    hi = img[finite].max() if finite.any() else np.float32(0)
-    res = np.zeros_like(img) if hi <= lo else (np.where(finite, img, lo) - lo) / (hi - lo)
-    if out is None:
-        return res.astype(np.float32)
-    out[...] = res
-    return out
 
 
 def preprocess(frames: Any, config: Config, stage: str = "contrast", backend: str | None = None) -> Any:

@@ -1,0 +1,134 @@
+"""Preprocessing over a batch, as plans run it: N raw frame groups → N polar images → N detector inputs.
+
+``polar_remap_batch`` and ``contrast_batch`` call the per-image kernel of the same implementation
+(``reference``, ``cpu`` or ``cuda``) for each image of the batch, writing straight into the plan's buffers;
+they are registered in :mod:`gixdrt.kernels` like every other op.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..published import CONTRAST_COEF, CONTRAST_LIMIT
+
+__all__ = ["contrast_batch", "minmax", "polar_remap_batch"]
+
+
+def _per_image(op: str, impl: str):
+    from .registry import resolve
+
+    return resolve(op, impl)[1]
+
+
+def _polar(impl: str, frames, pmap, *, out, stream: Any = None):
+    """frames [N, G, H, W] (G frames summed per image) → out float32[N, n_phi, n_q]."""
+    fn = _per_image("polar_remap", impl)
+    for i in range(int(frames.shape[0])):
+        if impl == "cuda":
+            fn(frames[i], pmap, out=out[i], stream=stream)
+        else:
+            fn(frames[i], pmap, out=out[i])
+    return out
+
+
+def minmax(img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out = (img − min) / (max − min) over the finite pixels (non-finite pixels count as the minimum); zeros for
+    a constant image: the chain when the config's ``contrast.disable`` is set. float32[H, W] → float32[H, W]."""
+    img = np.asarray(img, np.float32)
+    if out is None:
+        out = np.empty(img.shape, np.float32)
+    finite = np.isfinite(img)
+    if not finite.any():
+        out[...] = 0
+        return out
+    lo, hi = img[finite].min(), img[finite].max()
+    if hi <= lo:
+        out[...] = 0
+        return out
+    out[...] = (np.where(finite, img, lo) - lo) / (hi - lo)
+    return out
+
+
+def _minmax_device(img, out) -> None:
+    import torch
+
+    finite = torch.isfinite(img)
+    lo = torch.where(finite, img, float("inf")).amin()
+    hi = torch.where(finite, img, float("-inf")).amax()
+    span = hi - lo
+    res = (torch.where(finite, img, lo) - lo) / torch.where(span > 0, span, 1.0)
+    out.copy_(torch.where(hi > lo, res, 0.0))
+
+
+def _contrast(impl: str, polar, skip=None, *, coef: float, clip_limit: float, log: bool, disable: bool = False,
+              out, stream: Any = None):
+    """polar float32[N, H, W] → out float32[N, H, W] or [N, 1, H, W] in [0, 1]: the published contrast chain per
+    image (min–max only with ``disable``). skip: optional bool[N]: those images give zeros (constant frames) and
+    are not processed on the host (no DataWarning for them); the device computes all and zeroes them after,
+    without reading the flags back."""
+    n = int(polar.shape[0])
+    view = out.reshape(n, *polar.shape[1:])
+    if impl == "cuda":
+        fn = _per_image("contrast", impl)
+        for i in range(n):
+            if disable:
+                _minmax_device(polar[i], view[i])
+            else:
+                fn(polar[i], coef=coef, clip_limit=clip_limit, log=log, out=view[i], stream=stream)
+        if skip is not None:
+            view.masked_fill_(skip.reshape(n, 1, 1), 0.0)
+        return out
+    fn = _per_image("contrast", impl)
+    for i in range(n):
+        if skip is not None and skip[i]:
+            view[i] = 0
+        elif disable:
+            minmax(polar[i], view[i])
+        else:
+            fn(polar[i], coef=coef, clip_limit=clip_limit, log=log, out=view[i])
+    return out
+
+
+def polar_remap_batch_reference(frames, pmap, *, out):
+    return _polar("reference", frames, pmap, out=out)
+
+
+def polar_remap_batch_cpu(frames, pmap, *, out):
+    return _polar("cpu", frames, pmap, out=out)
+
+
+def polar_remap_batch_cuda(frames, pmap, *, out, stream=None):
+    return _polar("cuda", frames, pmap, out=out, stream=stream)
+
+
+def contrast_batch_reference(polar, skip=None, **kw):
+    return _contrast("reference", polar, skip, **kw)
+
+
+def contrast_batch_cpu(polar, skip=None, **kw):
+    return _contrast("cpu", polar, skip, **kw)
+
+
+def contrast_batch_cuda(polar, skip=None, **kw):
+    return _contrast("cuda", polar, skip, **kw)
+
+
+def polar_remap_batch(frames, pmap, *, out, backend: str | None = None, stream: Any = None):
+    """Public entry point: frames [N, G, H, W] → out float32[N, n_phi, n_q] (see :func:`gixdrt.kernels.polar_remap`)."""
+    from .registry import resolve
+
+    name, fn = resolve("polar_remap_batch", backend, frames)
+    return fn(frames, pmap, out=out, stream=stream) if name == "cuda" else fn(frames, pmap, out=out)
+
+
+def contrast_batch(polar, skip=None, *, coef: float = CONTRAST_COEF, clip_limit: float = CONTRAST_LIMIT, log: bool = True,
+                   disable: bool = False, out, backend: str | None = None, stream: Any = None):
+    """Public entry point of the batched contrast chain (see :func:`_contrast`)."""
+    from .registry import resolve
+
+    name, fn = resolve("contrast_batch", backend, polar)
+    kw = dict(coef=coef, clip_limit=clip_limit, log=log, disable=disable, out=out)
+    if name == "cuda":
+        kw["stream"] = stream
+    return fn(polar, skip, **kw)
