@@ -37,6 +37,7 @@ import hashlib
 import math
 import mmap
 import os
+import re
 import stat
 import struct
 from collections.abc import Iterator
@@ -583,6 +584,14 @@ class NpyReader(Reader):
 # -------------------------------------------------------------------------------------------------
 # HDF5
 # -------------------------------------------------------------------------------------------------
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 def _import_h5py(label: str):
     try:
         import h5py
@@ -681,7 +690,10 @@ class H5Reader(Reader):
 
     def _error(self, exc: BaseException, where: str, label: str) -> FrameError:
         err = super()._error(exc, where, label)
-        if "filter" in str(exc).lower():  # a compressed dataset whose filter is not registered, or failed
+        text = str(exc).lower()
+        if "filter" in text and ("failure during read" not in text or not _importable("hdf5plugin")):
+            # a compressed dataset whose filter is not available (a filter that failed on corrupt data is not
+            # a missing plugin, unless hdf5plugin is missing too)
             err = FrameError(err.problem + " (is hdf5plugin installed?)", path=label)
         return err
 
@@ -762,35 +774,126 @@ def _attr(obj, name: str):
 
 
 class EdfReader(FabioReader):
-    """ESRF data format: every frame's data block must lie inside the file and hold its declared pixels
-    (fabio itself pads a short block with zeros and stops at a corrupt header)."""
+    """ESRF data format. The headers are walked here (fabio pads a short data block with zeros, stops
+    silently at a corrupt header, and loops for a very long time on a key such as ``Dim_4294967296``):
+    every frame must be 2-D with its data block inside the file, holding its declared pixels."""
 
-    def _check_header(self, header, n: int) -> None:
-        frames = getattr(header, "_frames", None)
-        if not isinstance(frames, list):
-            return
-        for i, frame in enumerate(frames):
-            start, size = getattr(frame, "start", None), getattr(frame, "blobsize", None)
-            external = getattr(frame, "bfname", None)
-            if external is None and isinstance(start, int) and isinstance(size, int):
-                if start + size > self.size:
-                    problem = (
-                        f"truncated EDF: the data of frame {i} end at byte {start + size}, past the end of the file "
-                        f"({self.size} bytes)"
-                    )
-                    raise FrameError(problem, path=self.label)
-                fshape, fdtype = _attr(frame, "_shape"), _attr(frame, "_dtype")
-                compressed = _attr(frame, "_data_compression") is not None
-                if fshape is not None and fdtype is not None and not compressed:
-                    need = math.prod(int(d) for d in fshape) * np.dtype(fdtype).itemsize
-                    if size < need:
-                        problem = (
-                            f"corrupt EDF: frame {i} declares {size} bytes of data, its {fshape} {np.dtype(fdtype)} "
-                            f"pixels need {need}"
-                        )
-                        raise FrameError(problem, path=self.label)
-        if getattr(header, "incomplete_file", False):
-            raise FrameError(f"corrupt EDF: the header after frame {len(frames) - 1} is malformed", path=self.label)
+    def _open(self) -> list[Stack]:
+        self._fabio = _import_fabio(self.label)
+        self._img = None
+        frames = _edf_frames(self.path, self.size, self.label)
+        shapes = {shape for shape, _ in frames}
+        if len(shapes) > 1:
+            raise FrameError(f"EDF frames of different shapes: {sorted(shapes)}", path=self.label)
+        (shape,) = shapes
+        dtype = _common_dtype({dtype for _, dtype in frames})
+        n = len(frames)
+        return [self._stack(self.label, (n, *shape) if n > 1 else shape, dtype)]
+
+
+_EDF_BLOCK = 512
+_EDF_MAX_HEADER = 2**20
+_EDF_HEADER_END = re.compile(rb"}\r?\n")
+# EDF DataType names (case-sensitive, as fabio reads them) → dtype
+_EDF_DTYPES = {
+    "int8": ("SignedByte", "Signed8"),
+    "uint8": ("UnsignedByte", "Unsigned8"),
+    "int16": ("SignedShort", "Signed16"),
+    "uint16": ("UnsignedShort", "Unsigned16", "UnsignedShortInteger"),
+    "int32": ("SignedInteger", "Signed32", "SignedLong"),
+    "uint32": ("UnsignedInteger", "Unsigned32", "UnsignedLong"),
+    "int64": ("Signed64",),
+    "uint64": ("Unsigned64",),
+    "float32": ("FloatValue", "FLOATVALUE", "FLOAT", "Float", "FloatIEEE32", "Float32"),
+    "float64": ("Double", "DoubleValue", "FloatIEEE64", "DoubleIEEE64"),
+}
+_EDF_DTYPE_OF = {name: np.dtype(dtype) for dtype, names in _EDF_DTYPES.items() for name in names}
+
+
+def _edf_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return int(float(value))
+        except (ValueError, OverflowError):
+            return None
+
+
+def _edf_frames(path: Path, size: int, label: str) -> list[tuple[tuple[int, int], np.dtype]]:
+    """(frame shape, dtype) of every frame of an EDF file, from its headers, checked against the file size."""
+    frames: list[tuple[tuple[int, int], np.dtype]] = []
+    pos = 0
+    with open(path, "rb") as f:
+        while pos < size:
+            f.seek(pos)
+            head = f.read(_EDF_BLOCK)
+            brace = head.find(b"{")
+            if brace < 0 and len(head) < _EDF_BLOCK and not head.strip():
+                break  # blank padding at the end of the file
+            where = f"frame {len(frames)}" if frames else "the first frame"
+            if brace < 0 or head[:brace].strip():
+                if not frames:
+                    raise FrameError("not an EDF file: no header ({) at its start", path=label)
+                raise FrameError(f"corrupt EDF: no header at byte {pos}, after frame {len(frames) - 1}", path=label)
+            text, end = head, _EDF_HEADER_END.search(head, brace)
+            while end is None and len(text) < _EDF_MAX_HEADER:
+                more = f.read(_EDF_BLOCK)
+                if not more:
+                    break
+                text += more
+                end = _EDF_HEADER_END.search(text, max(brace, len(text) - len(more) - 2))
+            if end is None:
+                raise FrameError(f"truncated or corrupt EDF: the header of {where} at byte {pos} never ends", path=label)
+            header: dict[str, str] = {}
+            for item in text[brace + 1 : end.start()].split(b";"):
+                key, sep, value = item.partition(b"=")
+                if sep and (key + value).isascii():  # fabio drops a non-ASCII key or value
+                    header.setdefault(key.strip(b" \t\r\n\x00").decode(), value.strip(b" \t\r\n\x00").decode())
+            start = pos + end.end()
+            caps = {k.upper(): v for k, v in reversed(header.items())}
+            if "EDF_DataFormatVersion" in header:  # a general block: defaults for the frames, no frame itself
+                pos = start + max(0, _edf_int(header.get("EDF_BinarySize")) or 0)
+                continue
+            dims = {}
+            for key, value in caps.items():
+                if key.startswith("DIM_") and key[4:].isdecimal():
+                    dims[int(key[4:])] = _edf_int(value)
+            rank = max(dims, default=0)
+            if rank != 2 or any(d is None or d < 0 for d in dims.values()):
+                listed = ", ".join(f"Dim_{k}={dims[k]}" for k in sorted(dims)[:4]) or "none"
+                raise FrameError(f"{where} is not a 2-D frame (dimensions {listed})", path=label)
+            shape = (dims.get(2, 1), dims.get(1, 0))
+            name = caps.get("DATATYPE")
+            dtype = np.dtype("uint16") if name is None else _EDF_DTYPE_OF.get(name)
+            if dtype is None:
+                raise FrameError(f"unsupported EDF DataType {name!r} in the header of {where}", path=label)
+            if "BYTEORDER" not in caps:
+                raise FrameError(f"corrupt EDF: no ByteOrder in the header of {where}", path=label)
+            compression = caps.get("COMPRESSION", "NONE").upper()
+            compressed = not (compression == "NONE" or compression.startswith("NO"))
+            need = shape[0] * shape[1] * dtype.itemsize
+            blob = _edf_int(caps.get("SIZE"))  # as fabio reads it: Size, else EDF_BinarySize, else the pixels' size
+            if blob is None:
+                blob = _edf_int(header.get("EDF_BinarySize"))
+            if blob is None and not compressed:
+                blob = need
+            if blob is None or blob < 0:
+                raise FrameError(f"corrupt EDF: no valid data size (Size) in the header of {where}", path=label)
+            if "EDF_BinaryFileName" not in header:
+                if start + blob > size:
+                    problem = f"truncated EDF: the data of {where} end at byte {start + blob}, past the end of the file ({size} bytes)"
+                    raise FrameError(problem, path=label)
+                if not compressed and need is not None and blob < need:
+                    problem = f"corrupt EDF: {where} declares {blob} bytes of data, its {shape} {dtype} pixels need {need}"
+                    raise FrameError(problem, path=label)
+            frames.append((shape, dtype))
+            pos = start + blob
+    if not frames:
+        raise FrameError("no frames in the EDF file", path=label)
+    return frames
 
 
 _CBF_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
@@ -824,10 +927,12 @@ class CbfReader(FabioReader):
             section = mm.find(_CBF_SECTION)
             if section < 0:
                 raise FrameError("not a CBF image: no binary section (--CIF-BINARY-FORMAT-SECTION--)", path=self.label)
+            if not mm[:section].isascii():
+                raise FrameError("corrupt CBF header: non-ASCII bytes in its CIF header", path=self.label)
             start = mm.find(_CBF_START, section)
             if start < 0:
                 raise FrameError("truncated or corrupt CBF: its binary section has no start-of-data mark", path=self.label)
-            fields = _cbf_fields(mm[section:start])
+            fields = _cbf_fields(mm[section:start], self.label)
             shape = (self._cbf_int(fields, "X-Binary-Size-Second-Dimension"), self._cbf_int(fields, "X-Binary-Size-Fastest-Dimension"))
             size = self._cbf_int(fields, "X-Binary-Size", minimum=0)
             conversion = fields.get("conversions")
@@ -867,16 +972,22 @@ class CbfReader(FabioReader):
         return None
 
 
-def _cbf_fields(header: bytes) -> dict[str, str]:
-    """``key: value`` / ``key=value`` lines of a CBF binary section's MIME header."""
+def _cbf_fields(header: bytes, label: str) -> dict[str, str]:
+    """The ``key: value`` (or ``key=value``) lines of a CBF binary section's MIME header, read as fabio reads
+    them (up to the first line shorter than 10 bytes); FrameError for a line fabio would fail on."""
     fields: dict[str, str] = {}
-    for raw in header.decode("ascii", "replace").splitlines()[1:]:
-        line = raw.strip().rstrip(";")
-        key, sep, value = line.partition(":")
+    for line in header.split(b"\n")[1:]:
+        if len(line) < 10:
+            break
+        key, sep, value = line.partition(b":")
         if not sep:
-            key, sep, value = line.partition("=")
-        if sep and key.strip():
-            fields.setdefault(key.strip(), value.strip().strip('"').strip())
+            key, sep, value = line.partition(b"=")
+        if not sep:
+            raise FrameError(f"corrupt CBF header: the line {line[:40]!r} is not 'key: value'", path=label)
+        try:
+            fields[key.strip().decode("ascii")] = value.strip(b' "\n\r\t').decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError("corrupt CBF header: non-ASCII bytes in its binary section's header", path=label) from None
     return fields
 
 
