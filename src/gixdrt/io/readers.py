@@ -456,12 +456,13 @@ class TiffReader(Reader):
     def _open(self) -> list[Stack]:
         import tifffile
 
-        self._check_first_ifd()
+        self._check_ifds(None)
         self._tif = tifffile.TiffFile(self.path)
         pages = self._tif.pages
         n = len(pages)
         if n == 0:
             raise FrameError("no pages in the TIFF", path=self.label)
+        self._check_ifds(pages[n - 1].offset)
         first = pages[0]
         shape, dtype = tuple(first.shape), first.dtype
         if dtype is None:
@@ -477,33 +478,56 @@ class TiffReader(Reader):
             raise FrameError(f"page 0 has shape {shape}; expected 2-D pages", path=self.label)
         return [self._stack(self.label, (n, *shape) if n > 1 else shape, dtype)]
 
-    def _check_first_ifd(self) -> None:
-        """A TIFF cut short inside or before its first image header (IFD; a PerkinElmer frame keeps it at the
-        end) is named as truncated, rather than as a TIFF without pages."""
+    def _check_ifds(self, last: int | None) -> None:
+        """The chain of image headers (IFDs) of a classic or Big TIFF, where tifffile is lenient: a file cut
+        short before or inside its first IFD (a PerkinElmer frame keeps it at the end) is named as truncated,
+        not as a TIFF without pages; and where tifffile stopped early at a next-IFD offset it could not follow
+        (a multi-page file cut short), the file is refused rather than read as fewer pages.
+
+        last: the offset of the last IFD tifffile read (None: check the header and the first IFD only).
+        """
         with open(self.path, "rb") as f:
             head = f.read(16)
             if head[:2] not in (b"II", b"MM") or len(head) < 8:
                 return  # not a TIFF header this check understands: tifffile says what the file is
             order = "<" if head[:2] == b"II" else ">"
             (magic,) = struct.unpack(order + "H", head[2:4])
-            if magic == 42:  # classic TIFF: 2-byte entry count, 12-byte entries
-                offset, count_fmt, entry = struct.unpack(order + "I", head[4:8])[0], "H", 12
-            elif magic == 43 and len(head) == 16:  # BigTIFF: 8-byte count, 20-byte entries
-                offset, count_fmt, entry = struct.unpack(order + "Q", head[8:16])[0], "Q", 20
+            if magic == 42:  # classic TIFF: 2-byte entry count, 12-byte entries, 4-byte offsets
+                layout = (order + "H", 12, order + "I")
+                first = struct.unpack(order + "I", head[4:8])[0]
+            elif magic == 43 and len(head) == 16:  # BigTIFF: 8-byte count, 20-byte entries, 8-byte offsets
+                layout = (order + "Q", 20, order + "Q")
+                first = struct.unpack(order + "Q", head[8:16])[0]
             else:
                 return
-            if offset == 0:
-                raise FrameError("no pages in the TIFF", path=self.label)
-            f.seek(min(offset, self.size))
-            raw = f.read(struct.calcsize(count_fmt))
-        where = f"its first image header (IFD) at byte {offset}"
+            if last is None:
+                if first == 0:
+                    raise FrameError("no pages in the TIFF", path=self.label)
+                self._next_ifd(f, layout, first, f"its first image header (IFD) at byte {first}")
+                return
+            page = len(self._tif.pages)
+            following = self._next_ifd(f, layout, last, f"the image header (IFD) of page {page - 1} at byte {last}")
+            if following != 0:
+                where = f"the image header (IFD) of page {page} at byte {following}"
+                if following + struct.calcsize(layout[0]) > self.size:
+                    raise FrameError(f"truncated TIFF: {where} is past the end of the file ({self.size} bytes)", path=self.label)
+                raise FrameError(f"corrupt TIFF: {where} cannot be read", path=self.label)
+
+    def _next_ifd(self, f, layout: tuple[str, int, str], offset: int, where: str) -> int:
+        """The next-IFD offset stored after the IFD at ``offset``; FrameError where the IFD is cut off."""
+        count_fmt, entry, offset_fmt = layout
+        f.seek(min(offset, self.size))
+        raw = f.read(struct.calcsize(count_fmt))
         if len(raw) < struct.calcsize(count_fmt):
             raise FrameError(f"truncated TIFF: {where} is past the end of the file ({self.size} bytes)", path=self.label)
-        (count,) = struct.unpack(order + count_fmt, raw)
-        end = offset + len(raw) + count * entry
-        if end > self.size:
+        (count,) = struct.unpack(count_fmt, raw)
+        f.seek(offset + len(raw) + count * entry)
+        raw = f.read(struct.calcsize(offset_fmt))
+        if len(raw) < struct.calcsize(offset_fmt):
+            end = offset + struct.calcsize(count_fmt) + count * entry + struct.calcsize(offset_fmt)
             problem = f"truncated or corrupt TIFF: {where} has {count} entries ending at byte {end}, past the end of the file ({self.size} bytes)"
             raise FrameError(problem, path=self.label)
+        return struct.unpack(offset_fmt, raw)[0]
 
     def _frames(self, k: int, start: int, stop: int) -> Iterator[np.ndarray]:
         pages = self._tif.pages
@@ -782,13 +806,33 @@ class EdfReader(FabioReader):
         self._fabio = _import_fabio(self.label)
         self._img = None
         frames = _edf_frames(self.path, self.size, self.label)
-        shapes = {shape for shape, _ in frames}
+        shapes = {fr.shape for fr in frames}
         if len(shapes) > 1:
             raise FrameError(f"EDF frames of different shapes: {sorted(shapes)}", path=self.label)
         (shape,) = shapes
-        dtype = _common_dtype({dtype for _, dtype in frames})
         n = len(frames)
-        return [self._stack(self.label, (n, *shape) if n > 1 else shape, dtype)]
+        stack = self._stack(self.label, (n, *shape) if n > 1 else shape, _common_dtype({fr.dtype for fr in frames}))
+        for i, fr in enumerate(frames):
+            if fr.external:  # data in another file (EDF_BinaryFileName): fabio checks it
+                continue
+            if fr.start + fr.size > self.size:
+                problem = f"truncated EDF: the data of frame {i} end at byte {fr.start + fr.size}, past the end of the file ({self.size} bytes)"
+                raise FrameError(problem, path=self.label)
+            need = math.prod(fr.shape) * fr.dtype.itemsize
+            if not fr.compressed and fr.size < need:
+                problem = f"corrupt EDF: frame {i} declares {fr.size} bytes of data, its {fr.shape} {fr.dtype} pixels need {need}"
+                raise FrameError(problem, path=self.label)
+        return [stack]
+
+
+@dataclass(frozen=True)
+class _EdfFrame:
+    shape: tuple[int, int]
+    dtype: np.dtype
+    start: int  # byte offset of the data block
+    size: int  # bytes in the data block
+    compressed: bool
+    external: bool  # the data are in another file
 
 
 _EDF_BLOCK = 512
@@ -822,9 +866,9 @@ def _edf_int(value: str | None) -> int | None:
             return None
 
 
-def _edf_frames(path: Path, size: int, label: str) -> list[tuple[tuple[int, int], np.dtype]]:
-    """(frame shape, dtype) of every frame of an EDF file, from its headers, checked against the file size."""
-    frames: list[tuple[tuple[int, int], np.dtype]] = []
+def _edf_frames(path: Path, size: int, label: str) -> list[_EdfFrame]:
+    """Every frame of an EDF file, as its header declares it; FrameError for a header fabio cannot read."""
+    frames: list[_EdfFrame] = []
     pos = 0
     with open(path, "rb") as f:
         while pos < size:
@@ -874,22 +918,14 @@ def _edf_frames(path: Path, size: int, label: str) -> list[tuple[tuple[int, int]
                 raise FrameError(f"corrupt EDF: no ByteOrder in the header of {where}", path=label)
             compression = caps.get("COMPRESSION", "NONE").upper()
             compressed = not (compression == "NONE" or compression.startswith("NO"))
-            need = shape[0] * shape[1] * dtype.itemsize
             blob = _edf_int(caps.get("SIZE"))  # as fabio reads it: Size, else EDF_BinarySize, else the pixels' size
             if blob is None:
                 blob = _edf_int(header.get("EDF_BinarySize"))
             if blob is None and not compressed:
-                blob = need
+                blob = shape[0] * shape[1] * dtype.itemsize
             if blob is None or blob < 0:
                 raise FrameError(f"corrupt EDF: no valid data size (Size) in the header of {where}", path=label)
-            if "EDF_BinaryFileName" not in header:
-                if start + blob > size:
-                    problem = f"truncated EDF: the data of {where} end at byte {start + blob}, past the end of the file ({size} bytes)"
-                    raise FrameError(problem, path=label)
-                if not compressed and need is not None and blob < need:
-                    problem = f"corrupt EDF: {where} declares {blob} bytes of data, its {shape} {dtype} pixels need {need}"
-                    raise FrameError(problem, path=label)
-            frames.append((shape, dtype))
+            frames.append(_EdfFrame(shape, dtype, start, blob, compressed, "EDF_BinaryFileName" in header))
             pos = start + blob
     if not frames:
         raise FrameError("no frames in the EDF file", path=label)
