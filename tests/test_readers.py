@@ -14,8 +14,7 @@ import pytest
 import tifffile
 
 from gixdrt.errors import FrameError
-from gixdrt.io import count_frames, iter_frames, read_frame
-from gixdrt.io import readers
+from gixdrt.io import count_frames, iter_frames, read_frame, readers
 from gixdrt.io.readers import MAX_FRAME_PIXELS, Stack, reader_for
 
 h5py = pytest.importorskip("h5py")
@@ -66,7 +65,8 @@ def _tiff_ifd_at_end(arr: np.ndarray, *, declared: tuple[int, int] | None = None
     ]
     ifd = struct.pack("<H", len(tags))
     for tag, typ, value in tags:
-        ifd += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+        packed = struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, typ, 1) + packed
     ifd += struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", ifd_offset) + pixels + ifd
 
@@ -252,7 +252,8 @@ def test_huge_declared_frames_refused_before_allocation(tmp_path, monkeypatch):
             finally:
                 tracemalloc.stop()
             assert str(path) in msg, msg
-            assert "40000×50000 = 2000000000 pixels" in msg and f"limit of {MAX_FRAME_PIXELS} (2^28)" in msg, (name, msg)
+            assert "40000×50000 = 2000000000 pixels" in msg, (name, msg)
+            assert f"limit of {MAX_FRAME_PIXELS} (2^28)" in msg, (name, msg)
             assert peak < 32 * 2**20, (name, peak)  # nothing near the 7.5 GiB one frame would take
 
 

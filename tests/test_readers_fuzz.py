@@ -164,7 +164,8 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
         if numbers:
             m = numbers[int(rng.integers(0, len(numbers)))]
             new = EDGE_NUMBERS[int(rng.integers(0, len(EDGE_NUMBERS)))]
-            return data[: m.start()] + new + data[m.end() :], f"number {m.group().decode()} at {m.start()} -> {new.decode()!r}"
+            what = f"number {m.group().decode()} at {m.start()} -> {new.decode()!r}"
+            return data[: m.start()] + new + data[m.end() :], what
         kind = "insert"
     if kind == "insert":
         pos, extra = int(rng.integers(0, n)), rng.bytes(int(rng.integers(1, 9)))
@@ -283,7 +284,7 @@ def run_isolated(paths: list[Path], timeout: float = 60.0) -> list[tuple[str, st
     code = "import sys; sys.path.insert(0, sys.argv[1]); import test_readers_fuzz as t; t._serve(sys.argv[2:])"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).parent), str(timeout), *map(str, paths)],
-        capture_output=True, text=True, timeout=timeout * len(paths) + 120,
+        check=False, capture_output=True, text=True, timeout=timeout * len(paths) + 120,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or len(lines) != len(paths):

@@ -192,6 +192,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _past_end(size: int) -> str:
+    return f"past the end of the file ({size} bytes)"
+
+
 def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB"
 
@@ -324,11 +328,11 @@ class Reader:
         total = sum(stop - start for _, start, stop in parts)
         out: np.ndarray | None = None
         j = 0
+        declared = [self.stacks[k].dtype for k, _, _ in parts if self.stacks[k].dtype is not None]
         for k, start, stop in parts:
             for frame in self.frames(k, start, stop):
                 if out is None:
-                    dtypes = [s.dtype for s in self.stacks if s.dtype is not None] or [frame.dtype]
-                    out = self._allocate((total, *frame.shape), _common_dtype([frame.dtype, *dtypes]))
+                    out = self._allocate((total, *frame.shape), _common_dtype([frame.dtype, *declared]))
                 elif frame.shape != out.shape[1:]:
                     raise FrameError(f"frame shape {frame.shape} differs from {out.shape[1:]}", path=self.label)
                 elif frame.dtype != out.dtype and np.result_type(frame.dtype, out.dtype) != out.dtype:
@@ -354,7 +358,8 @@ class Reader:
                 try:
                     frame = next(raw)
                 except StopIteration:
-                    raise FrameError(f"frame {i} is missing (the header declares {stack.n})", path=stack.label) from None
+                    problem = f"frame {i} is missing (the header declares {stack.n})"
+                    raise FrameError(problem, path=stack.label) from None
                 except FrameError:
                     raise
                 except Exception as exc:  # corrupt data past a good header
@@ -370,7 +375,8 @@ class Reader:
         if stack.frame_shape is None:
             self._check_frame_shape(frame.shape, stack, i)
         elif frame.shape != stack.frame_shape:
-            raise FrameError(f"frame {i} has shape {frame.shape}, the header declares {stack.frame_shape}", path=stack.label)
+            problem = f"frame {i} has shape {frame.shape}, the header declares {stack.frame_shape}"
+            raise FrameError(problem, path=stack.label)
         check_dtype(frame.dtype, stack.label)
         if not frame.dtype.isnative or not frame.flags.c_contiguous:
             frame = np.ascontiguousarray(frame, dtype=_native(frame.dtype))
@@ -510,7 +516,7 @@ class TiffReader(Reader):
             if following != 0:
                 where = f"the image header (IFD) of page {page} at byte {following}"
                 if following + struct.calcsize(layout[0]) > self.size:
-                    raise FrameError(f"truncated TIFF: {where} is past the end of the file ({self.size} bytes)", path=self.label)
+                    raise FrameError(f"truncated TIFF: {where} is {_past_end(self.size)}", path=self.label)
                 raise FrameError(f"corrupt TIFF: {where} cannot be read", path=self.label)
 
     def _next_ifd(self, f, layout: tuple[str, int, str], offset: int, where: str) -> int:
@@ -519,13 +525,14 @@ class TiffReader(Reader):
         f.seek(min(offset, self.size))
         raw = f.read(struct.calcsize(count_fmt))
         if len(raw) < struct.calcsize(count_fmt):
-            raise FrameError(f"truncated TIFF: {where} is past the end of the file ({self.size} bytes)", path=self.label)
+            raise FrameError(f"truncated TIFF: {where} is {_past_end(self.size)}", path=self.label)
         (count,) = struct.unpack(count_fmt, raw)
         f.seek(offset + len(raw) + count * entry)
         raw = f.read(struct.calcsize(offset_fmt))
         if len(raw) < struct.calcsize(offset_fmt):
             end = offset + struct.calcsize(count_fmt) + count * entry + struct.calcsize(offset_fmt)
-            problem = f"truncated or corrupt TIFF: {where} has {count} entries ending at byte {end}, past the end of the file ({self.size} bytes)"
+            problem = f"truncated or corrupt TIFF: {where} has {count} entries ending at byte {end}"
+            problem += f", {_past_end(self.size)}"
             raise FrameError(problem, path=self.label)
         return struct.unpack(offset_fmt, raw)[0]
 
@@ -538,7 +545,8 @@ class TiffReader(Reader):
         for i in range(start, stop):
             page = pages[i]  # one page at a time: never the whole stack
             if tuple(page.shape) != self._page_shape:
-                raise FrameError(f"page {i} has shape {tuple(page.shape)}, page 0 has {self._page_shape}", path=self.label)
+                problem = f"page {i} has shape {tuple(page.shape)}, page 0 has {self._page_shape}"
+                raise FrameError(problem, path=self.label)
             if page.dtype != self._dtype:
                 raise FrameError(f"page {i} has dtype {page.dtype}, page 0 has {self._dtype}", path=self.label)
             yield self._page_pixels(page, i)
@@ -547,7 +555,7 @@ class TiffReader(Reader):
         ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts) if c]
         end = max(ends, default=0)
         if end > self.size:
-            problem = f"truncated TIFF: the pixel data of page {i} end at byte {end}, past the end of the file ({self.size} bytes)"
+            problem = f"truncated TIFF: the pixel data of page {i} end at byte {end}, {_past_end(self.size)}"
             raise FrameError(problem, path=self.label)
         return page.asarray()
 
@@ -598,11 +606,7 @@ class NpyReader(Reader):
             yield np.array(arr[i], dtype=native, order="C")
 
     def _close(self) -> None:
-        arr = getattr(self, "_arr", None)
-        self._arr = None
-        mm = getattr(arr, "_mmap", None)
-        if mm is not None:
-            mm.close()
+        self._arr = None  # the map closes with its last reference: frames are copies
 
 
 # -------------------------------------------------------------------------------------------------
@@ -754,20 +758,14 @@ class FabioReader(Reader):
         self._img = None
         header = self._fabio.openheader(str(self.path))
         n = int(getattr(header, "nframes", 1) or 1)
-        shape = _attr(header, "shape")
-        dtype = _attr(header, "dtype")
-        self._check_header(header, n)
-        if shape is None:
-            return [Stack(self.label, n, None, None if dtype is None else _native(check_dtype(dtype, self.label)), n > 1)]
-        return [self._declared(tuple(shape), dtype, n)]
-
-    def _declared(self, frame_shape: tuple[int, ...], dtype, n: int) -> Stack:
-        if len(frame_shape) != 2:
-            raise FrameError(f"frame 0 has shape {frame_shape}; expected a 2-D frame", path=self.label)
-        return self._stack(self.label, (n, *frame_shape) if n > 1 else frame_shape, dtype)
-
-    def _check_header(self, header, n: int) -> None:
-        """Format-specific checks of the header (sizes against the file)."""
+        shape, dtype = _header_attr(header, "shape"), _header_attr(header, "dtype")
+        if shape is None:  # fabio cannot tell without the pixel data: the frames are checked as they are read
+            dtype = None if dtype is None else _native(check_dtype(dtype, self.label))
+            return [Stack(self.label, n, None, dtype, n > 1)]
+        shape = tuple(shape)
+        if len(shape) != 2:
+            raise FrameError(f"frame 0 has shape {shape}; expected a 2-D frame", path=self.label)
+        return [self._stack(self.label, (n, *shape) if n > 1 else shape, dtype)]
 
     def _frames(self, k: int, start: int, stop: int) -> Iterator[np.ndarray]:
         if self._img is None:
@@ -788,13 +786,13 @@ class FabioReader(Reader):
             close()
 
 
-def _attr(obj, name: str):
-    """A header attribute of a fabio image, or None where fabio cannot tell without the pixel data."""
+def _header_attr(header, name: str):
+    """``header.shape`` or ``header.dtype`` of a fabio image opened with openheader, or None where fabio cannot
+    tell without the pixel data (some formats' properties then fail on the missing data)."""
     try:
-        value = getattr(obj, name)
+        return getattr(header, name)
     except Exception:
         return None
-    return value
 
 
 class EdfReader(FabioReader):
@@ -816,11 +814,13 @@ class EdfReader(FabioReader):
             if fr.external:  # data in another file (EDF_BinaryFileName): fabio checks it
                 continue
             if fr.start + fr.size > self.size:
-                problem = f"truncated EDF: the data of frame {i} end at byte {fr.start + fr.size}, past the end of the file ({self.size} bytes)"
+                end = fr.start + fr.size
+                problem = f"truncated EDF: the data of frame {i} end at byte {end}, {_past_end(self.size)}"
                 raise FrameError(problem, path=self.label)
             need = math.prod(fr.shape) * fr.dtype.itemsize
             if not fr.compressed and fr.size < need:
-                problem = f"corrupt EDF: frame {i} declares {fr.size} bytes of data, its {fr.shape} {fr.dtype} pixels need {need}"
+                problem = f"corrupt EDF: frame {i} declares {fr.size} bytes of data, its {fr.shape} {fr.dtype} pixels"
+                problem += f" need {need}"
                 raise FrameError(problem, path=self.label)
         return [stack]
 
@@ -890,7 +890,8 @@ def _edf_frames(path: Path, size: int, label: str) -> list[_EdfFrame]:
                 text += more
                 end = _EDF_HEADER_END.search(text, max(brace, len(text) - len(more) - 2))
             if end is None:
-                raise FrameError(f"truncated or corrupt EDF: the header of {where} at byte {pos} never ends", path=label)
+                problem = f"truncated or corrupt EDF: the header of {where} at byte {pos} never ends"
+                raise FrameError(problem, path=label)
             header: dict[str, str] = {}
             for item in text[brace + 1 : end.start()].split(b";"):
                 key, sep, value = item.partition(b"=")
@@ -967,9 +968,13 @@ class CbfReader(FabioReader):
                 raise FrameError("corrupt CBF header: non-ASCII bytes in its CIF header", path=self.label)
             start = mm.find(_CBF_START, section)
             if start < 0:
-                raise FrameError("truncated or corrupt CBF: its binary section has no start-of-data mark", path=self.label)
+                problem = "truncated or corrupt CBF: its binary section has no start-of-data mark"
+                raise FrameError(problem, path=self.label)
             fields = _cbf_fields(mm[section:start], self.label)
-            shape = (self._cbf_int(fields, "X-Binary-Size-Second-Dimension"), self._cbf_int(fields, "X-Binary-Size-Fastest-Dimension"))
+            shape = (
+                self._cbf_int(fields, "X-Binary-Size-Second-Dimension"),
+                self._cbf_int(fields, "X-Binary-Size-Fastest-Dimension"),
+            )
             size = self._cbf_int(fields, "X-Binary-Size", minimum=0)
             conversion = fields.get("conversions")
             if conversion != _CBF_BYTE_OFFSET:
@@ -989,7 +994,8 @@ class CbfReader(FabioReader):
                 with memoryview(mm)[begin : begin + size] as blob:
                     got = base64.b64encode(hashlib.md5(blob).digest()).decode()
                 if got != digest:
-                    raise FrameError("corrupt CBF: the binary data do not match their Content-MD5 checksum", path=self.label)
+                    problem = "corrupt CBF: the binary data do not match their Content-MD5 checksum"
+                    raise FrameError(problem, path=self.label)
         self._shape = shape
         return [stack]
 
@@ -1004,7 +1010,8 @@ class CbfReader(FabioReader):
 
     def _explain(self, exc: BaseException) -> str | None:
         if isinstance(exc, AssertionError):  # fabio's check of the decoded pixel count
-            return f"corrupt CBF: the binary data do not decode to the {self._shape[0]}×{self._shape[1]} pixels of the header"
+            h, w = self._shape
+            return f"corrupt CBF: the binary data do not decode to the {h}×{w} pixels of the header"
         return None
 
 
