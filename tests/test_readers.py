@@ -169,9 +169,12 @@ def test_h5_frame_range_reads_chunk_aligned_blocks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
     with reader_for(path) as r:
-        got = r.read(0, 5, 13)  # a work unit of frames 5…12
-    assert np.array_equal(got, data[5:13])
-    assert reads == [(5, 8), (8, 12), (12, 13)]  # never a chunk row outside the range, each read once
+        got = list(r.frames(0, 5, 13))  # a work unit of frames 5…12, streamed
+        assert np.array_equal(np.stack(got), data[5:13])
+        assert reads == [(5, 8), (8, 12), (12, 13)]  # never a chunk row outside the range, each read once
+        reads.clear()
+        assert np.array_equal(r.read(0, 5, 13), data[5:13])  # the same range as one array: one read
+        assert reads == [(5, 13)]
 
 
 def test_eiger_master_stacks_and_read_all(tmp_path):
@@ -299,6 +302,8 @@ def test_big_endian_tiff_and_fortran_npy(tmp_path):
     np.save(tmp_path / "f.npy", np.asfortranarray(data))
     frames = _stream(tmp_path / "f.npy")
     assert all(f.flags.c_contiguous for f in frames) and np.array_equal(np.stack(frames), data)
+    whole = read_frame(tmp_path / "f.npy")
+    assert whole.flags.c_contiguous and np.array_equal(whole, data)
 
 
 # -------------------------------------------------------------------------------------------------

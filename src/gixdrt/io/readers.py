@@ -301,16 +301,36 @@ class Reader:
         return self._deliver(k, stack, start, stop)
 
     def read(self, k: int = 0, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Frames ``start…stop-1`` (default: all) of stack ``k`` as one [stop - start, H, W] array."""
+        """Frames ``start…stop-1`` (default: all) of stack ``k`` as one [stop - start, H, W] array: in one read
+        where the format allows (HDF5, .npy), else frame by frame into one array; checked as :meth:`frames`."""
+        if not self._is_open:
+            raise RuntimeError("open the reader first (with reader_for(...) as r: ...)")
         stack = self.stacks[k]
         start, stop = _frame_range(stack, start, stop)
-        return self._gather([(k, start, stop)])
+        try:
+            block = self._read(k, start, stop)
+        except FrameError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, f" in frames {start}:{stop}", stack.label) from None
+        if block is None:
+            return self._gather([(k, start, stop)])
+        block = np.asarray(block)
+        if stack.frame_shape is None or block.shape != (stop - start, *stack.frame_shape):
+            problem = f"frames {start}:{stop} have shape {block.shape}, the header declares {stack.frame_shape}"
+            raise FrameError(problem, path=stack.label)
+        check_dtype(block.dtype, stack.label)
+        if not block.dtype.isnative or not block.flags.c_contiguous:
+            block = np.ascontiguousarray(block, dtype=_native(block.dtype))
+        return block
 
     def read_all(self) -> np.ndarray:
         """Every frame of the input: [H, W] for a file holding one frame, else [N, H, W] (stacks concatenated)."""
         if not self._is_open:
             raise RuntimeError("open the reader first (with reader_for(...) as r: ...)")
-        if len(self.stacks) == 1 and not self.stacks[0].stacked:
+        if len(self.stacks) == 1:
+            if self.stacks[0].stacked:
+                return self.read(0)
             frames = self.frames(0)
             try:
                 return next(frames)
@@ -433,6 +453,10 @@ class Reader:
 
     def _frames(self, k: int, start: int, stop: int) -> Iterator[np.ndarray]:
         raise NotImplementedError
+
+    def _read(self, k: int, start: int, stop: int) -> np.ndarray | None:
+        """Frames ``start…stop-1`` of stack ``k`` in one read, or None where the format reads frame by frame."""
+        return None
 
     def _close(self) -> None:
         pass
@@ -593,6 +617,7 @@ class NpyReader(Reader):
             )
             raise FrameError(problem, path=self.label)
         self._arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self._offset = offset
         return [stack]
 
     def _frames(self, k: int, start: int, stop: int) -> Iterator[np.ndarray]:
@@ -604,6 +629,18 @@ class NpyReader(Reader):
             return
         for i in range(start, stop):
             yield np.array(arr[i], dtype=native, order="C")
+
+    def _read(self, k: int, start: int, stop: int) -> np.ndarray | None:
+        arr = self._arr
+        if arr.ndim == 2:
+            return None
+        if not arr.flags.c_contiguous:  # Fortran order: the frames are not contiguous in the file
+            return np.array(arr[start:stop], dtype=_native(arr.dtype), order="C")
+        per_frame = math.prod(arr.shape[1:])
+        with open(self.path, "rb") as f:  # one read into the array: faster than copying out of the map
+            f.seek(self._offset + start * per_frame * arr.dtype.itemsize)
+            block = np.fromfile(f, dtype=arr.dtype, count=(stop - start) * per_frame)
+        return block.reshape(stop - start, *arr.shape[1:])
 
     def _close(self) -> None:
         self._arr = None  # the map closes with its last reference: frames are copies
@@ -707,6 +744,10 @@ class H5Reader(Reader):
             end = min(stop, (i // step + 1) * step)  # blocks aligned to whole chunk rows
             yield from self._read_block(ds, i, end)
             i = end
+
+    def _read(self, k: int, start: int, stop: int) -> np.ndarray | None:
+        ds = self._datasets[k]
+        return None if ds.ndim == 2 else self._read_block(ds, start, stop)  # the whole range is returned anyway
 
     def _read_block(self, ds, start: int | None, stop: int | None) -> np.ndarray:
         """Frames ``start…stop-1`` of dataset ``ds`` ([H, W] for a 2-D dataset: start is None).
