@@ -5,7 +5,9 @@ most one frame (TIFF page, ``.npy`` row of a memory map, fabio frame), one HDF5 
 ``sum_n`` frames in memory. Inputs are paths (``a.tif``, ``stack.npy``, ``img.cbf``), HDF5 datasets
 (``scan.h5::/entry/data/data``; without ``::/path`` the NeXus default, the ``data_NNNNNN`` links of an Eiger
 master file, or the file's only 2-D/3-D dataset), or glob patterns (``scan_*.tif``; expanded in natural order,
-so ``f_2`` comes before ``f_10``, when no file has that literal name).
+so ``f_2`` comes before ``f_10``, when no file has that literal name). Each file is read by its format's
+reader (:mod:`gixdrt.io.readers`, shared with :func:`gixdrt.io.read_frame`), which checks its header before
+reading pixel data.
 
 Frame labels (the peak table's ``source`` column): ``a.tif`` (a file holding one frame), ``stack.npy[3]`` (frame 3
 of a stack), ``scan.h5::/entry/data/data[12:15]`` (frames 12, 13, 14 summed), ``a.tif+b.tif`` (a group across
@@ -14,34 +16,22 @@ files; more than four pieces are shortened to ``first+...+last (N pieces)``).
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FrameError
-from .frames import (
-    SUPPORTED_DTYPES,
-    _check_dtype,
-    _check_file,
-    _check_shape,
-    _format_of,
-    _h5_datasets,
-    _import_fabio,
-    _import_h5py,
-    _split_h5,
-)
+from .readers import H5_BLOCK_BYTES, SUPPORTED_DTYPES, Stack, check_file, format_of, reader_for, split_spec
 
 __all__ = ["Frame", "count_frames", "iter_frames"]
 
 # Upper bound of one HDF5 read: a block of whole chunk rows, but never more than this many bytes.
-_H5_BLOCK_BYTES = 256 * 2**20
+_H5_BLOCK_BYTES = H5_BLOCK_BYTES
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
@@ -52,7 +42,8 @@ class Frame:
     index: 0-based position of the (summed) frame across all inputs, in the order given.
     source: label naming the file(s) and the index or range inside a stack (see the module docstring).
     data: [H, W] (``sum_n == 1``) or [N, H, W] (N = ``sum_n`` frames to be summed by the remap kernel), in
-    the file's dtype (a group mixing dtypes gets their common type, float64 where that is not a pixel dtype).
+    the file's dtype, native byte order (a group mixing dtypes gets their common type, float64 where that
+    is not a pixel dtype).
     """
 
     index: int
@@ -68,16 +59,6 @@ class _Input:
     dataset: str | None
 
 
-@dataclass
-class _Part:
-    """One stack (or single frame) inside an input: an HDF5 dataset, a TIFF, a .npy, a fabio file."""
-
-    label: str
-    n: int
-    stacked: bool  # False: the file holds a single 2-D frame and its label carries no [index]
-    read: Callable[[], Iterator[np.ndarray]]  # yields the n frames, [H, W] each, in order
-
-
 # -------------------------------------------------------------------------------------------------
 # Inputs
 # -------------------------------------------------------------------------------------------------
@@ -86,7 +67,7 @@ def _natural_key(name: str) -> list:
 
 
 def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[_Input]:
-    """Expand globs and check that every file exists and has a known format (no file is opened)."""
+    """Expand globs and check that every file exists, is readable and has a known format (none is opened)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     specs = [os.fspath(s) for s in inputs]
@@ -94,10 +75,8 @@ def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[_Input]:
         raise FrameError("no input files given")
     resolved: list[_Input] = []
     for spec in specs:
-        path_str, dataset = _split_h5(spec)
-        if dataset is not None and not dataset.startswith("/"):
-            dataset = "/" + dataset
-        if not Path(path_str).exists() and _GLOB_MAGIC.search(path_str):
+        path_str, dataset = split_spec(spec)
+        if not os.path.lexists(path_str) and _GLOB_MAGIC.search(path_str):
             matches = sorted(glob.glob(path_str, recursive=True), key=_natural_key)
             if not matches:
                 raise FrameError("no file matches this pattern", path=path_str)
@@ -105,143 +84,16 @@ def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[_Input]:
             matches = [path_str]
         for match in matches:
             path = Path(match)
-            _check_file(path)
-            kind = _format_of(path)
+            check_file(path, match)
+            kind = format_of(path, match)
             if dataset is not None and kind != "h5":
-                raise FrameError(f"'::{dataset}' names an HDF5 dataset but this is not an HDF5 file", path=path)
+                raise FrameError(f"'::{dataset}' names an HDF5 dataset but this is not an HDF5 file", path=match)
             resolved.append(_Input(path=path, label=match, kind=kind, dataset=dataset))
     return resolved
 
 
-@contextmanager
-def _open(inp: _Input) -> Iterator[list[_Part]]:
-    """Open one input and describe its stacks from the headers (no pixel data read); FrameError if unusable."""
-    opener = {"tiff": _open_tiff, "npy": _open_npy, "h5": _open_h5, "fabio": _open_fabio}[inp.kind]
-    with ExitStack() as stack:
-        try:
-            parts = stack.enter_context(opener(inp))
-        except (FrameError, MemoryError):
-            raise
-        except Exception as exc:  # the readers raise many kinds for corrupt files
-            problem = f"not a readable image ({type(exc).__name__}: {exc}){_hint(inp.kind, exc)}"
-            raise FrameError(problem, path=inp.label) from None
-        yield parts  # errors of the caller's block pass through unchanged
-
-
-def _hint(kind: str, exc: Exception) -> str:
-    return " (is hdf5plugin installed?)" if kind == "h5" and "filter" in str(exc).lower() else ""
-
-
-@contextmanager
-def _open_tiff(inp: _Input) -> Iterator[list[_Part]]:
-    import tifffile
-
-    with tifffile.TiffFile(inp.path) as tif:
-        pages = tif.pages
-        n = len(pages)
-        if n == 0:
-            raise FrameError("no pages in the TIFF", path=inp.label)
-        first = pages[0]
-        shape, dtype = tuple(first.shape), np.dtype(first.dtype)
-        if n == 1 and len(shape) == 3 and first.planarconfig == 2:
-            # One page of S separate planes (tifffile's old default for a [3|4, H, W] array): S frames, as
-            # read_frame sees them; reading the whole page is bounded by one page.
-            _check_shape(shape, dtype, inp.label)
-            yield [_Part(inp.label, shape[0], True, lambda: iter(_checked(first.asarray(), inp.label)))]
-            return
-        if len(shape) == 3 and getattr(first, "samplesperpixel", 1) > 1:
-            raise FrameError(f"looks like a colour image (shape {shape}); expected a detector frame", path=inp.label)
-        if len(shape) != 2:
-            raise FrameError(f"page 0 has shape {shape}; expected 2-D pages", path=inp.label)
-        _check_shape((n, *shape) if n > 1 else shape, dtype, inp.label)
-
-        def read() -> Iterator[np.ndarray]:
-            for i in range(n):
-                page = pages[i]  # one page at a time: never the whole stack
-                if tuple(page.shape) != shape:
-                    raise FrameError(f"page {i} has shape {tuple(page.shape)}, page 0 has {shape}", path=inp.label)
-                yield _checked(page.asarray(), inp.label)
-
-        yield [_Part(inp.label, n, n > 1, read)]
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)
-        return np.lib.format.read_array_header_2_0(f)
-
-
-@contextmanager
-def _open_npy(inp: _Input) -> Iterator[list[_Part]]:
-    shape, _fortran, dtype = _npy_header(inp.path)
-    _check_shape(shape, dtype, inp.label)  # before mapping: a clear message for empty or object arrays
-    arr = np.load(inp.path, mmap_mode="r", allow_pickle=False)
-    # Frames are copied out of the map one at a time, so no view of it outlives the file.
-    if arr.ndim == 2:
-        yield [_Part(inp.label, 1, False, lambda: iter([np.array(arr)]))]
-    else:
-        yield [_Part(inp.label, arr.shape[0], True, lambda: (np.array(arr[i]) for i in range(arr.shape[0])))]
-
-
-@contextmanager
-def _open_h5(inp: _Input) -> Iterator[list[_Part]]:
-    h5py = _import_h5py(inp.path)
-    with h5py.File(inp.path, "r") as f:
-        parts = []
-        for name in _h5_datasets(f, inp.dataset, inp.path):
-            label = f"{inp.label}::{name}"
-            try:
-                ds = f[name]
-            except (KeyError, OSError) as exc:  # e.g. an Eiger data file missing next to its master file
-                raise FrameError(f"cannot open dataset {name} ({exc})", path=inp.label) from None
-            if ds.shape is None or ds.size == 0:
-                raise FrameError(f"empty dataset {name} (shape {ds.shape})", path=inp.label)
-            _check_shape(ds.shape, ds.dtype, label)
-            if ds.ndim == 2:
-                parts.append(_Part(label, 1, False, lambda ds=ds: iter([ds[()]])))
-            else:
-                parts.append(_Part(label, ds.shape[0], True, lambda ds=ds: _h5_blocks(ds)))
-        yield parts
-
-
-def _h5_blocks(ds) -> Iterator[np.ndarray]:
-    """Frames of a 3-D dataset, read a block of whole chunk rows at a time (each chunk decompressed once)."""
-    n = ds.shape[0]
-    frame_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
-    rows = ds.chunks[0] if ds.chunks else 1
-    step = max(1, min(rows, _H5_BLOCK_BYTES // frame_bytes))
-    for start in range(0, n, step):
-        yield from ds[start : min(start + step, n)]
-
-
-@contextmanager
-def _open_fabio(inp: _Input) -> Iterator[list[_Part]]:
-    fabio = _import_fabio(inp.path)
-    img = fabio.open(str(inp.path))
-    try:
-        n = int(getattr(img, "nframes", 1) or 1)
-        first = np.asarray(img.data)
-        if first.ndim != 2:
-            raise FrameError(f"frame 0 has shape {first.shape}; expected a 2-D frame", path=inp.label)
-        _check_shape((n, *first.shape) if n > 1 else first.shape, first.dtype, inp.label)
-
-        def read() -> Iterator[np.ndarray]:
-            yield first
-            for i in range(1, n):  # getframe(i) of a multi-frame file reads frame i of that file only
-                yield _checked(np.asarray(img.getframe(i).data), inp.label)
-
-        yield [_Part(inp.label, n, n > 1, read)]
-    finally:
-        close = getattr(img, "close", None)
-        if close is not None:
-            close()
-
-
-def _checked(frame: np.ndarray, label: str) -> np.ndarray:
-    _check_dtype(frame.dtype, label)
-    return frame
+def _reader(inp: _Input, expect: tuple[int, ...] | None = None):
+    return reader_for(inp.path, label=inp.label, dataset=inp.dataset, expect_shape=expect, block_bytes=_H5_BLOCK_BYTES)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -254,13 +106,13 @@ def _check_sum(sum_n: int) -> int:
 
 
 def count_frames(inputs: Sequence[str], sum_n: int = 1) -> int:
-    """Number of (summed) frames :func:`iter_frames` will yield, from the files' headers (no pixel data read;
-    fabio formats read their first frame when opened). Raises FrameError like :func:`iter_frames`."""
+    """Number of (summed) frames :func:`iter_frames` will yield, from the files' headers (no pixel data read).
+    Raises FrameError like :func:`iter_frames`."""
     sum_n = _check_sum(sum_n)
     total = 0
     for inp in _resolve(inputs):
-        with _open(inp) as parts:
-            total += sum(p.n for p in parts)
+        with _reader(inp) as reader:
+            total += sum(stack.n for stack in reader.stacks)
     return total // sum_n
 
 
@@ -309,23 +161,13 @@ def iter_frames(
     return _iterate(resolved, sum_n, expect)
 
 
-def _walk(resolved: list[_Input]) -> Iterator[tuple[_Part, int, np.ndarray]]:
-    """(part, index inside the part, [H, W] frame) for every frame of every input, one file open at a time."""
+def _walk(resolved: list[_Input], expect: tuple[int, ...] | None) -> Iterator[tuple[Stack, int, np.ndarray]]:
+    """(stack, index inside the stack, [H, W] frame) for every frame of every input, one file open at a time."""
     for inp in resolved:
-        with _open(inp) as parts:
-            for part in parts:
-                frames = part.read()
-                for i in itertools.count():
-                    try:
-                        frame = next(frames, None)
-                    except (FrameError, MemoryError):
-                        raise
-                    except Exception as exc:  # corrupt data past a good header
-                        problem = f"not a readable image at frame {i} ({type(exc).__name__}: {exc})"
-                        raise FrameError(problem + _hint(inp.kind, exc), path=part.label) from None
-                    if frame is None:
-                        break
-                    yield part, i, frame
+        with _reader(inp, expect) as reader:
+            for k, stack in enumerate(reader.stacks):
+                for i, frame in enumerate(reader.frames(k)):
+                    yield stack, i, frame
 
 
 def _iterate(resolved: list[_Input], sum_n: int, expect: tuple[int, ...] | None) -> Iterator[Frame]:
@@ -333,10 +175,8 @@ def _iterate(resolved: list[_Input], sum_n: int, expect: tuple[int, ...] | None)
     group: list[np.ndarray] = []
     group_labels: list[str] = []
     pieces: list[list] = []  # runs of consecutive frames of one part: [label, stacked, start, stop]
-    for part, i, frame in _walk(resolved):
-        label = f"{part.label}[{i}]" if part.stacked else part.label
-        if expect is not None and tuple(frame.shape) != expect:
-            raise FrameError(f"frame shape {tuple(frame.shape)} does not match the expected {expect}", path=label)
+    for part, i, frame in _walk(resolved, expect):
+        label = part.frame_label(i)  # the reader has checked the frame against expect (header and frame)
         if sum_n == 1:
             yield Frame(index, label, frame)
             index += 1
