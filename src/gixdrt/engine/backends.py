@@ -105,35 +105,41 @@ def _cuda_kernels_status() -> str | None:
 @functools.lru_cache(maxsize=1)
 def backend_status() -> dict[tuple[str, str], str | None]:
     """(backend, device kind) → None when it can run here, else why not. Probes once per process: the GPU
-    through the CUDA driver (never TensorRT), ONNX Runtime's providers, PyTorch, the CUDA kernels."""
-    from .trt import tensorrt_status
-
+    through the CUDA driver (never TensorRT); only where there is one, PyTorch's CUDA, Numba CUDA and TensorRT
+    (so a CPU machine imports neither PyTorch nor Numba to find out); ONNX Runtime's providers."""
     torch_ok = _has("torch")
     no_torch = "PyTorch is not installed (pip install gixdrt[torch])"
+    status: dict[tuple[str, str], str | None] = {}
+    status["torch", "cpu"] = None if torch_ok else no_torch
+    status["tensorrt", "cpu"] = "TensorRT runs on a CUDA GPU only"
+    status["torch-cuda", "cpu"] = "torch-cuda runs on a CUDA GPU only (use onnxruntime or torch on the CPU)"
+    gpu, why_gpu = cuda_gpu()
+    if _has("onnxruntime"):
+        from .onnxrt import onnxruntime_devices
+
+        ort = onnxruntime_devices()
+    else:
+        ort = dict.fromkeys(("cpu", "cuda"), "ONNX Runtime is not installed (pip install onnxruntime)")
+    status["onnxruntime", "cpu"] = ort["cpu"]
+    if not gpu:
+        no_gpu = f"no CUDA GPU ({why_gpu})"
+        for backend in ("torch", "tensorrt", "torch-cuda", "onnxruntime"):
+            status[backend, "cuda"] = no_gpu
+        return status
+    from .trt import tensorrt_status
+
+    kernels = _cuda_kernels_status()
     cuda_torch = None
     if torch_ok:
         import torch
 
         cuda_torch = None if torch.cuda.is_available() else "PyTorch sees no CUDA GPU"
-    kernels = _cuda_kernels_status()
-    status: dict[tuple[str, str], str | None] = {}
-    status["torch", "cpu"] = None if torch_ok else no_torch
     status["torch", "cuda"] = no_torch if not torch_ok else (cuda_torch or kernels)
     trt = tensorrt_status()
     status["tensorrt", "cuda"] = trt or (f"TensorRT is installed, but the kernels between the engines cannot run: {kernels}"
                                          if kernels else None)
-    status["tensorrt", "cpu"] = "TensorRT runs on a CUDA GPU only"
     status["torch-cuda", "cuda"] = kernels
-    status["torch-cuda", "cpu"] = "torch-cuda runs on a CUDA GPU only (use onnxruntime or torch on the CPU)"
-    if not _has("onnxruntime"):
-        why = "ONNX Runtime is not installed (pip install onnxruntime)"
-        status["onnxruntime", "cpu"] = status["onnxruntime", "cuda"] = why
-    else:
-        from .onnxrt import onnxruntime_devices
-
-        devices = onnxruntime_devices()
-        status["onnxruntime", "cpu"] = devices["cpu"]
-        status["onnxruntime", "cuda"] = devices["cuda"] or kernels
+    status["onnxruntime", "cuda"] = ort["cuda"] or kernels
     return status
 
 
