@@ -49,27 +49,40 @@ def timeit_interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int
     return {name: summarize(t) for name, t in times.items()}
 
 
-def revision_python(rev: str, work: Path, *, extras: str = "") -> Path:
-    """A fresh virtual environment with git revision ``rev`` of this repository installed from a wheel (plus
-    ``extras``, e.g. ``"[torch]"``, which takes this machine's CPU PyTorch) → its Python. For measuring a
-    revision side by side with the working tree (the ``--baseline`` of the benchmarks)."""
+def install_checkout(src: Path, venv: Path, *, extras: str = "") -> dict[str, Any]:
+    """Build a wheel of the checkout ``src`` and install it with its dependencies (plus ``extras``, e.g.
+    ``"[test]"``, with this machine's CPU PyTorch first) into a new virtual environment ``venv`` → {"python",
+    "wheel", "wheel_bytes", "install_s", "extras"}."""
     import subprocess
     import sys
 
+    t0 = time.perf_counter()
+    py = venv / "bin" / "python"
+    wheels = venv.parent / f"{venv.name}-wheel"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)], check=True,
+                   capture_output=True)
+    (wheel,) = wheels.glob("gixdrt-*.whl")
+    if extras:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True, capture_output=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}{extras}"], check=True, capture_output=True)
+    return {"python": py, "wheel": wheel.name, "wheel_bytes": wheel.stat().st_size,
+            "install_s": round(time.perf_counter() - t0, 1), "extras": extras or None}
+
+
+def revision_python(rev: str, work: Path, *, extras: str = "") -> Path:
+    """A fresh virtual environment with git revision ``rev`` of this repository installed (:func:`install_checkout`)
+    → its Python. For measuring a revision side by side with the working tree (the benchmarks' ``--baseline``)."""
+    import subprocess
+
     root = Path(__file__).resolve().parents[1]
-    src, venv, wheels = work / f"src-{rev}", work / f"venv-{rev}", work / f"wheel-{rev}"
+    src, venv = work / f"src-{rev}", work / f"venv-{rev}"
     if not src.exists():
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(src), rev], check=True,
                        capture_output=True)
-    py = venv / "bin" / "python"
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)], check=True)
-        (wheel,) = wheels.glob("gixdrt-*.whl")
-        if "torch" in extras:
-            subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}{extras}"], check=True)
-    return py
+    if not (venv / "bin" / "python").exists():
+        install_checkout(src, venv, extras=extras)
+    return venv / "bin" / "python"
 
 
 def remove_revision(rev: str, work: Path) -> None:

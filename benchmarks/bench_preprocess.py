@@ -52,9 +52,9 @@ frame = read_frame(assets.frame)
 pmap = build_polar_map(cfg.geometry)
 c = cfg.contrast
 t0 = time.perf_counter()
-polar = kernels.polar_remap(frame, pmap, backend="cpu")
+polar = kernels.polar_remap(frame, pmap, impl="cpu")
 t1 = time.perf_counter()
-kernels.contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, backend="cpu")
+kernels.contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, impl="cpu")
 t2 = time.perf_counter()
 print(json.dumps({"polar_remap_s": t1 - t0, "contrast_s": t2 - t1, "numba_imported": "numba" in sys.modules}))
 """
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     stages: dict = {}
     stages["map_build"] = timeit(lambda: build_polar_map(g), max(10, args.runs // 5), warmup=1)
 
-    ref_polar = kernels.polar_remap(frame, pmap, backend="reference")
-    ref_proc = kernels.contrast(ref_polar, coef=c.coef, clip_limit=c.limit, log=c.log, backend="reference")
+    ref_polar = kernels.polar_remap(frame, pmap, impl="reference")
+    ref_proc = kernels.contrast(ref_polar, coef=c.coef, clip_limit=c.limit, log=c.log, impl="reference")
     candidates: dict = {}
     buffers: dict = {}
     for backend in ("reference", "cpu"):
@@ -99,10 +99,10 @@ def main(argv=None) -> int:
         buffers[backend] = (polar, proc)
 
         def remap(b=backend, o=polar):
-            return kernels.polar_remap(frame, pmap, out=o, backend=b)
+            return kernels.polar_remap(frame, pmap, out=o, impl=b)
 
         def enhance(b=backend, p=polar, o=proc):
-            return kernels.contrast(p, coef=c.coef, clip_limit=c.limit, log=c.log, out=o, backend=b)
+            return kernels.contrast(p, coef=c.coef, clip_limit=c.limit, log=c.log, out=o, impl=b)
 
         candidates[f"remap/{backend}"] = remap
         candidates[f"contrast/{backend}"] = enhance

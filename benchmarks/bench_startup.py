@@ -29,35 +29,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, save
+from _common import RESULTS, environment, install_checkout, save
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH = "torch==2.13.0"  # the CPU build this machine provides, for revisions that need PyTorch to detect
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-def _checkout(rev: str, where: Path) -> Path:
-    """A clean copy of revision ``rev`` (git worktree) at ``where``; HEAD's working tree when rev is None."""
-    _run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev])
-    return where
-
-
-def _install(src: Path, venv: Path, *, extras: str = "") -> dict:
-    """Build a wheel of ``src`` and install it (+ its dependencies) into a new venv → sizes and seconds."""
-    t0 = time.perf_counter()
-    _run([sys.executable, "-m", "venv", str(venv)])
-    py = venv / "bin" / "python"
-    wheels = venv.parent / f"{venv.name}-wheel"
-    _run([str(py), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)])
-    (wheel,) = wheels.glob("gixdrt-*.whl")
-    if "torch" in extras:
-        _run([str(py), "-m", "pip", "install", "-q", TORCH])
-    _run([str(py), "-m", "pip", "install", "-q", f"{wheel}{extras}"])
-    return {"wheel": wheel.name, "wheel_bytes": wheel.stat().st_size, "install_s": round(time.perf_counter() - t0, 1),
-            "extras": extras or None}
 
 
 def _detect(venv: Path, frame: Path, config: Path, out: Path, env: dict) -> tuple[float, str]:
@@ -74,21 +52,23 @@ def _detect(venv: Path, frame: Path, config: Path, out: Path, env: dict) -> tupl
 def measure(label: str, src: Path, work: Path, frame: Path, config: Path, warm: int) -> dict:
     venv = work / f"venv-{label}"
     try:
-        info = _install(src, venv)
+        info = install_checkout(src, venv)
     except subprocess.CalledProcessError as exc:
-        raise SystemExit(f"installing {label} failed: {exc.stderr[-500:]}") from None
+        raise SystemExit(f"installing {label} failed: {(exc.stderr or b'')[-500:]}") from None
     cache = work / f"cache-{label}"
     env = {**os.environ, "GIXDRT_CACHE": str(cache), "NUMBA_CACHE_DIR": str(work / f"numba-{label}")}
     env.pop("PYTHONPATH", None)
     try:
         cold, log = _detect(venv, frame, config, work / f"peaks-{label}.csv", env)
     except RuntimeError:
-        # a revision whose CPU runtime needs PyTorch (it exported its graphs with it): install the extra
-        info.update(_install(src, venv.with_name(venv.name + "-torch"), extras="[torch]"))
-        venv = venv.with_name(venv.name + "-torch")
+        # a revision whose CPU runtime needs more than its base install (PyTorch and onnx to export its graphs):
+        # its test extra, as its README installs it
+        info.update(install_checkout(src, venv.with_name(venv.name + "-full"), extras="[test]"))
+        venv = venv.with_name(venv.name + "-full")
         cold, log = _detect(venv, frame, config, work / f"peaks-{label}.csv", env)
     warm_s = [_detect(venv, frame, config, work / f"peaks-{label}.csv", env)[0] for _ in range(warm)]
     rows = sum(1 for _ in open(work / f"peaks-{label}.csv")) - 1
+    info.pop("python", None)
     return {**info, "cold_s": round(cold, 2), "warm_s": [round(v, 2) for v in warm_s],
             "warm_median_s": round(statistics.median(warm_s), 2), "peaks": rows,
             "log_tail": log.strip().splitlines()[-3:]}
@@ -139,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compare:
             rev = _run(["git", "-C", str(ROOT), "rev-parse", "--short", args.compare]).stdout.strip()
-            src = _checkout(rev, work / f"src-{rev}")
+            src = work / f"src-{rev}"
+            _run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), rev])
             runs[rev] = measure(rev, src, work, assets.frame, assets.config, args.warm)
         label = f"{head}{'+changes' if dirty else ''}"
         runs[label] = measure(head, ROOT, work, assets.frame, assets.config, args.warm)

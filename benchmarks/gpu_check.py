@@ -209,15 +209,15 @@ def bench_kernels(device: str, runs: int) -> list[dict]:
         return float(np.median(ts))
 
     rows = []
-    polar_ref = K.polar_remap(frame, pmap, backend="cpu")
+    polar_ref = K.polar_remap(frame, pmap, impl="cpu")
     out = dev(np.zeros_like(polar_ref))
     d_frame = dev(frame)
-    t = timed(lambda: K.polar_remap(d_frame, pmap, out=out, backend=impl))
+    t = timed(lambda: K.polar_remap(d_frame, pmap, out=out, impl=impl))
     rows.append({"kernel": "polar_remap", "median_s": t, "max_abs_diff": float(np.abs(host(out) - polar_ref).max())})
     c = cfg.contrast
-    img_ref = K.contrast(polar_ref, coef=c.coef, clip_limit=c.limit, log=c.log, backend="cpu")
+    img_ref = K.contrast(polar_ref, coef=c.coef, clip_limit=c.limit, log=c.log, impl="cpu")
     d_polar, img = dev(polar_ref), dev(np.zeros_like(img_ref))
-    t = timed(lambda: K.contrast(d_polar, coef=c.coef, clip_limit=c.limit, log=c.log, out=img, backend=impl))
+    t = timed(lambda: K.contrast(d_polar, coef=c.coef, clip_limit=c.limit, log=c.log, out=img, impl=impl))
     rows.append({"kernel": "contrast", "median_s": t, "max_abs_diff": float(np.abs(host(img) - img_ref).max())})
     # the box stages on the real frame's own buffers: the host executor's state after one run
     det = PeakDetector("default", backend="torch", device="cpu")

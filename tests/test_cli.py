@@ -25,7 +25,7 @@ def test_preprocess_npy_matches_library(small_setup, tmp_path, stage, capsys):
     out = tmp_path / f"{stage}.npy"
     assert main(["preprocess", str(frame_path), "--config", str(cfg_path), "--stage", stage, "--out", str(out)]) == 0
     got = np.load(out)
-    want = preprocess(frame, load_config(cfg_path), stage, backend="reference")
+    want = preprocess(frame, load_config(cfg_path), stage, impl="reference")
     np.testing.assert_array_equal(got, want)
     assert str(out) in capsys.readouterr().out
 
@@ -52,7 +52,7 @@ def test_preprocess_sum_of_stack(small_setup, tmp_path):
     out = tmp_path / "s.npy"
     args = ["preprocess", str(stack_path), "--config", str(cfg_path), "--stage", "polar", "--out", str(out)]
     assert main(args + ["--sum", "2", "--index", "1"]) == 0
-    want = preprocess(stack[1:3], load_config(cfg_path), "polar", backend="reference")
+    want = preprocess(stack[1:3], load_config(cfg_path), "polar", impl="reference")
     np.testing.assert_array_equal(np.load(out), want)
     assert main(args + ["--sum", "3", "--index", "1"]) == 1  # runs past the end of the stack
 

@@ -40,12 +40,12 @@ WITHOUT_NUMBA = BLOCK_NUMBA + textwrap.dedent(
     name, _ = registry.resolve("polar_remap", None, frame)
     assert name == "cpu", name
     out = K.polar_remap(frame, pm)
-    ref = K.polar_remap(frame, pm, backend="reference")
+    ref = K.polar_remap(frame, pm, impl="reference")
     assert out.shape == (8, 16) and out.dtype == np.float32
     assert np.array_equal(out, ref) and np.abs(out).max() > 0
-    assert np.array_equal(K.contrast(out), K.contrast(out, backend="reference"))
+    assert np.array_equal(K.contrast(out), K.contrast(out, impl="reference"))
     assert np.array_equal(K.clahe(frame.astype(np.uint16), 2.0, (2, 2)),
-                          K.clahe(frame.astype(np.uint16), 2.0, (2, 2), backend="reference"))
+                          K.clahe(frame.astype(np.uint16), 2.0, (2, 2), impl="reference"))
     boxes = np.array([[[0, 0, 4, 4], [1, 1, 5, 5], [8, 8, 9, 9]]], np.float32)
     keep, count = K.nms_fixed(boxes, np.array([[0.9, 0.8, 0.7]], np.float32), np.array([3], np.int32), 0.3, 5)
     assert keep[0, :count[0]].tolist() == [0, 2], keep
@@ -84,13 +84,13 @@ WITHOUT_EXT = BLOCK_EXT + textwrap.dedent(
     frame = np.arange(12 * 16, dtype=np.float32).reshape(12, 16)
     name, _ = registry.resolve("polar_remap", None, frame)
     assert name == "reference", name
-    assert np.array_equal(K.polar_remap(frame, pm), K.polar_remap(frame, pm, backend="reference"))
+    assert np.array_equal(K.polar_remap(frame, pm), K.polar_remap(frame, pm, impl="reference"))
     try:
-        K.polar_remap(frame, pm, backend="cpu")
+        K.polar_remap(frame, pm, impl="cpu")
     except registry.BackendUnavailableError as exc:
         assert "gixdrt._ext" in str(exc)
     else:
-        raise AssertionError("backend='cpu' ran without gixdrt._ext")
+        raise AssertionError("impl='cpu' ran without gixdrt._ext")
     print("OK")
     """
 )

@@ -27,7 +27,7 @@ POLAR_ABS, CONTRAST_ABS = 1e-2, 5e-3
 
 @pytest.fixture(scope="module", params=["reference", "cpu"])
 def processed(request, published_config, published_frame):
-    pre = Preprocessor(published_config, backend=request.param)
+    pre = Preprocessor(published_config, impl=request.param)
     polar = pre.polar(published_frame)
     return polar, pre.contrast(polar)
 

@@ -42,7 +42,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         raise GixdrtError(f"{out}: unsupported output format {out.suffix or '(none)'}; use .npy, .tif or .png")
     cfg = load_config(args.config)
     frames = _load_frames(args.frame, args.index, args.sum, cfg.geometry)
-    pre = Preprocessor(cfg, backend=args.backend)
+    pre = Preprocessor(cfg, impl=args.kernels)
     t0 = time.perf_counter()
     image = pre(frames, args.stage)
     dt = time.perf_counter() - t0
@@ -70,10 +70,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pmap = polar_map(g)
     t1 = time.perf_counter()
-    polar = polar_remap(frame, pmap, backend=args.backend)
+    polar = polar_remap(frame, pmap, impl=args.kernels)
     t2 = time.perf_counter()
     c = cfg.contrast
-    processed = contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, backend=args.backend)
+    processed = contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, impl=args.kernels)
     t3 = time.perf_counter()
     from .gixd.detector import PeakDetector
     from .gixd.peaks import PeakTable
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gixdrt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    backends = ["reference", "cpu", "cuda"]
+    kernel_impls = ["reference", "cpu", "cuda"]
 
     p = sub.add_parser("preprocess", help="raw frame → polar or contrast-enhanced image")
     p.add_argument("frame", help="raw frame: .tif, .npy, .edf/.cbf (fabio), or FILE.h5::/dataset")
@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output image: .npy, .tif (float32) or .png (16-bit, scaled)")
     p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames of a stack (default 1)")
     p.add_argument("--index", type=int, default=0, help="first frame of a stack (default 0)")
-    p.add_argument("--backend", choices=backends, default=None, help="kernel backend (default: cpu for host data)")
+    p.add_argument("--kernels", choices=kernel_impls, default=None,
+                   help="the kernels' implementation (default: cpu, the compiled kernels; reference: NumPy)")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("detect", help="raw frames (or polar images) → peak table (.csv or .h5)")
@@ -498,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole job on the published real frame: PNGs, peaks.csv, a summary")
     p.add_argument("--out-dir", default="gixdrt-demo", help="where to write the figures (default ./gixdrt-demo)")
-    p.add_argument("--backend", choices=backends, default=None, help="kernel backend (default: cpu)")
+    p.add_argument("--kernels", choices=kernel_impls, default=None,
+                   help="the preprocessing kernels' implementation (default: cpu, the compiled kernels)")
     p.add_argument("--model", default="default", help="detector model (default: default)")
     p.set_defaults(func=cmd_demo)
 

@@ -234,8 +234,8 @@ def test_device_arrays_without_cuda_build_raise(monkeypatch):
 
 
 def test_missing_extension_falls_back_to_the_reference(monkeypatch):
-    """Without gixdrt._ext the cpu backend is unavailable: backend=None takes the reference (as for every
-    kernel), backend='cpu' raises, and the cpu function itself raises ExtensionUnavailableError (an ImportError)."""
+    """Without gixdrt._ext the cpu backend is unavailable: impl=None takes the reference (as for every
+    kernel), impl='cpu' raises, and the cpu function itself raises ExtensionUnavailableError (an ImportError)."""
     monkeypatch.setattr(cpu_ext, "_load", lambda: (None, "gixdrt._ext is not importable (blocked in this test)"))
     rng = np.random.default_rng(9)
     f = _features(rng, n=1, c=2, h=6, w=7)
@@ -244,7 +244,7 @@ def test_missing_extension_falls_back_to_the_reference(monkeypatch):
     got = roi_align(f, rois, 3, 0.25)
     np.testing.assert_allclose(got, roi_align_reference(f, rois, 3, 0.25), **TOL_REFERENCE)
     with pytest.raises(registry.BackendUnavailableError, match="gixdrt._ext is not importable"):
-        roi_align(f, rois, 3, 0.25, backend="cpu")
+        roi_align(f, rois, 3, 0.25, impl="cpu")
     with pytest.raises(ImportError, match="gixdrt._ext is not importable"):
         roi_align_cpu(f, rois, 3, 0.25)
     assert issubclass(ExtensionUnavailableError, ImportError)
@@ -258,7 +258,7 @@ def test_callable_module_and_registry():
     assert sorted(K.registered()["roi_align"]) == ["cpu", "cuda", "reference"]
     assert K.available("roi_align")["cpu"] is None and K.available("roi_align")["reference"] is None
     np.testing.assert_array_equal(K.roi_align(f, rois), roi_align(f, rois))
-    np.testing.assert_array_equal(K.roi_align(f, rois, backend="cpu"), roi_align_cpu(f, rois))
+    np.testing.assert_array_equal(K.roi_align(f, rois, impl="cpu"), roi_align_cpu(f, rois))
     assert K.roi_align._ext is _ext
 
 
@@ -268,8 +268,8 @@ def test_reference_backend_matches_cpu(aligned, sampling_ratio, scale):
     f = _features(rng)
     sy, sx = (scale, scale) if np.isscalar(scale) else scale
     rois = _mixed_rois(rng, f.shape[0], f.shape[2] / sy, f.shape[3] / sx)
-    ref = K.roi_align(f, rois, (4, 5), scale, sampling_ratio, aligned, backend="reference")
-    cpu = K.roi_align(f, rois, (4, 5), scale, sampling_ratio, aligned, backend="cpu")
+    ref = K.roi_align(f, rois, (4, 5), scale, sampling_ratio, aligned, impl="reference")
+    cpu = K.roi_align(f, rois, (4, 5), scale, sampling_ratio, aligned, impl="cpu")
     assert ref.dtype == np.float32 and ref.shape == cpu.shape
     np.testing.assert_allclose(cpu, ref, **TOL_REFERENCE)
 
@@ -295,18 +295,18 @@ def test_valid_skips_rows(backend):
     rois[skipped[0]] = [7, np.nan, 0, 1, 1]  # never read: neither checked nor computed
     rois[skipped[1], 0] = 0  # a batch index that is not its image's, in a skipped row
     out = np.full((15, 2, 16, 16), 123.0, np.float32)
-    got = K.roi_align(f, rois, out=out, valid=valid, backend=backend)
+    got = K.roi_align(f, rois, out=out, valid=valid, impl=backend)
     assert got is out
     computed = [i * r + j for i in range(3) for j in range(valid[i])]
     want = roi_align_reference(f, rois[computed], 16, P2_SCALE)
     np.testing.assert_allclose(got[computed], want, **TOL_REFERENCE)
     assert np.all(got[skipped] == 123.0)  # skipped rows are left as they were
     # parity with the other host backend on the computed rows
-    other = K.roi_align(f, rois, valid=valid, backend="cpu" if backend == "reference" else "reference")
+    other = K.roi_align(f, rois, valid=valid, impl="cpu" if backend == "reference" else "reference")
     np.testing.assert_allclose(got[computed], other[computed], **TOL_REFERENCE)
     # valid larger than R clamps to R; negative to 0
     all_rows = K.roi_align(f, _grouped_rois(np.random.default_rng(13), 3, r, 80, 48), valid=np.array([9, -1, 5], np.int32),
-                           backend=backend)
+                           impl=backend)
     assert all_rows.shape == (15, 2, 16, 16)
 
 
@@ -316,14 +316,14 @@ def test_valid_errors(backend):
     f = _features(rng, n=2, c=1, h=6, w=6)
     rois = _grouped_rois(rng, 2, 3, 48, 24)
     with pytest.raises(ValueError, match=r"valid must be \[2\]"):
-        K.roi_align(f, rois, valid=np.array([1, 1, 1], np.int32), backend=backend)
+        K.roi_align(f, rois, valid=np.array([1, 1, 1], np.int32), impl=backend)
     with pytest.raises(ValueError, match="not a multiple of N"):
-        K.roi_align(f, rois[:5], valid=np.array([1, 1], np.int32), backend=backend)
+        K.roi_align(f, rois[:5], valid=np.array([1, 1], np.int32), impl=backend)
     bad = rois.copy()
     bad[4, 0] = 0  # row 1·3 + 1 belongs to image 1
     with pytest.raises(ValueError, match=r"rois\[4\] .* batch index"):
-        K.roi_align(f, bad, valid=np.array([3, 3], np.int32), backend=backend)
-    K.roi_align(f, bad, valid=np.array([3, 1], np.int32), backend=backend)  # the bad row is skipped
+        K.roi_align(f, bad, valid=np.array([3, 3], np.int32), impl=backend)
+    K.roi_align(f, bad, valid=np.array([3, 1], np.int32), impl=backend)  # the bad row is skipped
 
 
 def test_build_info_reports_the_kernels():
@@ -391,7 +391,7 @@ def test_cuda_valid_rows_match_cpu():
     f = _features(rng, n=2, c=4, h=16, w=24)
     rois = _grouped_rois(rng, 2, 6, 16 * 8, 24 * 4)
     valid = np.array([6, 3], np.int32)
-    want = K.roi_align(f, rois, valid=valid, backend="cpu")
+    want = K.roi_align(f, rois, valid=valid, impl="cpu")
     got = K.roi_align(cupy.asarray(f), cupy.asarray(rois), valid=cupy.asarray(valid))
     cupy.cuda.get_current_stream().synchronize()
     computed = [0, 1, 2, 3, 4, 5, 6, 7, 8]

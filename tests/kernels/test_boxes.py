@@ -30,17 +30,17 @@ def _host(x):
 
 def run_decode(backend, logits, deltas, anchors, starts, **kw):
     if backend == "cuda":
-        out = K.decode_topk(_dev(logits), _dev(deltas), _dev(anchors), starts, backend="cuda", **kw)
+        out = K.decode_topk(_dev(logits), _dev(deltas), _dev(anchors), starts, impl="cuda", **kw)
         return tuple(_host(o) for o in out)
-    return K.decode_topk(logits, deltas, anchors, starts, backend=backend, **kw)
+    return K.decode_topk(logits, deltas, anchors, starts, impl=backend, **kw)
 
 
 def run_nms(backend, boxes, scores, valid, iou, max_out, groups=None):
     if backend == "cuda":
         g = None if groups is None else _dev(groups)
-        out = K.nms_fixed(_dev(boxes), _dev(scores), _dev(valid), iou, max_out, g, backend="cuda")
+        out = K.nms_fixed(_dev(boxes), _dev(scores), _dev(valid), iou, max_out, g, impl="cuda")
         return tuple(_host(o) for o in out)
-    return K.nms_fixed(boxes, scores, valid, iou, max_out, groups, backend=backend)
+    return K.nms_fixed(boxes, scores, valid, iou, max_out, groups, impl=backend)
 
 
 def torch_nms(boxes, scores, valid, iou, max_out, groups=None):
@@ -146,7 +146,7 @@ def test_nms_matches_reference_many_ties(backend):
     boxes, scores = random_boxes(rng, 3, 100, size=20.0, tie_levels=2)
     valid = np.array([100, 50, 3], np.int32)
     groups = rng.integers(0, 2, (3, 100)).astype(np.int32)
-    exp = K.nms_fixed(boxes, scores, valid, 0.2, 60, groups, backend="reference")
+    exp = K.nms_fixed(boxes, scores, valid, 0.2, 60, groups, impl="reference")
     got = run_nms(backend, boxes, scores, valid, 0.2, 60, groups)
     np.testing.assert_array_equal(got[0], exp[0])
     np.testing.assert_array_equal(got[1], exp[1])
@@ -220,7 +220,7 @@ def test_decode_topk_all_invalid_and_nan(backend):
     logits[0, 3] = np.nan  # NaN logits rank last
     deltas[..., 3] = 0.0
     _, _, _, valid2 = run_decode(backend, logits, deltas, anchors, starts, k=100, height=64, width=128)
-    ref = K.decode_topk(logits, deltas, anchors, starts, k=100, height=64, width=128, backend="reference")
+    ref = K.decode_topk(logits, deltas, anchors, starts, k=100, height=64, width=128, impl="reference")
     assert valid2.tolist() == ref[3].tolist() and ref[3][0] > 0
 
 
@@ -229,7 +229,7 @@ def test_decode_topk_matches_reference(backend):
     rng = np.random.default_rng(11)
     logits, deltas, anchors, starts = make_rpn(rng, 2, (200, 0, 64), ties=True)
     got = run_decode(backend, logits, deltas, anchors, starts, k=70, height=64, width=128)
-    exp = K.decode_topk(logits, deltas, anchors, starts, k=70, height=64, width=128, backend="reference")
+    exp = K.decode_topk(logits, deltas, anchors, starts, k=70, height=64, width=128, impl="reference")
     np.testing.assert_array_equal(got[3], exp[3])
     np.testing.assert_array_equal(got[2], exp[2])
     np.testing.assert_allclose(got[0], exp[0], rtol=RTOL, atol=ATOL)
@@ -256,8 +256,8 @@ def test_real_frame_proposals(backend, published_frame, published_config, publis
     deltas = torch.cat([f[1] for f in flat], 1).numpy()
     starts = np.cumsum([0] + [len(a) for a in anchors])
     height, width = dense.image_shape
-    b, s, lv, v = K.decode_topk(logits, deltas, torch.cat(anchors).numpy(), starts, k=1000, height=height, width=width, backend=backend)
-    keep, count = K.nms_fixed(b, s, v, 0.9, 1000, lv, backend=backend)
+    b, s, lv, v = K.decode_topk(logits, deltas, torch.cat(anchors).numpy(), starts, k=1000, height=height, width=width, impl=backend)
+    keep, count = K.nms_fixed(b, s, v, 0.9, 1000, lv, impl=backend)
     assert count[0] == 1000 == len(props.boxes[0])
     np.testing.assert_allclose(b[0, keep[0]], props.boxes[0].numpy(), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(s[0, keep[0]], props.scores[0].numpy(), rtol=2.4e-7, atol=0)
@@ -266,9 +266,9 @@ def test_real_frame_proposals(backend, published_frame, published_config, publis
 # --- decode_final (second stage) -----------------------------------------------------------------------
 def run_final(backend, logits, deltas, props, valid, **kw):
     if backend == "cuda":
-        out = K.decode_final(_dev(logits), _dev(deltas), _dev(props), _dev(valid), backend="cuda", **kw)
+        out = K.decode_final(_dev(logits), _dev(deltas), _dev(props), _dev(valid), impl="cuda", **kw)
         return tuple(_host(o) for o in out)
-    return K.decode_final(logits, deltas, props, valid, backend=backend, **kw)
+    return K.decode_final(logits, deltas, props, valid, impl=backend, **kw)
 
 
 def make_head(rng, n, r, valid, size=(64, 128), ties=False):
@@ -325,7 +325,7 @@ def test_decode_final_matches_reference_and_threshold_edge(backend):
     f = np.float32
     s_at = f(0.0)
     for thr, present in ((s_at, True), (np.nextafter(s_at, f(np.inf)), False)):
-        ref = K.decode_final(logits, deltas, props, v, height=64, width=128, score_threshold=float(thr), backend="reference")
+        ref = K.decode_final(logits, deltas, props, v, height=64, width=128, score_threshold=float(thr), impl="reference")
         got = run_final(backend, logits, deltas, props, v, height=64, width=128, score_threshold=float(thr))
         np.testing.assert_array_equal(got[2], ref[2])
         np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
@@ -338,10 +338,10 @@ def test_decode_final_shape_errors():
     z = np.zeros((1, 4), np.float32)
     with pytest.raises(ValueError, match="decode_final"):
         K.decode_final(z, np.zeros((1, 4, 3), np.float32), np.zeros((1, 4, 4), np.float32), np.ones(1, np.int32),
-                       height=8, width=8, score_threshold=0.5, backend="reference")
+                       height=8, width=8, score_threshold=0.5, impl="reference")
     with pytest.raises(ValueError, match="valid"):
         K.decode_final(z, np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4), np.float32), np.ones(2, np.int32),
-                       height=8, width=8, score_threshold=0.5, backend="cpu")
+                       height=8, width=8, score_threshold=0.5, impl="cpu")
 
 
 # --- out=: preallocated outputs on every backend ----------------------------------------------------------
@@ -359,7 +359,7 @@ def _call(backend, fn, args, kw):
     """fn through ``backend`` with args (host arrays, copied to the device for cuda) → (result, host copies)."""
     if backend == "cuda":
         args = tuple(_dev(a) if isinstance(a, np.ndarray) else a for a in args)
-    res = fn(*args, backend=backend, **kw)
+    res = fn(*args, impl=backend, **kw)
     return res, tuple(_host(r) for r in res)
 
 
@@ -378,7 +378,7 @@ def test_out_parity_decode_topk(backend):
     assert all(r is o for r, o in zip(res, out))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
-    ref = K.decode_topk(logits, deltas, anchors, starts, backend="reference", **kw)
+    ref = K.decode_topk(logits, deltas, anchors, starts, impl="reference", **kw)
     np.testing.assert_array_equal(got[3], ref[3])
     np.testing.assert_array_equal(got[2], ref[2])
     np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
@@ -396,7 +396,7 @@ def test_out_parity_nms_fixed(backend):
     assert all(r is o for r, o in zip(res, out))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
-    ref = K.nms_fixed(boxes, scores, valid, 0.4, 40, groups, backend="reference")
+    ref = K.nms_fixed(boxes, scores, valid, 0.4, 40, groups, impl="reference")
     for g, w in zip(got, ref):
         np.testing.assert_array_equal(g, w)
 
@@ -412,7 +412,7 @@ def test_out_parity_decode_final(backend):
     assert all(r is o for r, o in zip(res, out))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
-    ref = K.decode_final(logits, deltas, props, valid, backend="reference", **kw)
+    ref = K.decode_final(logits, deltas, props, valid, impl="reference", **kw)
     np.testing.assert_array_equal(got[2], ref[2])
     np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=2.4e-7)
@@ -472,7 +472,7 @@ def test_nms_nan_and_inf_boxes_and_scores_cpu_matches_reference():
     groups = rng.integers(0, 2, (2, 120)).astype(np.int32)
     for g in (None, groups):
         for iou in (0.0, 0.3, 0.9):
-            want = K.nms_fixed(boxes, scores, valid, iou, 80, g, backend="reference")
-            got = K.nms_fixed(boxes, scores, valid, iou, 80, g, backend="cpu")
+            want = K.nms_fixed(boxes, scores, valid, iou, 80, g, impl="reference")
+            got = K.nms_fixed(boxes, scores, valid, iou, 80, g, impl="cpu")
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])

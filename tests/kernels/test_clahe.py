@@ -61,7 +61,7 @@ def test_clahe_matches_opencv(backend, dtype, shape, grid):
     for name, img in _images(dtype, shape):
         for clip in CLIPS:
             want = cv2.createCLAHE(clipLimit=clip, tileGridSize=grid).apply(img)
-            got = kernels.clahe(img, clip, grid, backend=backend)
+            got = kernels.clahe(img, clip, grid, impl=backend)
             _assert_close(got, want, (backend, "cv2"), f"{backend} {name} clip={clip} grid={grid}")
 
 
@@ -72,7 +72,7 @@ def test_clahe_large_uint16(backend):
     img = (rng.random((301, 517)) ** 4 * 5001).astype(np.uint16)
     for clip, grid in [(2.0, (8, 8)), (40.0, (7, 3)), (2000.0, (1, 1))]:
         want = cv2.createCLAHE(clip, grid).apply(img)
-        _assert_close(kernels.clahe(img, clip, grid, backend=backend), want, (backend, "cv2"), f"{clip} {grid}")
+        _assert_close(kernels.clahe(img, clip, grid, impl=backend), want, (backend, "cv2"), f"{clip} {grid}")
 
 
 def test_one_tile_output_is_the_lut():
@@ -92,7 +92,7 @@ def test_clahe_huge_clip_limit_means_no_clipping(backend):
     rng = np.random.default_rng(4)
     img = rng.integers(0, 256, (40, 48)).astype(np.uint8)
     np.testing.assert_array_equal(
-        kernels.clahe(img, 1e12, (2, 2), backend=backend), cv2.createCLAHE(0.0, (2, 2)).apply(img)
+        kernels.clahe(img, 1e12, (2, 2), impl=backend), cv2.createCLAHE(0.0, (2, 2)).apply(img)
     )
 
 
@@ -100,21 +100,21 @@ def test_clahe_huge_clip_limit_means_no_clipping(backend):
 def test_clahe_out_and_errors(backend):
     img = np.random.default_rng(5).integers(0, 256, (30, 40)).astype(np.uint8)
     out = np.empty_like(img)
-    res = kernels.clahe(img, 2.0, (2, 2), out=out, backend=backend)
+    res = kernels.clahe(img, 2.0, (2, 2), out=out, impl=backend)
     assert res is out
     np.testing.assert_array_equal(out, cv2.createCLAHE(2.0, (2, 2)).apply(img))
     with pytest.raises(TypeError, match="dtype"):
-        kernels.clahe(img, 2.0, (2, 2), out=np.empty(img.shape, np.uint16), backend=backend)
+        kernels.clahe(img, 2.0, (2, 2), out=np.empty(img.shape, np.uint16), impl=backend)
     with pytest.raises(ValueError, match="shape"):
-        kernels.clahe(img, 2.0, (2, 2), out=np.empty((30, 41), np.uint8), backend=backend)
+        kernels.clahe(img, 2.0, (2, 2), out=np.empty((30, 41), np.uint8), impl=backend)
     with pytest.raises(TypeError, match="uint8 or uint16"):
-        kernels.clahe(img.astype(np.float32), 2.0, (2, 2), backend=backend)
+        kernels.clahe(img.astype(np.float32), 2.0, (2, 2), impl=backend)
     with pytest.raises(TypeError, match="uint8 or uint16"):
-        kernels.clahe(img.astype(np.int16), 2.0, (2, 2), backend=backend)
+        kernels.clahe(img.astype(np.int16), 2.0, (2, 2), impl=backend)
     with pytest.raises(ValueError, match="2-D"):
-        kernels.clahe(img[None], 2.0, (2, 2), backend=backend)
+        kernels.clahe(img[None], 2.0, (2, 2), impl=backend)
     with pytest.raises(ValueError, match="tile_grid"):
-        kernels.clahe(img, 2.0, (0, 2), backend=backend)
+        kernels.clahe(img, 2.0, (0, 2), impl=backend)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -77,15 +77,15 @@ def test_cpu_matches_reference(clip, log):
     for name, img in _images((200, 333), seed=1):
         for coef in (5000.0, 100.0, 65535.0):
             want = ref.contrast(img, coef=coef, clip_limit=clip, log=log)
-            got = kernels.contrast(img, coef=coef, clip_limit=clip, log=log, backend="cpu")
+            got = kernels.contrast(img, coef=coef, clip_limit=clip, log=log, impl="cpu")
             _assert_close(got, want, "cpu", f"{name} coef={coef} clip={clip} log={log}")
 
 
 def test_cpu_default_and_full_size():
     img = np.random.default_rng(2).random((512, 1024)).astype(np.float32)
     want = ref.contrast(img)
-    _assert_close(kernels.contrast(img), want, "cpu", "default backend, 512x1024")  # backend=None → cpu
-    _assert_close(kernels.contrast(np.asfortranarray(img), backend="cpu"), want, "cpu", "Fortran-ordered input")
+    _assert_close(kernels.contrast(img), want, "cpu", "default backend, 512x1024")  # impl=None → cpu
+    _assert_close(kernels.contrast(np.asfortranarray(img), impl="cpu"), want, "cpu", "Fortran-ordered input")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_cpu_default_and_full_size():
 def test_constant_image_gives_zeros(backend, value):
     img = np.full((17, 23), value, np.float32)
     with pytest.warns(DataWarning, match="constant"):
-        res = kernels.contrast(img, backend=backend)
+        res = kernels.contrast(img, impl=backend)
     assert res.dtype == np.float32 and res.shape == img.shape and not res.any()
 
 
@@ -108,12 +108,12 @@ def test_non_finite_pixels_count_as_minimum(backend):
     filled = bad.copy()
     filled[~np.isfinite(bad)] = img[np.isfinite(bad)].min()
     with pytest.warns(DataWarning, match="4 non-finite"):
-        res = kernels.contrast(bad, backend=backend)
+        res = kernels.contrast(bad, impl=backend)
     assert not np.isnan(res).any()
     assert res[1, 2] == res[5, 7] == res[30, 1] == res[39, 49] == 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a finite image warns nothing
-        want = kernels.contrast(filled, backend=backend)
+        want = kernels.contrast(filled, impl=backend)
     np.testing.assert_array_equal(res, want)
 
 
@@ -122,7 +122,7 @@ def test_all_non_finite_gives_zeros(backend):
     img = np.full((9, 11), np.nan, np.float32)
     img[0, 0] = np.inf
     with pytest.warns(DataWarning, match="no finite pixel"):
-        res = kernels.contrast(img, backend=backend)
+        res = kernels.contrast(img, impl=backend)
     assert not res.any() and not np.isnan(res).any()
 
 
@@ -130,11 +130,11 @@ def test_all_non_finite_gives_zeros(backend):
 def test_single_non_constant_pixel_and_overflowing_range(backend):
     one_spike = np.zeros((30, 30), np.float32)
     one_spike[3, 3] = 1.0
-    res = kernels.contrast(one_spike, backend=backend)
+    res = kernels.contrast(one_spike, impl=backend)
     assert res[3, 3] == 1.0 and res.sum() == 1.0
     # max - min overflows float32: evaluated on halved values, no NaN
     huge = np.random.default_rng(4).uniform(-3e38, 3e38, (20, 25)).astype(np.float32)
-    res = kernels.contrast(huge, backend=backend)
+    res = kernels.contrast(huge, impl=backend)
     assert np.isfinite(res).all() and res.min() == 0.0 and res.max() == 1.0
     np.testing.assert_array_equal(res, ref.contrast(huge))
 
@@ -145,7 +145,7 @@ def test_clahe_to_one_level_gives_zeros():
     img[0, 0] = 1.0
     for backend in ("reference", "cpu"):
         with pytest.warns(DataWarning, match="one level"):
-            res = kernels.contrast(img, clip_limit=0.0, backend=backend)
+            res = kernels.contrast(img, clip_limit=0.0, impl=backend)
         assert not res.any()
 
 
@@ -154,23 +154,23 @@ def test_out_and_argument_errors(backend):
     img = next(_images((21, 34), seed=5))[1]
     want = ref.contrast(img)
     out = np.full(img.shape, np.nan, np.float32)
-    assert kernels.contrast(img, out=out, backend=backend) is out
+    assert kernels.contrast(img, out=out, impl=backend) is out
     np.testing.assert_array_equal(out, want)
     strided = np.full((21, 68), np.nan, np.float32)[:, ::2]  # non-contiguous out
-    assert kernels.contrast(img, out=strided, backend=backend) is strided
+    assert kernels.contrast(img, out=strided, impl=backend) is strided
     np.testing.assert_array_equal(strided, want)
     with pytest.raises(TypeError, match="float32"):
-        kernels.contrast(img, out=np.empty(img.shape, np.float64), backend=backend)
+        kernels.contrast(img, out=np.empty(img.shape, np.float64), impl=backend)
     with pytest.raises(ValueError, match="shape"):
-        kernels.contrast(img, out=np.empty((21, 35), np.float32), backend=backend)
+        kernels.contrast(img, out=np.empty((21, 35), np.float32), impl=backend)
     with pytest.raises(TypeError, match="float32"):
-        kernels.contrast(img.astype(np.float64), backend=backend)
+        kernels.contrast(img.astype(np.float64), impl=backend)
     with pytest.raises(ValueError, match="2-D"):
-        kernels.contrast(img[None], backend=backend)
+        kernels.contrast(img[None], impl=backend)
     with pytest.raises(ValueError, match="coef"):
-        kernels.contrast(img, coef=70000.0, backend=backend)
+        kernels.contrast(img, coef=70000.0, impl=backend)
     with pytest.raises(ValueError, match="coef"):
-        kernels.contrast(img, coef=0.0, backend=backend)
+        kernels.contrast(img, coef=0.0, impl=backend)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_cpu_thresholds_exact(coef, log):
             np.testing.assert_array_equal(u, want, err_msg=f"{name} coef={coef} log={log} threads={threads}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)
-            got = kernels.contrast(img[None, :], coef=coef, log=log, backend="cpu")
+            got = kernels.contrast(img[None, :], coef=coef, log=log, impl="cpu")
             np.testing.assert_array_equal(got, ref.contrast(img[None, :], coef=coef, log=log), err_msg=name)
 
 
@@ -304,7 +304,7 @@ def test_cpu_full_size_cauchy_matches():
     rng = np.random.default_rng(12)
     img = (rng.standard_cauchy((512, 1024)) * 5.0 + 20.0).astype(np.float32)
     np.testing.assert_array_equal(cpu.levels(img), _u_reference(img.reshape(-1), 5000.0, True))
-    np.testing.assert_array_equal(kernels.contrast(img, backend="cpu"), ref.contrast(img))
+    np.testing.assert_array_equal(kernels.contrast(img, impl="cpu"), ref.contrast(img))
 
 
 def test_cpu_levels_of_degenerate_images_are_none():

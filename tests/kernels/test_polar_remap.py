@@ -36,10 +36,10 @@ def _run(backend, frames, pm, **kw):
     if backend == "cuda":
         from numba import cuda
 
-        out = K.polar_remap(cuda.to_device(np.ascontiguousarray(frames)), pm, backend="cuda", **kw)
+        out = K.polar_remap(cuda.to_device(np.ascontiguousarray(frames)), pm, impl="cuda", **kw)
         assert registry.is_device_array(out)
         return out.copy_to_host()
-    return K.polar_remap(frames, pm, backend=backend, **kw)
+    return K.polar_remap(frames, pm, impl=backend, **kw)
 
 
 BACKENDS = [
@@ -78,7 +78,7 @@ def _reference_by_hand(frames, pm):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_matches_reference(backend, kind, pmap):
     frames = _frames(kind)
-    ref = K.polar_remap(frames, pmap, backend="reference")
+    ref = K.polar_remap(frames, pmap, impl="reference")
     assert ref.dtype == np.float32 and ref.shape == pmap.shape
     # the reference itself against its specification written out in float64
     expect = _reference_by_hand(frames, pmap)
@@ -97,7 +97,7 @@ def test_backend_matches_reference(backend, kind, pmap):
 def test_resolve_none_picks_cpu_for_numpy(pmap):
     assert registry.resolve("polar_remap", None, np.zeros((H, W), np.float32))[0] == "cpu"
     frame = _frames("float32")
-    np.testing.assert_array_equal(K.polar_remap(frame, pmap), K.polar_remap(frame, pmap, backend="cpu"))
+    np.testing.assert_array_equal(K.polar_remap(frame, pmap), K.polar_remap(frame, pmap, impl="cpu"))
 
 
 @pytest.mark.cudasim
@@ -109,7 +109,7 @@ def test_resolve_none_picks_cuda_for_device_array(pmap):
     assert registry.resolve("polar_remap", None, dev)[0] == "cuda"
     out = K.polar_remap(dev, pmap)
     assert registry.is_device_array(out)
-    np.testing.assert_allclose(out.copy_to_host(), K.polar_remap(frame, pmap, backend="reference"), atol=1e-3)
+    np.testing.assert_allclose(out.copy_to_host(), K.polar_remap(frame, pmap, impl="reference"), atol=1e-3)
 
 
 def _cv2(frame, pm):
@@ -121,7 +121,7 @@ def _cv2(frame, pm):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_opencv_random(backend, seed, pmap):
     frame = (_rng(seed).random((H, W)) * 1000 - 200).astype(np.float32)
-    ours = K.polar_remap(frame, pmap, backend=backend)
+    ours = K.polar_remap(frame, pmap, impl=backend)
     theirs = _cv2(frame, pmap)
     assert np.all(np.isfinite(theirs))
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(frame).max()
@@ -137,11 +137,11 @@ def test_matches_opencv_published_frame():
     frame = read_frame(assets.frame)
     assert frame.shape == g.frame_shape
     pm = polar_map(g)
-    ours = K.polar_remap(frame, pm, backend="cpu")
+    ours = K.polar_remap(frame, pm, impl="cpu")
     frame32 = frame.astype(np.float32)
     theirs = _cv2(frame32, pm)
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(frame32).max()
-    assert np.array_equal(ours, K.polar_remap(frame, pm, backend="reference"))
+    assert np.array_equal(ours, K.polar_remap(frame, pm, impl="reference"))
     # published-detector.md §4: polar image min −70.2231, max 1048.21, mean 19.2641
     assert abs(float(ours.min()) - (-70.2231)) < 2e-3
     assert abs(float(ours.max()) - 1048.21) < 2e-2
@@ -158,8 +158,8 @@ def test_dtypes_equal_float32_cast(backend, dtype, pmap):
         frame = rng.integers(0, np.iinfo(np.uint16).max, (H, W)).astype(dtype)
     else:
         frame = rng.integers(-50_000, 50_000, (H, W)).astype(dtype)
-    got = K.polar_remap(frame, pmap, backend=backend)
-    want = K.polar_remap(frame.astype(np.float32), pmap, backend=backend)
+    got = K.polar_remap(frame, pmap, impl=backend)
+    want = K.polar_remap(frame.astype(np.float32), pmap, impl=backend)
     assert np.array_equal(got, want)
     assert np.abs(got).max() > 0
 
@@ -171,7 +171,7 @@ def test_stack_equals_remap_of_sum(backend, pmap):
     for k in range(1, len(stack)):
         summed += stack[k]  # float32, in frame order, as the specification sums
     got = _run(backend, stack, pmap)
-    want = K.polar_remap(summed, pmap, backend="reference")
+    want = K.polar_remap(summed, pmap, impl="reference")
     # The sum is formed per neighbour rather than per frame first; both are float32 sums in frame
     # order, so they agree to float32 rounding of the result (4 ulp of the largest value).
     tol = 4 * np.finfo(np.float32).eps * np.abs(want).max()
@@ -192,10 +192,10 @@ def _poisoned_frame(pm):
 def test_nonfinite_pixels_warn_and_count_zero(backend, pmap):
     frame = _poisoned_frame(pmap)
     with pytest.warns(DataWarning, match="non-finite"):
-        out = K.polar_remap(frame, pmap, backend=backend)
+        out = K.polar_remap(frame, pmap, impl=backend)
     assert np.all(np.isfinite(out))
     clean = np.where(np.isfinite(frame), frame, np.float32(0))
-    assert np.array_equal(out, K.polar_remap(clean, pmap, backend="reference"))
+    assert np.array_equal(out, K.polar_remap(clean, pmap, impl="reference"))
 
 
 @pytest.mark.cudasim
@@ -204,12 +204,12 @@ def test_nonfinite_pixels_cuda(pmap):
     out = _run("cuda", frame, pmap)
     assert np.all(np.isfinite(out))
     clean = np.where(np.isfinite(frame), frame, np.float32(0))
-    np.testing.assert_allclose(out, K.polar_remap(clean, pmap, backend="reference"), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(out, K.polar_remap(clean, pmap, impl="reference"), rtol=0, atol=1e-4)
 
 
 def test_no_warning_for_finite_frames(pmap, recwarn):
-    K.polar_remap(_frames("float32"), pmap, backend="reference")
-    K.polar_remap(_frames("float32"), pmap, backend="cpu")
+    K.polar_remap(_frames("float32"), pmap, impl="reference")
+    K.polar_remap(_frames("float32"), pmap, impl="cpu")
     assert not [w for w in recwarn if issubclass(w.category, DataWarning)]
 
 
@@ -229,7 +229,7 @@ def test_undefined_positions_are_zero(backend, pmap):
 @pytest.mark.parametrize("shape", [(H, W + 1), (W, H), (2, H + 1, W), (H * W,), (1, 1, H, W)])
 def test_wrong_shape(backend, shape, pmap):
     with pytest.raises(FrameError) as info:
-        K.polar_remap(np.zeros(shape, np.float32), pmap, backend=backend)
+        K.polar_remap(np.zeros(shape, np.float32), pmap, impl=backend)
     msg = str(info.value)
     assert str(shape) in msg and f"{H}×{W}" in msg, msg
 
@@ -238,16 +238,16 @@ def test_wrong_shape(backend, shape, pmap):
 @pytest.mark.parametrize("dtype", [np.complex64, np.bool_])
 def test_unsupported_dtype(backend, dtype, pmap):
     with pytest.raises(FrameError, match="dtype"):
-        K.polar_remap(np.zeros((H, W), dtype), pmap, backend=backend)
+        K.polar_remap(np.zeros((H, W), dtype), pmap, impl=backend)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_out_buffer(backend, pmap):
     frame = _frames("float32")
     buf = np.full(pmap.shape, np.nan, np.float32)
-    got = K.polar_remap(frame, pmap, out=buf, backend=backend)
+    got = K.polar_remap(frame, pmap, out=buf, impl=backend)
     assert got is buf
-    assert np.array_equal(buf, K.polar_remap(frame, pmap, backend="reference"))
+    assert np.array_equal(buf, K.polar_remap(frame, pmap, impl="reference"))
     for bad in (
         np.empty(pmap.shape, np.float64),
         np.empty((pmap.shape[0], pmap.shape[1] + 1), np.float32),
@@ -255,7 +255,7 @@ def test_out_buffer(backend, pmap):
         np.empty((pmap.shape[0], 2 * pmap.shape[1]), np.float32)[:, ::2],  # not contiguous
     ):
         with pytest.raises(ValueError, match="out"):
-            K.polar_remap(frame, pmap, out=bad, backend=backend)
+            K.polar_remap(frame, pmap, out=bad, impl=backend)
 
 
 @pytest.mark.cudasim
@@ -264,19 +264,19 @@ def test_out_buffer_cuda(pmap):
 
     frame = _frames("float32")
     buf = cuda.to_device(np.full(pmap.shape, np.nan, np.float32))
-    got = K.polar_remap(cuda.to_device(frame), pmap, out=buf, backend="cuda")
-    np.testing.assert_allclose(buf.copy_to_host(), K.polar_remap(frame, pmap, backend="reference"), atol=1e-3)
+    got = K.polar_remap(cuda.to_device(frame), pmap, out=buf, impl="cuda")
+    np.testing.assert_allclose(buf.copy_to_host(), K.polar_remap(frame, pmap, impl="reference"), atol=1e-3)
     assert got.copy_to_host().tobytes() == buf.copy_to_host().tobytes()
     with pytest.raises(ValueError, match="out"):
-        K.polar_remap(cuda.to_device(frame), pmap, out=cuda.to_device(np.empty((3, 3), np.float32)), backend="cuda")
+        K.polar_remap(cuda.to_device(frame), pmap, out=cuda.to_device(np.empty((3, 3), np.float32)), impl="cuda")
 
 
 def test_backend_errors(pmap):
     frame = _frames("float32")
     with pytest.raises(TypeError, match="device"):
-        K.polar_remap(frame, pmap, backend="cuda")
-    with pytest.raises(ValueError, match="unknown backend"):
-        K.polar_remap(frame, pmap, backend="opencl")
+        K.polar_remap(frame, pmap, impl="cuda")
+    with pytest.raises(ValueError, match="unknown kernel implementation .opencl."):
+        K.polar_remap(frame, pmap, impl="opencl")
 
 
 def test_unavailable_backend(monkeypatch, pmap):
@@ -284,7 +284,7 @@ def test_unavailable_backend(monkeypatch, pmap):
     monkeypatch.setattr(entry, "probe", lambda: "no CUDA GPU in this test")
     assert registry.available("polar_remap")["cuda"] == "no CUDA GPU in this test"
     with pytest.raises(registry.BackendUnavailableError, match="no CUDA GPU in this test"):
-        K.polar_remap(_frames("float32"), pmap, backend="cuda")
+        K.polar_remap(_frames("float32"), pmap, impl="cuda")
     # the host backends are untouched
     assert registry.available("polar_remap")["reference"] is None
 
@@ -294,6 +294,6 @@ def test_numba_missing_falls_back_to_reference(monkeypatch, pmap):
     name, fn = registry.resolve("polar_remap", None, np.zeros((H, W), np.float32))
     assert name == "reference"
     with pytest.raises(registry.BackendUnavailableError, match="numba"):
-        K.polar_remap(_frames("float32"), pmap, backend="cpu")
+        K.polar_remap(_frames("float32"), pmap, impl="cpu")
     frame = _frames("float32")
-    assert np.array_equal(K.polar_remap(frame, pmap), K.polar_remap(frame, pmap, backend="reference"))
+    assert np.array_equal(K.polar_remap(frame, pmap), K.polar_remap(frame, pmap, impl="reference"))

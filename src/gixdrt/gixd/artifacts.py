@@ -183,11 +183,12 @@ class ModelGraphs:
                 "exported graphs are cached, so this is needed once per model"
             )
 
-    def folder(self) -> Path:
-        """The cache folder of this model's exported graphs (created)."""
+    def folder(self, *, create: bool = True) -> Path:
+        """The cache folder of this model's exported graphs (created unless ``create`` is False)."""
         base = self.cache if self.cache is not None else graph_cache_dir()
         d = base / f"{self.key[:20]}-v{_export_version()}"
-        d.mkdir(parents=True, exist_ok=True)
+        if create:
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     def scale(self) -> tuple[float, float]:
@@ -206,7 +207,7 @@ class ModelGraphs:
     def _manifest(self) -> dict[str, Any]:
         if self.shipped is not None:
             return {}
-        path = (self.cache if self.cache is not None else graph_cache_dir()) / f"{self.key[:20]}-v{_export_version()}" / MANIFEST
+        path = self.folder(create=False) / MANIFEST
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -233,9 +234,10 @@ class ModelGraphs:
             return False
         if backend == "onnxruntime" and precision == "fp32" and self.shipped is not None:
             return False
+        folder = self.folder(create=False)
         if backend == "tensorrt":
-            return not any(self.folder().glob(f"*-{precision}.onnx"))
-        return not all((self.folder() / f"{g}-{precision}.onnx").is_file() for g in GRAPHS)
+            return not any(folder.glob(f"*-{precision}.onnx"))
+        return not all((folder / f"{g}-{precision}.onnx").is_file() for g in GRAPHS)
 
     def dims(self, artifact: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
         """Values of the dynamic dimensions (:data:`gixdrt.export.graphs.DYNAMIC_DIMS`) of a graph fed ``shapes``."""

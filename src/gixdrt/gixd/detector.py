@@ -11,7 +11,6 @@ cached.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,9 +198,3 @@ class PeakDetector:
         """images: float32[N, H, W] or [H, W] processed polar images in [0, 1] → per image (boxes float32[K, 4]
         (x0, y0, x1, y1) polar px, scores float32[K]), by decreasing score."""
         return [(r.boxes, r.scores) for r in self.run(images, input="processed")]
-
-    def detect_raw(self, frames: Sequence[Any], pmap: Any, *, contrast: Any = None, polar: bool = False) -> list[FrameOutput]:
-        """Raw frames (each [H_det, W_det] or [G, H_det, W_det], one dtype) → detections; see :meth:`run`."""
-        stack = np.stack([f if f.ndim == 3 else f[None] for f in (np.asarray(f) for f in frames)])
-        return self.run(stack, input="raw", raw=RawInput(pmap, stack.dtype.name, stack.shape[1]), contrast=contrast,
-                        polar=polar)

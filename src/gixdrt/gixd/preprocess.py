@@ -6,7 +6,7 @@
 >>> processed = pre.contrast(polar)   # float32[n_phi, n_q] in [0, 1]
 
 The geometry map is built once per geometry (cached in :func:`gixdrt.geometry.polar_map`) and reused
-for every frame. Kernels come from :mod:`gixdrt.kernels` (``backend=None`` picks by where the frame lives).
+for every frame. Kernels come from :mod:`gixdrt.kernels` (``impl=None`` picks by where the frame lives).
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ STAGES = ("polar", "contrast")
 
 @dataclass
 class Preprocessor:
-    """Preprocessing for one config. ``backend``: None (by data location), "reference", "cpu" or "cuda"."""
+    """Preprocessing for one config. ``impl``: the kernels' implementation: None (by data location), "reference",
+    "cpu" or "cuda"."""
 
     config: Config
-    backend: str | None = None
+    impl: str | None = None
 
     @property
     def map(self) -> PolarMap:
@@ -33,7 +34,7 @@ class Preprocessor:
 
     def polar(self, frames: Any, *, out: Any = None, stream: Any = None) -> Any:
         """frames: [H, W] or [N, H, W] raw counts (N summed) → float32[n_phi, n_q] polar image."""
-        return kernels.polar_remap(frames, self.map, out=out, backend=self.backend, stream=stream)
+        return kernels.polar_remap(frames, self.map, out=out, impl=self.impl, stream=stream)
 
     def contrast(self, polar: Any, *, out: Any = None, stream: Any = None) -> Any:
         """float32[n_phi, n_q] polar image → float32[n_phi, n_q] in [0, 1] (the published chain).
@@ -44,7 +45,7 @@ class Preprocessor:
         if c.disable:
             return minmax(polar, out)
         return kernels.contrast(
-            polar, coef=c.coef, clip_limit=c.limit, log=c.log, out=out, backend=self.backend, stream=stream
+            polar, coef=c.coef, clip_limit=c.limit, log=c.log, out=out, impl=self.impl, stream=stream
         )
 
     def __call__(self, frames: Any, stage: str = "contrast") -> Any:
@@ -55,6 +56,6 @@ class Preprocessor:
         return polar if stage == "polar" else self.contrast(polar)
 
 
-def preprocess(frames: Any, config: Config, stage: str = "contrast", backend: str | None = None) -> Any:
-    """One-shot helper: ``Preprocessor(config, backend)(frames, stage)``."""
-    return Preprocessor(config, backend)(frames, stage)
+def preprocess(frames: Any, config: Config, stage: str = "contrast", impl: str | None = None) -> Any:
+    """One-shot helper: ``Preprocessor(config, impl)(frames, stage)``."""
+    return Preprocessor(config, impl)(frames, stage)

@@ -8,8 +8,8 @@ Public entry points pick the implementation through :mod:`gixdrt.kernels.registr
 - :func:`decode_topk`, :func:`nms_fixed`, :func:`decode_final`: the detector's box stages, fixed-size outputs.
 - ``roi_align(...)``: RoIAlign (the callable module :mod:`gixdrt.kernels.roi_align`).
 
-``backend=None`` chooses from where the input lives (NumPy → ``cpu``, device array → ``cuda``);
-``backend="reference" | "cpu" | "cuda"`` forces one and raises
+``impl=None`` chooses from where the input lives (NumPy → ``cpu``, device array → ``cuda``);
+``impl="reference" | "cpu" | "cuda"`` forces one and raises
 :class:`~gixdrt.kernels.registry.BackendUnavailableError` if it cannot run here.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from ..published import CONTRAST_COEF, CONTRAST_LIMIT
 from .reference.boxes import BBOX_CLIP
 from .registry import (
-    BACKENDS,
+    IMPLS,
     BackendUnavailableError,
     available,
     register,
@@ -38,18 +38,18 @@ for _backend, _module in (
     register("clahe", _backend, f"{_module}.contrast:clahe")
 
 
-def polar_remap(frames: Any, pmap: Any, *, out: Any = None, backend: str | None = None, stream: Any = None) -> Any:
+def polar_remap(frames: Any, pmap: Any, *, out: Any = None, impl: str | None = None, stream: Any = None) -> Any:
     """Sample raw frame(s) onto the polar grid of ``pmap`` (bilinear, constant border 0).
 
     frames: [H, W] or [N, H, W] detector counts, float32/float64/uint16/uint32/int32 (N frames are summed,
         as the published pipeline sums consecutive frames). Non-finite pixels count as 0.
     pmap: :class:`gixdrt.geometry.PolarMap` built for this detector shape (flips are folded into it).
-    out: optional float32[n_phi, n_q] buffer (a device array for the cuda backend, where it is required
+    out: optional float32[n_phi, n_q] buffer (a device array for the cuda implementation, where it is required
         unless the caller accepts a fresh allocation).
     Returns float32[n_phi, n_q]: rows = φ from 0° (in plane) to 90°, columns = |Q| from 0 to q_max.
     Undefined or out-of-detector positions give 0, never NaN.
     """
-    name, fn = resolve("polar_remap", backend, frames)
+    name, fn = resolve("polar_remap", impl, frames)
     if name == "cuda":
         return fn(frames, pmap, out=out, stream=stream)
     return fn(frames, pmap, out=out)
@@ -62,7 +62,7 @@ def contrast(
     clip_limit: float = CONTRAST_LIMIT,
     log: bool = True,
     out: Any = None,
-    backend: str | None = None,
+    impl: str | None = None,
     stream: Any = None,
 ) -> Any:
     """The published contrast chain: float32[H, W] polar image → float32[H, W] in [0, 1].
@@ -70,9 +70,9 @@ def contrast(
     n(v) = (v − min)/(max − min); a = log10(coef·n(P) + 1) (or n(P) when ``log`` is False);
     u = uint16(coef·n(a)) (truncation); c = CLAHE(u, clip_limit, 1×1 tile, 16 bit); result n(c).
     Constant or non-finite input gives a defined result (non-finite pixels count as the minimum; a
-    constant image gives zeros) and a :class:`gixdrt.errors.DataWarning` (host backends).
+    constant image gives zeros) and a :class:`gixdrt.errors.DataWarning` (host implementations).
     """
-    name, fn = resolve("contrast", backend, polar)
+    name, fn = resolve("contrast", impl, polar)
     kw = dict(coef=coef, clip_limit=clip_limit, log=log, out=out)
     if name == "cuda":
         kw["stream"] = stream
@@ -85,7 +85,7 @@ def clahe(
     tile_grid: tuple[int, int] = (8, 8),
     *,
     out: Any = None,
-    backend: str | None = None,
+    impl: str | None = None,
     stream: Any = None,
 ) -> Any:
     """CLAHE with OpenCV's semantics (``cv2.createCLAHE(clip_limit, tile_grid).apply``).
@@ -93,14 +93,14 @@ def clahe(
     image: uint8[H, W] (256 bins) or uint16[H, W] (65,536 bins). tile_grid: (tiles_x, tiles_y) as in
     OpenCV. clip_limit ≤ 0 disables clipping. Returns an array of the input dtype.
     """
-    name, fn = resolve("clahe", backend, image)
+    name, fn = resolve("clahe", impl, image)
     if name == "cuda":
         return fn(image, clip_limit, tile_grid, out=out, stream=stream)
     return fn(image, clip_limit, tile_grid, out=out)
 
 
 __all__ = [
-    "BACKENDS",
+    "IMPLS",
     "BackendUnavailableError",
     "available",
     "clahe",
@@ -133,7 +133,7 @@ def decode_topk(
     bbox_clip: float = BBOX_CLIP,
     min_size: float = 1e-3,
     out: tuple[Any, Any, Any, Any] | None = None,
-    backend: str | None = None,
+    impl: str | None = None,
     stream: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
     """RPN proposals before NMS, fixed size: per image and level the top-k logits, decoded and clipped.
@@ -144,10 +144,10 @@ def decode_topk(
     → (boxes float32[N, L·k, 4], scores float32[N, L·k] (sigmoid), levels int32[N, L·k], valid int32[N]):
     image i's entries [:valid[i]] are level by level, by decreasing logit (ties: lower index first).
     out: optional tuple (boxes, scores, levels, valid) of preallocated arrays with exactly these shapes and
-    dtypes (NumPy for the host backends, device arrays for cuda): checked, written and returned.
-    The cuda backend takes and returns device arrays, launched on ``stream``.
+    dtypes (NumPy for the host implementations, device arrays for cuda): checked, written and returned.
+    The cuda implementation takes and returns device arrays, launched on ``stream``.
     """
-    name, fn = resolve("decode_topk", backend, logits)
+    name, fn = resolve("decode_topk", impl, logits)
     kw = dict(k=k, height=height, width=width, bbox_clip=bbox_clip, min_size=min_size, out=out)
     if name == "cuda":
         kw["stream"] = stream
@@ -163,7 +163,7 @@ def nms_fixed(
     groups: Any = None,
     *,
     out: tuple[Any, Any] | None = None,
-    backend: str | None = None,
+    impl: str | None = None,
     stream: Any = None,
 ) -> tuple[Any, Any]:
     """Greedy NMS per image (and per group), fixed size.
@@ -172,9 +172,9 @@ def nms_fixed(
     suppressed when its fp32 IoU with a kept box of the same group is > iou; groups: optional int32[N, M].
     → (keep_idx int32[N, max_out] by decreasing score, ties lower index first, padded with −1; count int32[N]).
     out: optional tuple (keep_idx, count) of preallocated arrays with exactly these shapes and dtypes (NumPy
-    for the host backends, device arrays for cuda): checked, written and returned.
+    for the host implementations, device arrays for cuda): checked, written and returned.
     """
-    name, fn = resolve("nms_fixed", backend, boxes)
+    name, fn = resolve("nms_fixed", impl, boxes)
     if name == "cuda":
         return fn(boxes, scores, valid, iou, max_out, groups, out=out, stream=stream)
     return fn(boxes, scores, valid, iou, max_out, groups, out=out)
@@ -192,7 +192,7 @@ def decode_final(
     bbox_clip: float = BBOX_CLIP,
     min_size: float = 1e-3,
     out: tuple[Any, Any, Any] | None = None,
-    backend: str | None = None,
+    impl: str | None = None,
     stream: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Second-stage score and decode, fixed size (before the final NMS).
@@ -202,9 +202,9 @@ def decode_final(
     where score ≥ score_threshold and both sides ≥ min_size.
     → (boxes float32[N, R, 4], scores float32[N, R], count int32[N]): survivors first, in proposal order.
     out: optional tuple (boxes, scores, count) of preallocated arrays with exactly these shapes and dtypes
-    (NumPy for the host backends, device arrays for cuda): checked, written and returned.
+    (NumPy for the host implementations, device arrays for cuda): checked, written and returned.
     """
-    name, fn = resolve("decode_final", backend, logits)
+    name, fn = resolve("decode_final", impl, logits)
     kw = dict(height=height, width=width, score_threshold=score_threshold, bbox_clip=bbox_clip, min_size=min_size,
               out=out)
     if name == "cuda":

@@ -1,4 +1,4 @@
-"""Input checks shared by the host backends of the kernels."""
+"""Input checks shared by the host implementations of the kernels."""
 from __future__ import annotations
 
 import warnings
@@ -33,7 +33,7 @@ def check_out(out, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array for a host backend, got {type(out).__name__}")
+        raise TypeError(f"out must be a NumPy array for a host implementation, got {type(out).__name__}")
     if out.dtype != dtype or out.shape != tuple(shape) or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name}{list(shape)} array, got {out.dtype}{list(out.shape)}")
     return out
@@ -65,7 +65,7 @@ def check_outs(out, specs, fn: str) -> tuple[np.ndarray, ...]:
     for i, ((name, shape, dtype), arr) in enumerate(zip(specs, out)):
         what = f"{fn}: out[{i}] ({name})"
         if not isinstance(arr, np.ndarray):
-            raise TypeError(f"{what} must be a NumPy array for a host backend, got {type(arr).__name__}")
+            raise TypeError(f"{what} must be a NumPy array for a host implementation, got {type(arr).__name__}")
         if arr.dtype != np.dtype(dtype):
             raise TypeError(f"{what} must have dtype {np.dtype(dtype).name}, got {arr.dtype}")
         if arr.shape != tuple(shape):

@@ -114,20 +114,20 @@ def contrast_batch_cuda(polar, skip=None, **kw):
     return _contrast("cuda", polar, skip, **kw)
 
 
-def polar_remap_batch(frames, pmap, *, out, backend: str | None = None, stream: Any = None):
+def polar_remap_batch(frames, pmap, *, out, impl: str | None = None, stream: Any = None):
     """Public entry point: frames [N, G, H, W] → out float32[N, n_phi, n_q] (see :func:`gixdrt.kernels.polar_remap`)."""
     from .registry import resolve
 
-    name, fn = resolve("polar_remap_batch", backend, frames)
+    name, fn = resolve("polar_remap_batch", impl, frames)
     return fn(frames, pmap, out=out, stream=stream) if name == "cuda" else fn(frames, pmap, out=out)
 
 
 def contrast_batch(polar, skip=None, *, coef: float = CONTRAST_COEF, clip_limit: float = CONTRAST_LIMIT, log: bool = True,
-                   disable: bool = False, out, backend: str | None = None, stream: Any = None):
+                   disable: bool = False, out, impl: str | None = None, stream: Any = None):
     """Public entry point of the batched contrast chain (see :func:`_contrast`)."""
     from .registry import resolve
 
-    name, fn = resolve("contrast_batch", backend, polar)
+    name, fn = resolve("contrast_batch", impl, polar)
     kw = dict(coef=coef, clip_limit=clip_limit, log=log, disable=disable, out=out)
     if name == "cuda":
         kw["stream"] = stream

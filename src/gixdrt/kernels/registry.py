@@ -13,12 +13,12 @@ implementations:
     ``__cuda_array_interface__``: CuPy arrays, Numba device arrays, PyTorch CUDA tensors), a stream, and
     writes into a caller-provided device buffer.
 
-:func:`resolve` picks an implementation: with ``backend=None`` it looks at where the first array
+:func:`resolve` picks an implementation: with ``impl=None`` it looks at where the first array
 lives (a device array → ``cuda``, anything else → ``cpu`` when the extension is usable, else
-``reference``). A backend named by the caller that is not available raises
-:class:`BackendUnavailableError`; there is no silent fallback when the caller asked for a backend.
+``reference``). An implementation named by the caller that is not available raises
+:class:`BackendUnavailableError`; there is no silent fallback when the caller asked for one.
 Implementations are registered lazily (module path + attribute) so importing :mod:`gixdrt` never
-imports Numba or any CUDA stack, and the host backends never import Numba at all.
+imports Numba or any CUDA stack, and the host implementations never import Numba at all.
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-BACKENDS = ("reference", "cpu", "cuda")
+IMPLS = ("reference", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
 
 
 class BackendUnavailableError(RuntimeError):
-    """A kernel backend was asked for by name but cannot run here."""
+    """A kernel implementation was asked for by name but cannot run here."""
 
 
 class ExtensionUnavailableError(BackendUnavailableError, ImportError):
@@ -118,15 +118,15 @@ def cuda_unavailable_reason() -> str | None:
 _PROBES = {"reference": _always, "cpu": cpu_unavailable_reason, "cuda": cuda_unavailable_reason}
 
 
-def register(op: str, backend: str, target: str, probe: Callable[[], str | None] | None = None) -> None:
-    """Register ``target`` (``"package.module:function"``) as ``backend`` implementation of ``op``.
+def register(op: str, impl: str, target: str, probe: Callable[[], str | None] | None = None) -> None:
+    """Register ``target`` (``"package.module:function"``) as ``impl`` implementation of ``op``.
 
-    probe: returns None when the implementation can run here, else why not (default: the backend's probe).
+    probe: returns None when the implementation can run here, else why not (default: the implementation's probe).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if impl not in IMPLS:
+        raise ValueError(f"unknown kernel implementation {impl!r}; expected one of {IMPLS}")
     module, _, attr = target.partition(":")
-    _REGISTRY.setdefault(op, {})[backend] = _Entry(module, attr, probe or _PROBES[backend])
+    _REGISTRY.setdefault(op, {})[impl] = _Entry(module, attr, probe or _PROBES[impl])
 
 
 def is_device_array(x: Any) -> bool:
@@ -143,44 +143,44 @@ def cudasim() -> bool:
 
 
 def available(op: str) -> dict[str, str | None]:
-    """For each registered backend of ``op``: None if usable, else the reason it is not."""
+    """For each registered implementation of ``op``: None if usable, else the reason it is not."""
     if op not in _REGISTRY:
         raise KeyError(f"no kernel named {op!r}; known: {sorted(_REGISTRY)}")
     return {name: entry.probe() for name, entry in _REGISTRY[op].items()}
 
 
-def resolve(op: str, backend: str | None = None, like: Any = None) -> tuple[str, Callable[..., Any]]:
-    """Return ``(backend_name, function)`` for ``op``.
+def resolve(op: str, impl: str | None = None, like: Any = None) -> tuple[str, Callable[..., Any]]:
+    """Return ``(impl_name, function)`` for ``op``.
 
-    backend: None (choose from where ``like`` lives), or one of :data:`BACKENDS`.
+    impl: None (choose from where ``like`` lives), or one of :data:`IMPLS`.
     """
     if op not in _REGISTRY:
         raise KeyError(f"no kernel named {op!r}; known: {sorted(_REGISTRY)}")
     entries = _REGISTRY[op]
-    if backend is None:
+    if impl is None:
         if like is not None and is_device_array(like):
-            backend = "cuda"
+            impl = "cuda"
         else:
-            backend = "cpu" if "cpu" in entries and entries["cpu"].probe() is None else "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} for {op}; expected one of {BACKENDS}")
-    if backend not in entries:
-        raise BackendUnavailableError(f"{op}: no {backend!r} implementation is registered")
-    reason = entries[backend].probe()
+            impl = "cpu" if "cpu" in entries and entries["cpu"].probe() is None else "reference"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown kernel implementation {impl!r} for {op}; expected one of {IMPLS}")
+    if impl not in entries:
+        raise BackendUnavailableError(f"{op}: no {impl!r} implementation is registered")
+    reason = entries[impl].probe()
     if reason is not None:
-        raise BackendUnavailableError(f"{op}: backend {backend!r} is unavailable: {reason}")
+        raise BackendUnavailableError(f"{op}: implementation {impl!r} is unavailable: {reason}")
     if like is not None:
         on_device = is_device_array(like)
-        if backend == "cuda" and not on_device:
+        if impl == "cuda" and not on_device:
             raise TypeError(
-                f"{op}: the cuda backend takes device arrays; copy the input to the GPU first "
+                f"{op}: the cuda implementation takes device arrays; copy the input to the GPU first "
                 "(e.g. cupy.asarray or numba.cuda.to_device) so the copy is visible at the call site"
             )
-        if backend != "cuda" and on_device:
-            raise TypeError(f"{op}: the {backend} backend takes host (NumPy) arrays, got a device array")
-    return backend, entries[backend].load()
+        if impl != "cuda" and on_device:
+            raise TypeError(f"{op}: the {impl} implementation takes host (NumPy) arrays, got a device array")
+    return impl, entries[impl].load()
 
 
 def registered() -> dict[str, list[str]]:
-    """Names of all operations and their registered backends."""
+    """Names of all operations and their registered implementations."""
     return {op: sorted(entries) for op, entries in sorted(_REGISTRY.items())}

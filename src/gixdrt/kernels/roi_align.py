@@ -40,13 +40,13 @@ def roi_align(
     *,
     out: Any = None,
     valid: Any = None,
-    backend: str | None = None,
+    impl: str | None = None,
     stream: Any = None,
 ) -> Any:
     """RoIAlign forward.
 
     features: float32[N, C, H, W] C-contiguous feature map; rois: float32[K, 5] rows (batch index, x0, y0, x1,
-        y1) in input (image) pixels; both NumPy arrays (host backends) or both device arrays (cuda).
+        y1) in input (image) pixels; both NumPy arrays (host implementations) or both device arrays (cuda).
     output_size: P or (P, Q) bins; spatial_scale: s or (s_y, s_x) multiplied into the RoI coordinates;
     sampling_ratio: samples per bin and axis, ≤ 0 for adaptive ceil(roi_size / bins); aligned: False is the
         legacy mode (no half-pixel shift, RoI size clamped to ≥ 1).
@@ -54,18 +54,18 @@ def roi_align(
         ``out`` allocates one with the inputs' library (CuPy or PyTorch).
     valid: optional int32[N]: the rows are grouped R = K // N per image (row i·R + j belongs to image i and its
         batch index must be i); rows with j ≥ valid[i] need not be computed and their content is unspecified
-        (the reference and cpu backends skip them, cuda may compute them).
-    backend: None (from where ``features`` lives), "reference", "cpu" or "cuda".
+        (the reference and cpu implementations skip them, cuda may compute them).
+    impl: None (from where ``features`` lives), "reference", "cpu" or "cuda".
     stream: cuda only: a ``cudaStream_t`` as an int, or a stream object with ``.ptr`` (CuPy) or ``.cuda_stream``
         (PyTorch); None takes the current stream of the inputs' library. The launch is asynchronous.
     Returns float32[K, C, P, Q] (``out`` when given).
 
-    The host backends raise ValueError for a (computed) RoI with a batch index outside [0, N) or a non-finite
+    The host implementations raise ValueError for a (computed) RoI with a batch index outside [0, N) or a non-finite
     coordinate; the CUDA kernel cannot raise from the device and writes NaN for RoIs with a bad batch index.
     """
     if is_device_array(features) != is_device_array(rois):
         raise TypeError("roi_align: features and rois must both be NumPy arrays or both be device arrays")
-    name, fn = resolve("roi_align", backend, features)
+    name, fn = resolve("roi_align", impl, features)
     args = (features, rois, output_size, spatial_scale, sampling_ratio, aligned)
     if name == "cuda":
         return fn(*args, out=out, valid=valid, stream=stream)

@@ -1,11 +1,13 @@
-"""PyTorch reference detector of the published GIXD model: network, anchors, box ops, checkpoints.
+"""The GIXD detector's model side: its description (config, anchors, cards; no PyTorch) and the PyTorch network,
+its inference graphs, box ops and checkpoints (training, export and the model-side reference).
 
 >>> from gixdrt.model import load_published
 >>> model = load_published(assets.default_checkpoint)          # strict; CheckpointError on any mismatch
 >>> dets = model(torch.from_numpy(contrast)[None, None])       # [{"boxes": float32[K, 4], "scores": float32[K]}]
 >>> trace = model.trace(images)                                 # stage outputs + seconds per stage
 
-Attributes are imported lazily, so ``gixdrt.model.reference_ops`` (NumPy only) can be used without PyTorch.
+Attributes are imported lazily: :mod:`gixdrt.model.config` and :mod:`gixdrt.model.card` need no PyTorch, and
+``import gixdrt.model`` imports none.
 """
 from __future__ import annotations
 

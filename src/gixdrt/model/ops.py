@@ -1,8 +1,8 @@
 """Box operations of the detector in vectorised PyTorch: box coding, clipping, IoU, NMS and RoIAlign.
 
 These reproduce torchvision's semantics (``BoxCoder`` without weights, ``nms``, ``batched_nms``,
-``roi_align``) without depending on it; :mod:`gixdrt.model.reference_ops` holds the naive float64 loops
-they are tested against. Boxes are (x0, y0, x1, y1) in image pixels; box arithmetic runs in fp32 (half
+``roi_align``) without depending on it; :mod:`gixdrt.kernels.reference` (``boxes``, ``roi_align``) holds the
+NumPy specifications they are tested against. Boxes are (x0, y0, x1, y1) in image pixels; box arithmetic runs in fp32 (half
 inputs are promoted: an fp16 step is 0.5–1 px at x ≥ 512).
 """
 from __future__ import annotations

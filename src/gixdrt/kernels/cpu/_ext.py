@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-#: the functions of gixdrt._ext that the cpu backend calls
+#: the functions of gixdrt._ext that the cpu implementation calls
 CPU_KERNELS = (
     "polar_remap_cpu",
     "contrast_cpu",
@@ -39,5 +39,5 @@ def ext():
     if module is None:
         from ..registry import ExtensionUnavailableError
 
-        raise ExtensionUnavailableError(f"cpu backend: {reason}")
+        raise ExtensionUnavailableError(f"cpu implementation: {reason}")
     return module

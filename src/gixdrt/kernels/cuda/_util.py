@@ -74,7 +74,7 @@ def device_outs(out: Any, specs, fn: str, stream):
     for i, ((name, shape, dtype), arr) in enumerate(zip(specs, out)):
         what = f"{fn}: out[{i}] ({name})"
         if not is_device_array(arr):
-            raise TypeError(f"{what} must be a device array for the cuda backend, got {type(arr).__name__}")
+            raise TypeError(f"{what} must be a device array for the cuda implementation, got {type(arr).__name__}")
         view = arr if cudasim() else cuda.as_cuda_array(arr)
         if view.dtype != np.dtype(dtype):
             raise TypeError(f"{what} must have dtype {np.dtype(dtype).name}, got {view.dtype}")

@@ -6,7 +6,7 @@ the given stream and nothing image-sized crosses between host and device: extrem
 LUTs live in small device buffers that the next kernel reads. Scalars derived from the arguments
 alone (clip level, LUT scale, tile geometry) are computed on the host.
 
-Differences from the host backends, by design:
+Differences from the host implementations, by design:
 
 - no :class:`~gixdrt.errors.DataWarning`: whether the data is degenerate (constant, non-finite) is
   known only on the device, and warning would need a device→host synchronisation. The result is the
@@ -553,7 +553,7 @@ def contrast(polar, *, coef: float = CONTRAST_COEF, clip_limit: float = CONTRAST
     polar: device float32[H, W]. out: optional device float32[H, W] (allocated on ``stream`` if None);
     it is also the scratch buffer of the chain. Returns ``out``, float32 in [0, 1], never NaN.
     No DataWarning is emitted (it would need a device→host synchronisation); degenerate inputs give
-    the same defined result as the host backends.
+    the same defined result as the host implementations.
     """
     p = as_device(polar, "contrast")
     coef32, clip_limit = check_contrast_args(tuple(p.shape), p.dtype, coef, clip_limit)

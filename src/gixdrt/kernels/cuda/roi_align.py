@@ -42,7 +42,7 @@ def roi_align(
     from gixdrt import _ext
 
     if not (is_device_array(features) and is_device_array(rois)):
-        raise TypeError("roi_align: the cuda backend takes device arrays for both features and rois")
+        raise TypeError("roi_align: the cuda implementation takes device arrays for both features and rois")
     out_h, out_w = pair(output_size, "roi_align: output_size", int)
     scale_y, scale_x = pair(spatial_scale, "roi_align: spatial_scale")
     f_ptr, (n, c, h, w) = _device_view(features, "features", 4, "[N, C, H, W]")

@@ -1,6 +1,6 @@
 """NumPy reference of CLAHE (OpenCV semantics) and of the published contrast chain.
 
-This module is the specification the ``cpu`` and ``cuda`` backends are tested against. It is
+This module is the specification the ``cpu`` and ``cuda`` implementations are tested against. It is
 written for reading, not for speed.
 
 CLAHE (``cv2.createCLAHE(clipLimit, tileGridSize=(tiles_x, tiles_y)).apply``), for
@@ -40,7 +40,7 @@ _INT_MAX = 2**31 - 1
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks shared by the three backends
+# argument checks shared by the three implementations
 # --------------------------------------------------------------------------------------------
 def check_clahe_args(shape, dtype, clip_limit, tile_grid) -> tuple[int, int, int, float]:
     """Validate CLAHE arguments; return ``(bins, tiles_x, tiles_y, clip_limit)``.
@@ -252,7 +252,7 @@ def log10_f32(x: np.ndarray) -> np.ndarray:
 
     ``np.log10`` on float32 is not portable: with AVX-512 NumPy uses a SIMD routine that is up to
     2 ulp away from the correctly rounded value (on ~40 % of inputs), so the specification fixes
-    the correctly rounded value, which every backend (Numba CPU, CUDA) reproduces.
+    the correctly rounded value, which every implementation (C++ CPU, CUDA) reproduces.
     """
     return np.log10(x.astype(np.float64)).astype(np.float32)
 
@@ -267,7 +267,7 @@ def degenerate(shape: tuple[int, ...], n_bad: int, vmin, vmax, *, stacklevel: in
     """Warn about degenerate contrast input; True when the chain's result is all zeros.
 
     n_bad: number of non-finite pixels; vmin/vmax: the finite extrema (None when there is none).
-    Shared by the host backends so that they warn alike.
+    Shared by the host implementations so that they warn alike.
     """
     size = int(np.prod(shape))
     if n_bad == size:

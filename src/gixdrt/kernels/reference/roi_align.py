@@ -116,7 +116,7 @@ def roi_align(
         out = np.zeros(shape, dtype)
     else:
         if not isinstance(out, np.ndarray):
-            raise TypeError(f"roi_align: out must be a NumPy array for a host backend, got {type(out).__name__}")
+            raise TypeError(f"roi_align: out must be a NumPy array for a host implementation, got {type(out).__name__}")
         if out.dtype != np.dtype(dtype):
             raise TypeError(f"roi_align: out must be {np.dtype(dtype).name}, got {out.dtype}")
         if out.shape != shape:
