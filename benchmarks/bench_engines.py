@@ -222,12 +222,22 @@ def markdown(results: dict) -> str:
         text = ", ".join(f"batch {b} {r:.2f}×" for b, r in per_batch.items())
         lines.append(f"- frames/s of {pair.replace('/', ' over ')}: {text}")
     goal = sp.get("cpu_goal", {})
-    if goal.get("speedup") is not None:
+    base = results.get("baseline")
+    model_torch = (base or {}).get("engines", {}).get("torch", {}).get("1") if base else None
+    ort = _ok(results, "onnxruntime", 1)
+    if model_torch and "error" not in model_torch and ort:
+        # the goal was set against the PyTorch model (its own ops between the graphs), which the baseline's torch
+        # backend ran; this checkout's torch backend runs the same C++ kernels as onnxruntime between the graphs
+        ratio = ort["frames_per_s"] / model_torch["frames_per_s"]
+        lines.append(f"- CPU goal, onnxruntime ≥ {CPU_GOAL}× the PyTorch model at batch 1 (revision {base['revision']}'s "
+                     f"torch backend, PyTorch ops between the graphs): {ratio:.2f}× — {'met' if ratio >= CPU_GOAL else 'not met'}; "
+                     f"over this checkout's torch backend, which runs the same kernels between the graphs: "
+                     f"{goal['speedup']:.2f}×")
+    elif goal.get("speedup") is not None:
         lines.append(f"- CPU goal, onnxruntime over torch at batch 1 ≥ {goal['goal']}×: {goal['speedup']:.2f}× — "
                      f"{'met' if goal['met'] else 'not met'}")
     else:
         lines.append(f"- CPU goal, onnxruntime over torch at batch 1 ≥ {goal.get('goal', CPU_GOAL)}×: not measured")
-    base = results.get("baseline")
     if base:
         for name, per_batch in base["engines"].items():
             text = ", ".join(f"batch {b} {r['ratio_frames_per_s']:.3f}×" for b, r in per_batch.items()

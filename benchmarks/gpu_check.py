@@ -71,7 +71,7 @@ def run_tests(out: Path, timeout: float) -> dict:
 
 
 def _frames(batch: int, frame: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.broadcast_to(frame, (batch, 1, *frame.shape)))
+    return np.array(np.broadcast_to(frame, (batch, 1, *frame.shape)))  # a writable copy
 
 
 def bench_raw(device: str, batches: list[int], runs: int, precisions: list[str]) -> list[dict]:

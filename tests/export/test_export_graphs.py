@@ -290,3 +290,17 @@ def test_onnxruntime_head_matches_torch(graphs, rois, reference, precision, tol)
     assert out["logits"].shape == (ROIS,) and out["deltas"].shape == (ROIS, 4)
     for name in ("logits", "deltas"):
         assert rel_err(out[name], reference[f"head_{name}"]) <= tol, name
+
+
+def test_export_leaves_the_callers_model_as_it_is(model, tmp_path):
+    """Exporting traces a float32 CPU copy when it must: the caller's model keeps its dtype, device and weights (a
+    model restored "in place" after export was a latent bug of the GPU path)."""
+    double = GixdDetector()
+    double.load_state_dict(model.state_dict())
+    double = double.double()
+    before = {k: v.clone() for k, v in double.state_dict().items()}
+    export_dense(double, tmp_path / "d.onnx", shape=SHAPE, batch=1)
+    export_head(double, tmp_path / "h.onnx", rois=4)
+    after = double.state_dict()
+    assert all(after[k].dtype == torch.float64 and torch.equal(after[k], v) for k, v in before.items())
+    assert not double.training
