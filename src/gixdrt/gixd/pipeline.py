@@ -29,6 +29,9 @@ from .plan import INPUTS, RawInput
 __all__ = ["INPUTS", "FrameResult", "Pipeline"]
 
 
+_PIXEL_DTYPES = ("float32", "float64", "uint8", "uint16", "int16", "uint32", "int32")
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """One frame's outcome: its index and source, its peaks, and its uncorrected polar image (None for
@@ -41,10 +44,13 @@ class FrameResult:
 
 
 def _common_stack(items: list[np.ndarray]) -> np.ndarray:
-    """[H, W] or [G, H, W] frames → one [N, G, H, W] array of a common pixel dtype."""
+    """[H, W] or [G, H, W] frames → one [N, G, H, W] array of a common pixel dtype (a view of a single frame,
+    no copy)."""
     arrays = [a if a.ndim == 3 else a[None] for a in (np.asarray(x) for x in items)]
+    if len(arrays) == 1 and arrays[0].dtype.name in _PIXEL_DTYPES:
+        return arrays[0][None]
     dtype = np.result_type(*{a.dtype for a in arrays})
-    if dtype.name not in ("float32", "float64", "uint8", "uint16", "int16", "uint32", "int32"):
+    if dtype.name not in _PIXEL_DTYPES:
         dtype = np.dtype(np.float64)  # e.g. uint32 with int32 → int64: float64 holds both exactly
     return np.stack(arrays).astype(dtype, copy=False)
 
