@@ -302,5 +302,6 @@ def test_export_leaves_the_callers_model_as_it_is(model, tmp_path):
     export_dense(double, tmp_path / "d.onnx", shape=SHAPE, batch=1)
     export_head(double, tmp_path / "h.onnx", rois=4)
     after = double.state_dict()
-    assert all(after[k].dtype == torch.float64 and torch.equal(after[k], v) for k, v in before.items())
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert double.backbone.backbone.conv1.weight.dtype == torch.float64
     assert not double.training

@@ -620,7 +620,7 @@ class TensorRTRunner(Runner):
     buffers with ``cuda_graph``) or NumPy arrays / CPU tensors (uploaded) and returns name → torch CUDA
     tensor. The returned tensors are the runner's output buffers: valid until the next call, which
     overwrites them (clone what must be kept). Each call waits for the caller's current stream before it
-    starts and synchronises its stream before it returns. Dynamic input dimensions (an engine built with a
+    starts and makes the caller's current stream wait for it before it returns (no host synchronisation). Dynamic input dimensions (an engine built with a
     batch range) are fixed at the profile's opt shape.
     """
 
@@ -779,7 +779,9 @@ class TensorRTRunner(Runner):
                     raise RuntimeError(f"{self.engine_path}: TensorRT execution failed ({detail})")
                 if self.cuda_graph and not self._graph_failed:
                     self._capture()  # after this warm-up call; on failure it replaces self._stream
-        self._stream.synchronize()
+        # no host synchronisation: the caller's stream waits for this one, so the kernels after the engine (and
+        # any copy of its outputs) are ordered after it on the device
+        torch.cuda.current_stream(self._dev).wait_stream(self._stream)
         return dict(self._out_bufs)
 
     def _capture(self) -> None:
