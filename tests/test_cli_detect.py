@@ -80,6 +80,23 @@ def test_small_setup_runs(small, tmp_path):
     assert leftovers(tmp_path) == ["ok.csv"]
 
 
+@pytest.mark.parametrize("option, value, expect", [
+    ("--score-threshold", "2", "2 is outside [-1.0, 1.0]"),
+    ("--score-threshold", "nan", "nan is outside"),
+    ("--nms-iou", "-1", "-1 is outside [0.0, 1.0]"),
+    ("--max-detections", "0", "0 is outside [1, 100000]"),
+    ("--max-detections", "many", "'many' is not an integer"),
+])
+def test_detect_option_out_of_range_is_one_line(small, tmp_path, capsys, option, value, expect):
+    cfg, frame, model = small
+    out = tmp_path / "p.csv"
+    with pytest.raises(SystemExit) as info:
+        main(["detect", str(frame), "--config", str(cfg), "--out", str(out), option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {option}: {expect}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "case, expect",
     [

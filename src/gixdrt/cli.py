@@ -144,17 +144,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     n_frames = count_frames(args.inputs, args.sum)
     frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=expect)
     pp = cfg.postprocessing if cfg is not None else None
-    detector = PeakDetector(
-        args.model,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        threads=args.threads,
-        # the option, else the config's postprocessing_config, else the model card's
-        score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else None),
-        nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
-        max_detections=args.max_detections,
-    )
+    try:
+        detector = PeakDetector(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+            # the option, else the config's postprocessing_config, else the model card's
+            score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else None),
+            nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
+            max_detections=args.max_detections,
+        )
+    except ValueError as exc:  # a threshold, device or precision out of range: one line naming it
+        raise GixdrtError(str(exc)) from None
     pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=bool(args.gixi_compat))
     th = detector.thresholds
     print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.describe()}, "
@@ -303,6 +306,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise GixdrtError(str(exc)) from None
     print(f"results → {Path(args.out_dir).resolve()}")
     return 0
+
+
+def _in_range(kind: type, lo: float, hi: float):
+    """An argparse type: a number of ``kind`` in [lo, hi] (NaN refused), or a one-line error with the range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (lo <= value <= hi):  # False for NaN too
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo}, {hi}]")
+        return value
+
+    return parse
 
 
 def _parse_batch_profile(text: str) -> int | tuple[int, int, int]:
@@ -476,11 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
-    p.add_argument("--score-threshold", type=float, default=None,
+    p.add_argument("--score-threshold", type=_in_range(float, -1.0, 1.0), default=None,
                    help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")
-    p.add_argument("--nms-iou", type=float, default=None,
+    p.add_argument("--nms-iou", type=_in_range(float, 0.0, 1.0), default=None,
                    help="final NMS IoU (default: the config's, else the model card's: 0.1)")
-    p.add_argument("--max-detections", type=int, default=None,
+    p.add_argument("--max-detections", type=_in_range(int, 1, 100_000), default=None,
                    help="at most this many peaks per frame (default: the model card's: 250)")
     p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
     p.add_argument("--batch", type=int, default=1, help="frames per detector call (default 1)")
