@@ -90,3 +90,18 @@ def test_threshold():
 def test_reference_refuses_a_wrong_output_buffer():
     with pytest.raises(ValueError, match=r"gather_rows: out must be float32\[1, 2\]"):
         ref.gather_rows(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.int32), out=np.zeros((1, 3), np.float32))
+
+
+def test_device_minmax_matches_the_host_chain():
+    """contrast.disable: the device's min–max normalisation (PyTorch ops) equals the host's, bit for bit."""
+    from gixdrt.kernels.batched import _minmax_device, minmax
+
+    rng = np.random.default_rng(5)
+    for img in (rng.random((8, 16), dtype=np.float32) * 50, np.full((8, 16), 4.0, np.float32),
+                np.full((8, 16), np.nan, np.float32)):
+        img = img.copy()
+        if np.isfinite(img).all() and img.std() > 0:
+            img[0, 0] = np.nan
+        out = torch.empty(img.shape)
+        _minmax_device(torch.from_numpy(img), out)
+        np.testing.assert_array_equal(out.numpy(), minmax(img))

@@ -243,3 +243,32 @@ def test_constant_frame_gives_no_detections(default_model, published_config):
     images = torch.cat((torch.from_numpy(img)[None, None], torch.full((1, 1, 512, 1024), 0.3)))
     for det in default_model(images):
         assert det["boxes"].shape == (0, 4) and det["scores"].shape == (0,)
+
+
+def test_dense_graph_flattens_like_flatten_rpn():
+    """The dense graph module (what is exported and what the torch runners run) = the model's dense stage with
+    its RPN outputs flattened level by level, BN folded or not, channels-last or not; the head graph = head."""
+    import torch
+
+    from gixdrt.export.fold import fold_batchnorm
+    from gixdrt.model import GixdDetector
+    from gixdrt.model.graphs import DenseGraph, HeadGraph
+
+    torch.manual_seed(5)
+    model = GixdDetector()
+    images = torch.rand(2, 1, 64, 128)
+    with torch.no_grad():
+        want = model.dense(images)
+        flat = [flatten_rpn(lg, dl) for lg, dl in zip(want.logits, want.deltas)]
+        for net in (DenseGraph(model), DenseGraph(fold_batchnorm(model), channels_last=True)):
+            p2, logits, deltas = net(images)
+            assert p2.is_contiguous() and logits.is_contiguous() and deltas.is_contiguous()
+            torch.testing.assert_close(p2, want.features[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(logits, torch.cat([f[0] for f in flat], 1), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(deltas, torch.cat([f[1] for f in flat], 1), atol=1e-4, rtol=1e-4)
+        feats = torch.randn(7, 64, 16, 16)
+        lg, dl = HeadGraph(model)(feats)
+        want_lg, want_dl = model.head(feats)
+        assert lg.shape == (7,) and dl.shape == (7, 4)
+        torch.testing.assert_close(lg, want_lg)
+        torch.testing.assert_close(dl, want_dl)
