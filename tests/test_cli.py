@@ -54,13 +54,13 @@ def test_preprocess_sum_of_stack(small_setup, tmp_path):
     assert main(args + ["--sum", "2", "--index", "1"]) == 0
     want = preprocess(stack[1:3], load_config(cfg_path), "polar", impl="reference")
     np.testing.assert_array_equal(np.load(out), want)
-    assert main(args + ["--sum", "3", "--index", "1"]) == 1  # runs past the end of the stack
+    assert main(args + ["--sum", "3", "--index", "1"]) == 2  # runs past the end of the stack
 
 
 @pytest.mark.parametrize(
     "case, expect",
     [
-        ("wrong_shape", "does not match the geometry"),
+        ("wrong_shape", "does not match the detector size in the config, q_space.size_y × q_space.size_x"),
         ("bad_config", "q_space.distance: must be > 0"),
         ("missing_frame", "file not found"),
         ("not_image", "not a readable image"),
@@ -86,7 +86,7 @@ def test_preprocess_errors_name_file_and_problem(small_setup, tmp_path, capsys, 
         out = tmp_path / "o.jpg"
     code = main(["preprocess", str(frame_path), "--config", str(cfg_path), "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert expect in err
     named = {"bad_config": cfg_path, "bad_suffix": out}.get(case, frame_path)
     assert str(named) in err
@@ -133,7 +133,7 @@ def test_simulate_writes_npz_deterministically(tmp_path, capsys):
 
 
 def test_simulate_rejects_bad_size(tmp_path, capsys):
-    assert main(["simulate", "--n", "1", "--size", "512by512", "--out", str(tmp_path / "x.npz")]) == 1
+    assert main(["simulate", "--n", "1", "--size", "512by512", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--size" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_train_tiny_config_writes_a_loadable_model(tmp_path, capsys):
     assert "trained 2 steps" in out
     model = load_model(run / "model")
     assert model.card["provenance"]
-    assert main(["train", "--config", str(config), "--run-dir", str(run), "--no-progress"]) == 1  # no overwrite
+    assert main(["train", "--config", str(config), "--run-dir", str(run), "--no-progress"]) == 2  # no overwrite
     assert "run" in capsys.readouterr().err
 
 

@@ -76,7 +76,7 @@ def test_bench_onnxruntime_reports_the_export(setup, tmp_path, capsys, monkeypat
     "extra, expect",
     [
         (["--input", "raw"], "--config"),
-        (["--runs", "0"], "--runs 0"),
+        (["--runs", "0"], "--runs: 0 is outside [1, "),
         (["--backend", "tensorrt"], "not available here"),
         (["--backend", "torch", "--precision", "fp16"], "precision fp16"),
     ],
@@ -84,13 +84,13 @@ def test_bench_onnxruntime_reports_the_export(setup, tmp_path, capsys, monkeypat
 def test_bench_errors(setup, capsys, extra, expect):
     model, images = setup
     args = ["bench", str(images), "--input", "processed", "--model", str(model), "--runs", "1", *extra]
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("gixdrt bench: error:") and expect in err, err
 
 
 def test_bench_config_without_frames(capsys, small_config):
-    assert main(["bench", "--config", str(small_config)]) == 1
+    assert main(["bench", "--config", str(small_config)]) == 2
     assert "go with FRAMES" in capsys.readouterr().err
 
 

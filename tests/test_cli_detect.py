@@ -90,10 +90,10 @@ def test_small_setup_runs(small, tmp_path):
 def test_detect_option_out_of_range_is_one_line(small, tmp_path, capsys, option, value, expect):
     cfg, frame, model = small
     out = tmp_path / "p.csv"
-    with pytest.raises(SystemExit) as info:
-        main(["detect", str(frame), "--config", str(cfg), "--out", str(out), option, value])
+    assert main(["detect", str(frame), "--config", str(cfg), "--out", str(out), option, value]) == 2
     err = capsys.readouterr().err
-    assert info.value.code == 2 and f"argument {option}: {expect}" in err and "Traceback" not in err
+    assert err.startswith(f"gixdrt detect: error: {option}: {expect}") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
@@ -103,7 +103,7 @@ def test_detect_option_out_of_range_is_one_line(small, tmp_path, capsys, option,
         ("no_config", "--config"),
         ("bad_suffix", "unsupported output format"),
         ("missing_input", "file not found"),
-        ("wrong_shape", "does not match the expected (60, 80)"),
+        ("wrong_shape", "does not match the detector size in the config, q_space.size_y × q_space.size_x = 60×80"),
         ("no_model", "no such model file"),
         ("corrupt_model", "not a readable PyTorch checkpoint"),
     ],
@@ -130,7 +130,7 @@ def test_detect_errors(small, tmp_path, capsys, case, expect):
         model.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8)
     code = main(["detect", str(frame), *config, "--model", str(model), "--out", str(out), "--no-progress"])
     captured = capsys.readouterr()
-    assert code == 1
+    assert code == 2
     assert "error" in captured.err and expect in captured.err, captured.err
     if case != "no_config":
         assert str(named) in captured.err, captured.err

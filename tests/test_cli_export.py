@@ -86,15 +86,15 @@ def test_export_head_rois_and_no_check(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "shape, expect",
     [
-        ("64by128", "--shape '64by128': expected HxW"),
-        ("64x128x2", "--shape '64x128x2': expected HxW"),
-        ("0x128", "must be positive"),
+        ("64by128", "--shape: '64by128': expected HxW"),
+        ("64x128x2", "--shape: '64x128x2': expected HxW"),
+        ("0x128", "--shape: '0x128': height and width must be in [1, 16384]"),
         ("60x128", "--shape 60x128: this model needs H a multiple of 32"),
     ],
 )
 def test_export_bad_shape(model_dir, tmp_path, capsys, shape, expect):
     out = tmp_path / "model.onnx"
-    assert main(["export", "--model", str(model_dir), "--shape", shape, "--out", str(out)]) == 1
+    assert main(["export", "--model", str(model_dir), "--shape", shape, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gixdrt export: error:") and expect in err, err
     assert len(err.strip().splitlines()) == 1
@@ -102,7 +102,7 @@ def test_export_bad_shape(model_dir, tmp_path, capsys, shape, expect):
 
 
 def test_export_bad_out_suffix(model_dir, tmp_path, capsys):
-    assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "model.trt")]) == 1
+    assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "model.trt")]) == 2
     assert "must name an .onnx file" in capsys.readouterr().err
 
 
@@ -117,7 +117,7 @@ def test_export_failed_check_is_one_line_naming_the_file(model_dir, tmp_path, ca
 
     monkeypatch.setattr(check, "check_graph", failing)
     out = tmp_path / "head.onnx"
-    assert main(["export", "--model", str(model_dir), "--graph", "head", "--rois", "8", "--out", str(out)]) == 1
+    assert main(["export", "--model", str(model_dir), "--graph", "head", "--rois", "8", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert len(err.splitlines()) == 1, err

@@ -128,10 +128,11 @@ def load_images(inputs: Sequence[str], *, config: str | os.PathLike | None = Non
     cfg = load_config(config) if config else None
     if input == "raw" and cfg is None:
         raise GixdrtError("raw frames need the experiment geometry: pass --config CONFIG.yaml (or --input polar|processed)")
-    expect = cfg.geometry.frame_shape if (cfg is not None and input == "raw") else None
+    geometry = cfg.geometry if (cfg is not None and input == "raw") else None
     pre = Preprocessor(cfg) if cfg is not None else None
     images, sources = [], []
-    for frame in iter_frames(list(inputs), sum_n=sum_n, expect_shape=expect):
+    for frame in iter_frames(list(inputs), sum_n=sum_n, expect_shape=geometry and geometry.frame_shape,
+                             expect_note=geometry and geometry.frame_shape_note):
         if input == "processed":
             img = np.asarray(frame.data, np.float32)
         elif input == "polar":

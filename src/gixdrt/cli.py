@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import signal
 import sys
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,34 +23,76 @@ REFERENCE_POLAR = {"min": -70.2231, "max": 1048.21, "mean": 19.2641}
 
 
 def _load_frames(path: str, index: int, n_sum: int, geometry) -> np.ndarray:
-    from .io import read_frame
+    """Frames ``index … index+n_sum-1`` of ``path`` (the shape checked against the geometry from the header)."""
+    from .io.readers import reader_for, split_spec
 
-    data = read_frame(path)
-    if data.ndim == 3:
-        if not 0 <= index < data.shape[0]:
-            raise GixdrtError(f"{path}: --index {index} is outside the stack of {data.shape[0]} frames")
-        if index + n_sum > data.shape[0]:
-            raise GixdrtError(f"{path}: --sum {n_sum} from --index {index} needs {index + n_sum} frames, the stack has {data.shape[0]}")
-        data = data[index : index + n_sum]
-    elif n_sum != 1 or index != 0:
-        raise GixdrtError(f"{path}: holds a single frame; --sum and --index need a stack")
-    geometry.check_frame_shape(data.shape, path)
-    return data
+    file, dataset = split_spec(path)
+    with reader_for(file, label=path, dataset=dataset, expect_shape=geometry.frame_shape,
+                    expect_note=geometry.frame_shape_note) as reader:
+        n = sum(stack.n for stack in reader.stacks)
+        if len(reader.stacks) > 1:
+            raise GixdrtError(f"{path}: holds {len(reader.stacks)} datasets; name one as FILE.h5::/path")
+        if n == 1 and not reader.stacks[0].stacked:
+            if n_sum != 1 or index != 0:
+                raise GixdrtError(f"{path}: holds a single frame; --sum and --index need a stack")
+            return reader.read(0)[0]
+        if index >= n:
+            raise GixdrtError(f"--index {index}: outside the stack of {n} frames in {path} (0 … {n - 1})")
+        if index + n_sum > n:
+            raise GixdrtError(f"--sum {n_sum}: from --index {index} needs {index + n_sum} frames, {path} holds {n}")
+        return reader.read(0, index, index + n_sum)
+
+
+@contextmanager
+def _naming(args: argparse.Namespace, **defaults):
+    """Errors of the runtime or kernels chosen by options (``name=default``: --backend, --device, --kernels...)
+    name the options the user set (all of them when none was set)."""
+    from .errors import CheckpointError, ConfigError, FrameError
+    from .io.atomic import OutputError
+    from .kernels.registry import BackendUnavailableError
+
+    try:
+        yield
+    except (ValueError, BackendUnavailableError) as exc:
+        if isinstance(exc, (CheckpointError, ConfigError, FrameError, OutputError)):
+            raise
+        chosen = [n for n, default in defaults.items() if getattr(args, n, None) not in (None, default)]
+        named = chosen or [n for n in defaults if getattr(args, n, None) is not None]
+        given = " ".join(f"--{n.replace('_', '-')} {getattr(args, n)}" for n in named)
+        raise GixdrtError(f"{given}: {exc}" if given else str(exc)) from None
+
+
+def _to_gpu(impl: str | None, array: np.ndarray):
+    """The frames where ``impl``'s kernels read them: a copy on the GPU for the CUDA kernels, else as they are."""
+    if impl != "cuda":
+        return array
+    from .kernels.registry import BackendUnavailableError, cuda_unavailable_reason
+
+    why = cuda_unavailable_reason()
+    if why:
+        raise BackendUnavailableError(f"the CUDA kernels cannot run here: {why}")
+    from numba import cuda
+
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+def _host(array) -> np.ndarray:
+    """A device array copied back to the host; a host array as it is."""
+    return array.copy_to_host() if hasattr(array, "copy_to_host") else np.asarray(array)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .geometry import load_config
     from .gixd.preprocess import Preprocessor
     from .io import write_image
+    from .io.atomic import check_output
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".png"):
-        raise GixdrtError(f"{out}: unsupported output format {out.suffix or '(none)'}; use .npy, .tif or .png")
+    out = check_output(args.out, inputs=[args.frame, args.config], suffixes=(".npy", ".tif", ".tiff", ".png"))
     cfg = load_config(args.config)
     frames = _load_frames(args.frame, args.index, args.sum, cfg.geometry)
-    pre = Preprocessor(cfg, impl=args.kernels)
     t0 = time.perf_counter()
-    image = pre(frames, args.stage)
+    with _naming(args, kernels=None):
+        image = _host(Preprocessor(cfg, impl=args.kernels)(_to_gpu(args.kernels, frames), args.stage))
     dt = time.perf_counter() - t0
     write_image(out, image)
     print(
@@ -58,10 +106,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .geometry import load_config, polar_map
     from .io import fetch_published, read_frame
+    from .io.atomic import check_output
     from .kernels import contrast, polar_remap
     from .plotting import plot_polar, plot_raw
 
-    outdir = Path(args.out_dir)
+    outdir = check_output(args.out_dir, option="--out-dir", directory=True)
     assets = fetch_published()
     cfg = load_config(assets.config)
     g = cfg.geometry
@@ -70,10 +119,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pmap = polar_map(g)
     t1 = time.perf_counter()
-    polar = polar_remap(frame, pmap, impl=args.kernels)
-    t2 = time.perf_counter()
-    c = cfg.contrast
-    processed = contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, impl=args.kernels)
+    with _naming(args, kernels=None):
+        polar = polar_remap(_to_gpu(args.kernels, frame), pmap, impl=args.kernels)
+        t2 = time.perf_counter()
+        c = cfg.contrast
+        processed = _host(contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, impl=args.kernels))
+        polar = _host(polar)
     t3 = time.perf_counter()
     from .gixd.detector import PeakDetector
     from .gixd.peaks import PeakTable
@@ -97,8 +148,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         plot_polar(processed, g, outdir / "peaks.png", f"{len(peaks)} peaks (labels: |Q| in Å⁻¹)", "intensity", peaks=peaks),
         outdir / "peaks.csv",
     ]
-    np.save(outdir / "contrast.npy", processed)
-    paths.append(outdir / "contrast.npy")
+    from .io import write_image
+
+    paths.append(write_image(outdir / "contrast.npy", processed))
     print(f"gixdrt {__version__} demo on the published real frame")
     print(f"  frame    {assets.frame}  {frame.shape[0]}×{frame.shape[1]} {frame.dtype}, counts {frame.min():.1f} … {frame.max():.1f}")
     print(f"  geometry {assets.config}: distance {g.distance} mm, λ {g.wavelength} Å, α {g.incidence_angle}°, "
@@ -132,19 +184,31 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .gixd.detector import PeakDetector
     from .gixd.pipeline import Pipeline
     from .io import count_frames, iter_frames, write_peaks
+    from .io.atomic import check_distinct, check_output
+    from .io.sources import input_files
     from .model import zoo
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".h5", ".hdf5"):
-        raise GixdrtError(f"{out}: unsupported output format {out.suffix or '(none)'}; use .csv, .h5 or .hdf5")
+    if args.input == "raw" and not args.config:
+        raise GixdrtError("--config: raw frames need the experiment geometry: pass --config CONFIG.yaml "
+                          "(or --input polar|processed)")
+    if args.gixi_compat and args.input == "processed":
+        raise GixdrtError("--gixi-compat: stores the polar image: use --input raw or polar")
+    files = input_files(args.inputs)  # every input exists and has a known format; nothing read yet
+    inputs = [*files, *([args.config] if args.config else [])]
+    out = check_output(args.out, inputs=inputs, suffixes=(".csv", ".h5", ".hdf5"))
+    if args.gixi_compat:
+        check_output(args.gixi_compat, inputs=inputs, option="--gixi-compat", suffixes=(".h5", ".hdf5"))
+        check_distinct({"--out": args.out, "--gixi-compat": args.gixi_compat})
     cfg = load_config(args.config) if args.config else None
-    if args.input == "raw" and cfg is None:
-        raise GixdrtError("raw frames need the experiment geometry: pass --config CONFIG.yaml (or --input polar|processed)")
-    expect = cfg.geometry.frame_shape if (cfg is not None and args.input == "raw") else None
-    n_frames = count_frames(args.inputs, args.sum)
-    frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=expect)
+    geometry = cfg.geometry if (cfg is not None and args.input == "raw") else None
+    n_frames = count_frames(args.inputs, args.sum, expect_shape=geometry and geometry.frame_shape,
+                            expect_note=geometry and geometry.frame_shape_note)  # the headers, before any work
+    if n_frames == 0:
+        raise GixdrtError(f"{args.inputs[0]}: no frames" + (f" (fewer than --sum {args.sum})" if args.sum > 1 else ""))
+    frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=geometry and geometry.frame_shape,
+                         expect_note=geometry and geometry.frame_shape_note)
     pp = cfg.postprocessing if cfg is not None else None
-    try:
+    with _naming(args, backend="auto", device=None, precision="fp32", threads=None):
         detector = PeakDetector(
             args.model,
             backend=args.backend,
@@ -156,8 +220,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
             nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
             max_detections=args.max_detections,
         )
-    except ValueError as exc:  # a threshold, device or precision out of range: one line naming it
-        raise GixdrtError(str(exc)) from None
     pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=bool(args.gixi_compat))
     th = detector.thresholds
     print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.describe()}, "
@@ -173,8 +235,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.gixi_compat:
         from .io.gixi_compat import GixiCompatWriter
 
-        if args.input == "processed":
-            raise GixdrtError("--gixi-compat stores the polar image: use --input raw or polar")
         gixi = GixiCompatWriter(Path(args.gixi_compat))
 
     def progress(result) -> None:
@@ -231,19 +291,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         src = Path(args.checkpoint)
     dst = Path(args.out) if args.out else cache_dir() / "models" / (src.stem + ("-fp16" if args.fp16 else ""))
+    from .io.atomic import check_output
+
+    check_output(dst, option="--out", directory=True)
+    if Path(src).exists() and Path(src).resolve() in (dst.resolve(), *dst.resolve().parents):
+        raise GixdrtError(f"--out {dst}: holds the checkpoint {src}; choose another directory")
     card = convert_published(src, dst, fp16=args.fp16)
     print(f"converted {src} → {card.parent} ({card.name} + weights); use it with --model {card.parent}")
     return 0
 
 
-def _parse_size(text: str, option: str = "--size") -> tuple[int, int]:
-    """'512x1024' → (512, 1024); a clear error naming ``option`` otherwise."""
+def _parse_size(text: str) -> tuple[int, int]:
+    """An argparse type: '512x1024' → (512, 1024), each side 1 … 16384."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise GixdrtError(f"{option} {text!r}: expected HxW, e.g. 512x512") from None
-    if h < 1 or w < 1:
-        raise GixdrtError(f"{option} {text!r}: height and width must be positive")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 512x512") from None
+    if not (1 <= h <= 16384 and 1 <= w <= 16384):
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be in [1, 16384]")
     return h, w
 
 
@@ -261,7 +326,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             config = SimConfig.from_dict(data.get("sim", data))
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise GixdrtError(f"{args.sim_config}: {exc}") from None
-    size = _parse_size(args.size)
+    from .io.atomic import check_output
+
+    check_output(args.out, inputs=[args.sim_config] if args.sim_config else (), suffixes=(".npz",))
+    size = args.size
     t0 = time.perf_counter()
     try:
         out = simulate_to_file(args.n, args.seed, args.out, size=size, config=config,
@@ -277,8 +345,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .io.atomic import check_output
     from .train.loop import main_train
 
+    if args.run_dir:
+        check_output(args.run_dir, option="--run-dir", directory=True)
     overrides = {}
     for key in ("steps", "batch_size", "device", "amp", "num_workers", "seed"):
         value = getattr(args, key)
@@ -296,9 +367,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io.atomic import check_output
     from .train.evaluate import main_evaluate
 
-    size = _parse_size(args.size)
+    check_output(args.out_dir, option="--out-dir", directory=True)
+    size = args.size
     try:
         main_evaluate(args.model, n=args.n, seed=args.seed, out_dir=args.out_dir, size=size, backend=args.backend,
                       batch=args.batch, progress=not args.no_progress, sim=args.sim)
@@ -308,18 +381,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _in_range(kind: type, lo: float, hi: float):
-    """An argparse type: a number of ``kind`` in [lo, hi] (NaN refused), or a one-line error with the range."""
+def _in_range(kind: type, lo: float, hi: float | None = None):
+    """An argparse type: a number of ``kind`` in [lo, hi] (hi None: no upper bound; NaN refused), or a one-line
+    error with the range."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not (lo <= value <= hi):  # False for NaN too
-            raise argparse.ArgumentTypeError(f"{text} is outside [{lo}, {hi}]")
+        if not (lo <= value and (hi is None or value <= hi)):  # False for NaN too
+            bound = f"must be ≥ {lo}" if hi is None else f"is outside [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"{text} {bound}" if hi is not None else f"{text}: {bound}")
         return value
 
     return parse
+
+
+_DEVICE = re.compile(r"(cpu|cuda(:\d{1,2})?)")
+
+
+def _device(text: str) -> str:
+    """An argparse type: cpu, cuda or cuda:N."""
+    if not _DEVICE.fullmatch(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N (e.g. cuda:1)")
+    return text.strip().lower()
 
 
 def _parse_batch_profile(text: str) -> int | tuple[int, int, int]:
@@ -336,10 +421,13 @@ def _parse_batch_profile(text: str) -> int | tuple[int, int, int]:
 def cmd_build(args: argparse.Namespace) -> int:
     from .engine.base import EngineUnavailableError
     from .engine.trt import build_engine, read_sidecar, tensorrt_status
+    from .io.atomic import check_output
 
     onnx = Path(args.onnx)
     if not onnx.is_file():
         raise GixdrtError(f"{onnx}: no such ONNX file")
+    out = check_output(args.out, inputs=[onnx, *([args.timing_cache] if args.timing_cache else [])])
+    check_output(f"{out}.json", inputs=[onnx], option="--out (sidecar)")
     why = tensorrt_status()
     if why:
         print(f"gixdrt build: error: TensorRT cannot run here: {why}", file=sys.stderr)
@@ -374,21 +462,22 @@ def _export_paths(out: Path, graph: str) -> dict[str, Path]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_dense, export_head
+    from .io.atomic import check_output
     from .model import zoo
 
-    shape = _parse_size(args.shape, "--shape")
-    if args.rois is not None and args.rois < 1:
-        raise GixdrtError(f"--rois {args.rois}: must be ≥ 1")
+    shape = args.shape
     paths = _export_paths(Path(args.out), args.graph)
+    model_files = [args.model] if os.path.exists(args.model) else []
+    for path in paths.values():
+        check_output(path, inputs=model_files)
     model = zoo.load(args.model)
     cfg = model.config
     if "dense" in paths and (shape[0] % cfg.height_multiple or shape[1] % cfg.width_multiple):
-        raise GixdrtError(f"--shape {args.shape}: this model needs H a multiple of {cfg.height_multiple} and W a "
+        raise GixdrtError(f"--shape {shape[0]}x{shape[1]}: this model needs H a multiple of {cfg.height_multiple} and W a "
                           f"multiple of {cfg.width_multiple} (e.g. 512x1024)")
     rois = args.rois if args.rois is not None else cfg.rpn_post_nms_top_n * args.batch
     fp16 = args.precision == "fp16"
     for kind, path in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         try:
             if kind == "dense":
@@ -421,11 +510,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from .bench import format_result, load_images, measure, published_image
+    from .io.atomic import atomic_path, check_output
 
-    if args.runs < 1:
-        raise GixdrtError(f"--runs {args.runs}: must be ≥ 1")
-    if args.warmup < 0:
-        raise GixdrtError(f"--warmup {args.warmup}: must be ≥ 0")
+    if args.json:
+        check_output(args.json, inputs=[*args.inputs, *([args.config] if args.config else [])], option="--json")
     if args.inputs:
         images, sources = load_images(args.inputs, config=args.config, input=args.input, sum_n=args.sum,
                                       limit=args.batch)
@@ -434,16 +522,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise GixdrtError("--config and --input go with FRAMES; without frames the published real frame is used")
     else:
         images, label = published_image()
-    try:
+    with _naming(args, backend="auto", device=None, precision="fp32", threads=None, batch=1):
         res = measure(images, model=args.model, backend=args.backend, device=args.device, precision=args.precision,
                       threads=args.threads, batch=args.batch, runs=args.runs, warmup=args.warmup, input_label=label)
-    except ValueError as exc:
-        raise GixdrtError(str(exc)) from None
     print(f"gixdrt bench: {format_result(res)}")
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"gixdrt": __version__, **res}, indent=2) + "\n", encoding="utf-8")
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps({"gixdrt": __version__, **res}, indent=2) + "\n", encoding="utf-8")
         print(f"  result → {out}")
     return 0
 
@@ -461,26 +547,38 @@ from .engine.backends import PREFERENCE as _PREFERENCE
 DETECTOR_BACKENDS = ["auto", *_PREFERENCE]
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line for a usage error: ``gixdrt <command>: error: <option>: <problem>`` (exit status 2)."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gixdrt", description="Real-time Bragg peak detection in GIXD detector frames."
-    )
+    parser = _Parser(prog="gixdrt", description="Real-time Bragg peak detection in GIXD detector frames.")
     parser.add_argument("--version", action="version", version=f"gixdrt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
     kernel_impls = ["reference", "cpu", "cuda"]
 
-    p = sub.add_parser("preprocess", help="raw frame → polar or contrast-enhanced image")
+    p = add("preprocess", help="raw frame → polar or contrast-enhanced image")
     p.add_argument("frame", help="raw frame: .tif, .npy, .edf/.cbf (fabio), or FILE.h5::/dataset")
     p.add_argument("--config", required=True, help="geometry config (published gixi YAML)")
     p.add_argument("--stage", choices=["polar", "contrast"], default="contrast", help="where to stop (default contrast)")
     p.add_argument("--out", required=True, help="output image: .npy, .tif (float32) or .png (16-bit, scaled)")
-    p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames of a stack (default 1)")
-    p.add_argument("--index", type=int, default=0, help="first frame of a stack (default 0)")
+    p.add_argument("--sum", type=_in_range(int, 1, 100_000), default=1, metavar="N", help="sum N consecutive frames of a stack (default 1)")
+    p.add_argument("--index", type=_in_range(int, 0), default=0, help="first frame of a stack (default 0)")
     p.add_argument("--kernels", choices=kernel_impls, default=None,
                    help="the kernels' implementation (default: cpu, the compiled kernels; reference: NumPy)")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("detect", help="raw frames (or polar images) → peak table (.csv or .h5)")
+    p = add("detect", help="raw frames (or polar images) → peak table (.csv or .h5)")
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="frames: .tif (multi-page ok), .npy stacks, .edf/.cbf (fabio), FILE.h5::/dataset, glob patterns")
     p.add_argument("--config", help="geometry config (published gixi YAML); required for raw frames")
@@ -489,18 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
+    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
     p.add_argument("--score-threshold", type=_in_range(float, -1.0, 1.0), default=None,
                    help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")
     p.add_argument("--nms-iou", type=_in_range(float, 0.0, 1.0), default=None,
                    help="final NMS IoU (default: the config's, else the model card's: 0.1)")
     p.add_argument("--max-detections", type=_in_range(int, 1, 100_000), default=None,
                    help="at most this many peaks per frame (default: the model card's: 250)")
-    p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
-    p.add_argument("--batch", type=int, default=1, help="frames per detector call (default 1)")
+    p.add_argument("--sum", type=_in_range(int, 1, 100_000), default=1, metavar="N", help="sum N consecutive frames (default 1)")
+    p.add_argument("--batch", type=_in_range(int, 1, 4096), default=1, help="frames per detector call (default 1)")
     p.add_argument("--out", required=True, help="peak table: .csv or .h5")
     p.add_argument("--gixi-compat", metavar="FILE.h5",
                    help="also write the authors' per-frame-group HDF5 layout (normalized boxes, scores, polar image, "
@@ -508,81 +606,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("convert", help="published checkpoint → gixdrt's format (safetensors + model card)")
+    p = add("convert", help="published checkpoint → gixdrt's format (safetensors + model card)")
     p.add_argument("checkpoint", nargs="?", default="published", help="published[:NAME] (default) or a .h5 path")
     p.add_argument("--out", help="output directory (default: the user cache, models/NAME)")
     p.add_argument("--fp16", action="store_true", help="store the weights as float16")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("demo", help="the whole job on the published real frame: PNGs, peaks.csv, a summary")
+    p = add("demo", help="the whole job on the published real frame: PNGs, peaks.csv, a summary")
     p.add_argument("--out-dir", default="gixdrt-demo", help="where to write the figures (default ./gixdrt-demo)")
     p.add_argument("--kernels", choices=kernel_impls, default=None,
                    help="the preprocessing kernels' implementation (default: cpu, the compiled kernels)")
     p.add_argument("--model", default="default", help="detector model (default: default)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("simulate", help="simulated polar GIXD images with ground-truth boxes → .npz")
-    p.add_argument("--n", type=int, required=True, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="seed (image i of a seed is always the same)")
-    p.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")
-    p.add_argument("--size", default="512x512", help="HxW: 512x512 (default) or 512x1024")
+    p = add("simulate", help="simulated polar GIXD images with ground-truth boxes → .npz")
+    p.add_argument("--n", type=_in_range(int, 1, 10_000_000), required=True, help="number of images")
+    p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), default=0, help="seed (image i of a seed is always the same)")
+    p.add_argument("--start", type=_in_range(int, 0), default=0, help="index of the first image (default 0)")
+    p.add_argument("--size", type=_parse_size, default="512x512", help="HxW: 512x512 (default) or 512x1024")
     p.add_argument("--sim-config", help="YAML with simulator parameters (a 'sim' section or the parameters)")
-    p.add_argument("--workers", type=int, default=1, help="processes (the result does not depend on it)")
+    p.add_argument("--workers", type=_in_range(int, 1, 1024), default=1, help="processes (the result does not depend on it)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print the simulator configuration")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train the detector on simulated images (the paper's recipe by default)")
+    p = add("train", help="train the detector on simulated images (the paper's recipe by default)")
     p.add_argument("--config", help="training YAML (e.g. configs/train-paper.yaml); omit with --resume to reuse the run's")
     p.add_argument("--run-dir", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--steps", type=int, help="override the number of steps")
-    p.add_argument("--batch-size", type=int, help="override the batch size")
-    p.add_argument("--device", help="override the device (cpu, cuda)")
+    p.add_argument("--steps", type=_in_range(int, 1), help="override the number of steps")
+    p.add_argument("--batch-size", type=_in_range(int, 1, 4096), help="override the batch size")
+    p.add_argument("--device", type=_device, help="override the device (cpu, cuda, cuda:N)")
     p.add_argument("--amp", help="override mixed precision (none, bf16, fp16)")
-    p.add_argument("--num-workers", type=int, help="override the simulation worker processes")
-    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--num-workers", type=_in_range(int, 0, 1024), help="override the simulation worker processes")
+    p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), help="override the seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="the paper's evaluation on a simulated set; several models side by side")
+    p = add("evaluate", help="the paper's evaluation on a simulated set; several models side by side")
     p.add_argument("--model", nargs="+", default=["default"], help="model names or paths (default: default)")
-    p.add_argument("--n", type=int, default=1000, help="simulated images (default 1000)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation set (default 12345)")
-    p.add_argument("--size", default="512x512", help="HxW of the simulated images (default 512x512)")
+    p.add_argument("--n", type=_in_range(int, 1, 10_000_000), default=1000, help="simulated images (default 1000)")
+    p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), default=12345, help="seed of the evaluation set (default 12345)")
+    p.add_argument("--size", type=_parse_size, default="512x512", help="HxW of the simulated images (default 512x512)")
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS)
-    p.add_argument("--batch", type=int, default=8, help="images per detector call (default 8)")
+    p.add_argument("--batch", type=_in_range(int, 1, 4096), default=8, help="images per detector call (default 8)")
     p.add_argument("--sim", default=None, metavar="YAML",
                    help="simulator settings overriding the defaults (e.g. configs/sim-shifted.yaml)")
     p.add_argument("--out-dir", default="runs/evaluate", help="where metrics.json and the PNGs go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("build", help="ONNX graph → TensorRT engine for this GPU (+ a .json sidecar)")
+    p = add("build", help="ONNX graph → TensorRT engine for this GPU (+ a .json sidecar)")
     p.add_argument("onnx", help="graph exported by gixdrt (static shapes)")
     p.add_argument("--out", required=True, help="engine file to write (the sidecar goes to OUT.json)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp32 (default) or fp16; on TensorRT 11 fp16 needs an fp16 graph")
     p.add_argument("--batch", dest="batch_profile", type=_parse_batch_profile, default=None, metavar="N|MIN:OPT:MAX",
                    help="batch profile (default: the graph's static batch)")
-    p.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="builder workspace limit (default 4)")
+    p.add_argument("--workspace", type=_in_range(float, 0.0625, 1024.0), default=4.0, metavar="GiB", help="builder workspace limit (default 4)")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache, read and updated")
     p.add_argument("--no-plugins", action="store_true", help="do not load gixdrt's TensorRT plugin library")
     p.add_argument("--no-progress", action="store_true", help="do not print the builder's phases")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("export", help="detector → ONNX graphs with static shapes (checked for a TensorRT build)",
+    p = add("export", help="detector → ONNX graphs with static shapes (checked for a TensorRT build)",
                        description="Export the dense graph (images → RPN outputs and P2) and/or the box-head graph "
                                    "(RoI features → scores, deltas), then check each for TensorRT: supported ops, "
                                    "opset, static shapes. One line per written graph.")
     p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
-    p.add_argument("--shape", default="512x1024", help="HxW of the polar image (dense graph; default 512x1024)")
-    p.add_argument("--batch", type=int, default=1, help="images per call, fixed in the dense graph (default 1)")
+    p.add_argument("--shape", type=_parse_size, default="512x1024", help="HxW of the polar image (dense graph; default 512x1024)")
+    p.add_argument("--batch", type=_in_range(int, 1, 4096), default=1, help="images per call, fixed in the dense graph (default 1)")
     p.add_argument("--graph", choices=["dense", "head", "both"], default="dense",
                    help="which graph (default dense); dense or head are written to --out, both to X.dense.onnx and "
                         "X.head.onnx next to --out X.onnx")
-    p.add_argument("--rois", type=int, default=None,
+    p.add_argument("--rois", type=_in_range(int, 1, 1_000_000), default=None,
                    help="RoIs per head call, fixed in the head graph (default: the model's proposals per image × "
                         "--batch, 1000·B for the published model)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
@@ -591,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="do not run the TensorRT graph checks")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="detector latency, frames/s, per-stage times and peak memory on one backend",
+    p = add("bench", help="detector latency, frames/s, per-stage times and peak memory on one backend",
                        description="Time the detector on B copies of a processed polar image: the published real "
                                    "frame by default, or the first B frames of FRAMES (cycled when fewer). Prints "
                                    "median and p99 latency per batch, frames/s, per-stage medians and peak RSS. "
@@ -601,42 +699,111 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="geometry config (published gixi YAML); required for raw FRAMES")
     p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
                    help="what FRAMES hold: raw detector frames (default), polar or processed polar images")
-    p.add_argument("--sum", type=int, default=1, metavar="N", help="sum N consecutive frames (default 1)")
+    p.add_argument("--sum", type=_in_range(int, 1, 100_000), default=1, metavar="N", help="sum N consecutive frames (default 1)")
     p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto, as gixdrt detect chooses)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="graph precision (onnxruntime)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
-    p.add_argument("--batch", type=int, default=1, help="images per detector call (default 1)")
-    p.add_argument("--runs", type=int, default=20, help="timed calls (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default 3)")
+    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
+    p.add_argument("--batch", type=_in_range(int, 1, 4096), default=1, help="images per detector call (default 1)")
+    p.add_argument("--runs", type=_in_range(int, 1, 1_000_000), default=20, help="timed calls (default 20)")
+    p.add_argument("--warmup", type=_in_range(int, 0, 1_000_000), default=3, help="untimed calls after the first (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("doctor", help="print versions and which backends are available")
+    p = add("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so temporary files are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _catch_termination() -> dict:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (main thread only); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, _raise_terminated)
+    return previous
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a user-facing error."""
+    if isinstance(exc, GixdrtError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+    elif isinstance(exc, MemoryError):
+        text = f"not enough memory{': ' + str(exc) if str(exc) else ''}; try a smaller --batch or fewer frames"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+#: exceptions that mean bad input, options or environment: one line, exit status 2
+USER_ERRORS = (GixdrtError, ValueError, OSError, MemoryError, UnicodeError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 bad input or usage (one line naming the file, option or key),
+    1 an internal error (one line; --debug shows the traceback), 130 interrupted, 128+N on signal N."""
+    from .kernels.registry import BackendUnavailableError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (printed, status 2), --help or --version (status 0)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "sum", 1) < 1:
-        parser.error("--sum must be ≥ 1")
-    if getattr(args, "batch", 1) < 1:
-        parser.error("--batch must be ≥ 1")
+    debug = getattr(args, "debug", False)
+    where = f"gixdrt {args.command}"
+    previous = _catch_termination()
     try:
-        return args.func(args)
-    except GixdrtError as exc:
-        print(f"gixdrt {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        with warnings.catch_warnings():
+            if not debug:  # one line per warning, without the source line that raised it
+                warnings.showwarning = lambda message, category, *_a, **_k: print(
+                    f"{where}: warning: {message}", file=sys.stderr)
+            return args.func(args)
     except KeyboardInterrupt:
-        print(f"gixdrt {args.command}: interrupted", file=sys.stderr)
+        print(f"{where}: interrupted; no output was written or replaced", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"{where}: stopped by {name}; no output was written or replaced", file=sys.stderr)
+        return 128 + exc.signum
+    except (*USER_ERRORS, BackendUnavailableError) as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{where}: error: {_describe(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"{where}: error: internal error ({type(exc).__name__}: {_describe(exc)}); run it again with --debug "
+              "for the traceback and report it", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,3 +44,7 @@ class AssetError(GixdrtError, RuntimeError):
 
 class DataWarning(UserWarning):
     """The data is degenerate (constant, all zero, non-finite pixels); a defined result was returned."""
+
+
+class ConfigWarning(UserWarning):
+    """A configuration is valid but will give little or nothing (a polar grid that misses the detector)."""

@@ -84,6 +84,13 @@ def _flag(section: Mapping[str, Any], key: str, prefix: str, path: str | None, d
     return value
 
 
+#: largest detector (rows × columns) and polar grid a config may describe: the bounds keep a typo in a config from
+#: asking for terabytes (a 1e6 × 1e6 polar grid)
+MAX_DETECTOR_PIXELS = 2**28
+MAX_POLAR_SIDE = 16384
+MAX_POLAR_PIXELS = 2**25
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Detector and polar-grid geometry. Frozen and hashable: it is the key of the polar-map cache.
@@ -135,11 +142,18 @@ class Geometry:
             raise ConfigError(
                 f"beam centre row {self.z0} is outside the detector (0 … {self.size_y - 1})", path=p, key="q_space.z0"
             )
+        if self.size_x * self.size_y > MAX_DETECTOR_PIXELS:
+            raise ConfigError(f"a detector of {self.size_y}×{self.size_x} pixels is larger than the limit of "
+                              f"{MAX_DETECTOR_PIXELS} (2^28) pixels", path=p, key="q_space.size_y × q_space.size_x")
         for key in ("n_phi", "n_q"):
             value = getattr(self, key)
             name = {"n_phi": "polar_config.angular_size", "n_q": "polar_config.q_size"}[key]
-            if value < 2:
-                raise ConfigError(f"polar size must be ≥ 2, got {value}", path=p, key=name)
+            if not 2 <= value <= MAX_POLAR_SIDE:
+                raise ConfigError(f"polar size must be in [2, {MAX_POLAR_SIDE}], got {value}", path=p, key=name)
+        if self.n_phi * self.n_q > MAX_POLAR_PIXELS:
+            raise ConfigError(f"a polar image of {self.n_phi}×{self.n_q} = {self.n_phi * self.n_q} pixels is larger "
+                              f"than the limit of {MAX_POLAR_PIXELS} (2^25; the published grid is 512×1024)", path=p,
+                              key="polar_config.angular_size × polar_config.q_size")
         if 2 * math.pi / self.wavelength <= 0:  # pragma: no cover - guarded above
             raise ConfigError("wavelength gives no wave vector", path=p, key="q_space.wavelength")
 
@@ -167,16 +181,19 @@ class Geometry:
         """float64[n_phi]: φ of each polar row in degrees."""
         return np.arange(self.n_phi, dtype=np.float64) * (90.0 / (self.n_phi - 1))
 
+    @property
+    def frame_shape_note(self) -> str:
+        """What a frame of another shape disagrees with: the config's keys and file, for error messages."""
+        where = f" of {self.source}" if self.source else ""
+        return (f"the detector size in the config, q_space.size_y × q_space.size_x = {self.size_y}×{self.size_x}"
+                f"{where} (rows × columns): fix the config if the frames are right")
+
     def check_frame_shape(self, shape: tuple[int, ...], path: str | os.PathLike | None = None) -> None:
         """Raise :class:`~gixdrt.errors.FrameError` if a frame (or stack) does not fit this detector."""
         from .errors import FrameError
 
         if len(shape) not in (2, 3) or tuple(shape[-2:]) != self.frame_shape:
-            raise FrameError(
-                f"frame shape {tuple(shape)} does not match the geometry's detector "
-                f"{self.size_y}×{self.size_x} (rows × columns)" + (f" from {self.source}" if self.source else ""),
-                path=path,
-            )
+            raise FrameError(f"frame shape {tuple(shape)} does not match {self.frame_shape_note}", path=path)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -549,19 +566,41 @@ def build_polar_map(geometry: Geometry) -> PolarMap:
     # The fractions of float32 positions are exact in float32.
     fy = (safe_row - y0).astype(np.float32)
     fx = (safe_col - x0).astype(np.float32)
-    arrays = dict(
-        row=row,
-        col=col,
-        defined=defined,
-        inside=inside,
-        y0=y0.astype(np.int32),
-        x0=x0.astype(np.int32),
-        fy=fy,
-        fx=fx,
-    )
+    arrays = {"row": row, "col": col, "defined": defined, "inside": inside, "y0": y0.astype(np.int32),
+              "x0": x0.astype(np.int32), "fy": fy, "fx": fx}
     for arr in arrays.values():
         arr.setflags(write=False)
-    return PolarMap(geometry=g, **arrays)
+    pmap = PolarMap(geometry=g, **arrays)
+    _warn_poor_sampling(pmap)
+    return pmap
+
+
+#: a polar grid whose pixels fall on the detector less often than this, or that samples fewer distinct detector
+#: pixels than its own pixels divided by this, is warned about (it cannot show peaks)
+MIN_INSIDE_FRACTION = 0.05
+MAX_REPEATS = 64
+
+
+def _warn_poor_sampling(pmap: PolarMap) -> None:
+    """A ConfigWarning when the config's q range maps the polar grid onto almost nothing of the detector."""
+    import warnings
+
+    from .errors import ConfigWarning
+
+    g = pmap.geometry
+    n = g.n_phi * g.n_q
+    where = f" ({g.source})" if g.source else ""
+    inside = int(np.count_nonzero(pmap.inside))
+    if inside < MIN_INSIDE_FRACTION * n:
+        warnings.warn(f"only {100 * inside / n:.1f} % of the {g.n_phi}×{g.n_q} polar grid falls on the detector"
+                      f"{where}: check q_space.q_xy_max and q_space.q_z_max ({g.q_xy_max:g}, {g.q_z_max:g} Å⁻¹), "
+                      "the beam centre and the distance", ConfigWarning, stacklevel=3)
+        return
+    distinct = np.unique(pmap.y0[pmap.inside].astype(np.int64) * (g.size_x + 2) + pmap.x0[pmap.inside]).size
+    if distinct * MAX_REPEATS < inside:
+        warnings.warn(f"the {g.n_phi}×{g.n_q} polar grid samples only {distinct} distinct detector pixels{where}: "
+                      f"q_space.q_xy_max and q_space.q_z_max ({g.q_xy_max:g}, {g.q_z_max:g} Å⁻¹) span a tiny part "
+                      "of the detector, where no peak can be resolved", ConfigWarning, stacklevel=3)
 
 
 @functools.lru_cache(maxsize=16)

@@ -103,12 +103,34 @@ def test_batches_and_empty_input(small_model, tmp_path):
     out = det.boxes(images)
     assert len(out) == 2 and all(b.shape[1:] == (4,) for b, _ in out)
     assert det.boxes(np.zeros((0, 64, 128), np.float32)) == []
-    with pytest.raises(ValueError, match="multiple of 32"):
-        det.boxes(np.zeros((1, 60, 128), np.float32))
+    with pytest.raises(ValueError, match=r"2 non-finite pixel\(s\)"):
+        det.boxes(np.where(np.arange(64 * 128).reshape(64, 128) < 2, np.nan, images[0]))
+    with pytest.raises(ValueError, match=r"values from -0\.49\d+ to 0\.49\d+; a processed image must hold values in \[0, 1\]"):
+        det.boxes(images[0] - 0.5)
     with pytest.raises(ValueError, match=r"expected images \[N, H, W\]"):
         det.boxes(np.zeros((1, 1, 64, 128, 1), np.float32))
     det.close()
     assert len(det.boxes(images[:1])) == 1  # sessions reopen after close
+
+
+def test_sizes_off_the_strides_are_padded_and_boxes_stay_in_the_image(keep_all, tmp_path):
+    """60×126 is not a multiple of (32, 4): the plan pads it with zeros to 64×128 (a note says so) and clips boxes
+    to the image. The same image padded by hand runs the same network: the boxes that lie inside 60×126 agree."""
+    from gixdrt.gixd.detector import PaddingNote
+
+    det = PeakDetector(keep_all, backend="onnxruntime", threads=1, cache=tmp_path)
+    image = np.random.default_rng(7).random((60, 126), dtype=np.float32)
+    with pytest.warns(PaddingNote, match="images of 60×126 are padded with zeros to 64×128"):
+        (boxes, scores), = det.boxes(image)
+    assert len(boxes) > 10
+    assert (boxes[:, [0, 2]] <= 126).all() and (boxes[:, [1, 3]] <= 60).all() and (boxes >= 0).all()
+    padded = np.zeros((64, 128), np.float32)
+    padded[:60, :126] = image
+    (pb, ps), = det.boxes(padded)
+    inside = (pb[:, 2] < 125) & (pb[:, 3] < 59)
+    top = pb[inside][:5]
+    for box in top:  # the strongest boxes away from the padding are found in both runs
+        assert np.abs(boxes - box).max(axis=1).min() < 1e-3
 
 
 def test_default_model_runs_from_its_shipped_graphs(tmp_path):

@@ -87,6 +87,20 @@ def test_threshold():
     assert a.tolist() == [[False, False, True]]
 
 
+def test_pad_images_zero_fills_the_extra_rows_and_columns():
+    rng = np.random.default_rng(3)
+    images = rng.random((2, 1, 5, 7), dtype=np.float32)
+    out_shape = (2, 1, 32, 8)
+    a, b = both("pad_images", images, out_shape=out_shape, out_dtype=np.float32)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[..., :5, :7], images)
+    assert not a[..., 5:, :].any() and not a[..., :, 7:].any()
+    stale = np.full(out_shape, 9.0, np.float32)  # a reused buffer: the padding is written, not assumed
+    np.testing.assert_array_equal(ref.pad_images(images, out=stale), a)
+    with pytest.raises(ValueError, match="pad_images: out must be"):
+        ref.pad_images(images, out=np.zeros((2, 1, 4, 8), np.float32))
+
+
 def test_reference_refuses_a_wrong_output_buffer():
     with pytest.raises(ValueError, match=r"gather_rows: out must be float32\[1, 2\]"):
         ref.gather_rows(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.int32), out=np.zeros((1, 3), np.float32))

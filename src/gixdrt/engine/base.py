@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GixdrtError
 from ..kernels.registry import BackendUnavailableError
 
 __all__ = ["EngineUnavailableError", "Runner", "TensorMeta", "cuda_driver", "cuda_gpu", "dtype_of"]
 
 
-class EngineUnavailableError(BackendUnavailableError, GixdrtError):
+class EngineUnavailableError(BackendUnavailableError):
     """An engine (runtime) was asked for by name but cannot run here; the message says why."""
 
 

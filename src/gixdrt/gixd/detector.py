@@ -11,6 +11,7 @@ cached.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,25 @@ from ..engine.executor import Executor
 from ..engine.plan import GraphStage, Plan
 from ..model.config import DENSE_OUTPUTS, HEAD_OUTPUTS
 from .artifacts import ModelGraphs
-from .plan import INPUTS, RawInput, detector_plan
+from .plan import INPUTS, RawInput, detector_plan, padded_size
 
-__all__ = ["FrameOutput", "PeakDetector"]
+__all__ = ["FrameOutput", "PaddingNote", "PeakDetector", "check_processed"]
+
+
+class PaddingNote(UserWarning):
+    """Images whose size is not a multiple of the network's strides are padded (once per size)."""
+
+
+def check_processed(image: np.ndarray, label: str = "processed image") -> None:
+    """ValueError naming ``label`` unless every pixel of a processed (detector input) image is finite and in
+    [0, 1], the range the contrast chain produces and the model was trained on."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        raise ValueError(f"{label}: {image.size - int(np.count_nonzero(finite))} non-finite pixel(s); a processed "
+                         "image must hold values in [0, 1] (pass --input polar to run the contrast chain)")
+    if image.size and (image.min() < 0.0 or image.max() > 1.0):
+        raise ValueError(f"{label}: values from {float(image.min()):.6g} to {float(image.max()):.6g}; a processed "
+                         "image must hold values in [0, 1] (pass --input polar to run the contrast chain)")
 
 
 @dataclass
@@ -120,6 +137,11 @@ class PeakDetector:
         key = (input, batch, height, width, r, c)
         ex = self._executors.get(key)
         if ex is None:
+            hp, wp = padded_size(self.config, height, width)
+            if (hp, wp) != (height, width):
+                warnings.warn(f"images of {height}×{width} are padded with zeros to {hp}×{wp} for the network (H a "
+                              f"multiple of {self.config.height_multiple}, W of {self.config.width_multiple}); peaks "
+                              "are reported in the image's own pixels", PaddingNote, stacklevel=3)
             plan = self.plan(batch=batch, height=height, width=width, input=input, raw=raw, contrast=contrast)
             ex = Executor(plan, {g: self._runner(plan, g) for g in plan.graphs}, self.runtime.kernels)
             self._executors[key] = ex
@@ -168,6 +190,8 @@ class PeakDetector:
                 x = x[None]
             if x.ndim != 3:
                 raise ValueError(f"expected images [N, H, W] or [H, W], got shape {tuple(x.shape)}")
+            if input == "processed" and isinstance(x, np.ndarray):
+                check_processed(x, "processed images")
             n, h, w = (int(s) for s in x.shape)
             feeds = {"images": x.reshape(n, 1, h, w)} if input == "processed" else {"polar": x}
         if n == 0:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataWarning, FrameError
 from ..geometry import Config
+from .detector import check_processed
 from .peaks import PeakTable
 from .plan import INPUTS, RawInput
 
@@ -112,6 +113,11 @@ class Pipeline:
                     img = img.sum(axis=0, dtype=np.float32)
                 if img.ndim != 2:
                     raise FrameError(f"a {self.input} image must be 2-D, got shape {img.shape}", path=source or None)
+                if self.input == "processed":
+                    try:
+                        check_processed(img, source or "processed image")
+                    except ValueError as exc:
+                        raise FrameError(str(exc)) from None
                 images.append(img)
             shapes = {im.shape for im in images}
             if len(shapes) != 1:

@@ -22,6 +22,10 @@ R = ``rpn_post_nms_top_n``, D = ``max_detections``, C = FPN channels, P = RoI bi
   int32[N]; outputs ``boxes`` float32[N, D, 4] and ``scores`` float32[N, D] (image i's peaks at [i, :count[i]],
   by decreasing score) and ``intensity`` float64[N, D] (the uncorrected polar image summed over each box).
 
+An image whose size is not a multiple of the network's strides (H of 32, W of 4 for the published model) is padded
+with zeros below and to the right (``pad_images`` → ``padded_images``) for the dense graph; anchors and feature maps
+are those of the padded size, and boxes are clipped to the image itself, so peaks come back in its pixels.
+
 Fusion: TensorRT runs RoIAlign inside its head engine (gixdrt's plugin), reading ``p2`` and ``rois``.
 """
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 from ..engine.plan import Buffer, Fusion, GraphStage, KernelStage, Plan
 from ..model.config import DetectorConfig, Thresholds, anchors
 
-__all__ = ["INPUTS", "RawInput", "detector_plan"]
+__all__ = ["INPUTS", "RawInput", "detector_plan", "padded_size"]
 
 #: what a plan can start from
 INPUTS = ("raw", "polar", "processed")
@@ -61,6 +65,12 @@ def _contrast_params(contrast: Any) -> dict[str, Any]:
     return {"coef": float(c.coef), "clip_limit": float(c.limit), "log": bool(c.log), "disable": bool(c.disable)}
 
 
+def padded_size(config: DetectorConfig, height: int, width: int) -> tuple[int, int]:
+    """The smallest (H, W) ≥ (height, width) that are multiples of the network's strides (the size it runs at)."""
+    hm, wm = config.height_multiple, config.width_multiple
+    return -(-int(height) // hm) * hm, -(-int(width) // wm) * wm
+
+
 def detector_plan(
     config: DetectorConfig,
     thresholds: Thresholds,
@@ -82,17 +92,19 @@ def detector_plan(
     """
     if input not in INPUTS:
         raise ValueError(f"unknown input kind {input!r}; expected one of {INPUTS}")
-    config.check_image_size(height, width)
     n, h, w = int(batch), int(height), int(width)
     if n < 1:
         raise ValueError(f"batch must be ≥ 1, got {batch}")
+    if h < 1 or w < 1:
+        raise ValueError(f"image size {h}×{w}: must be at least 1×1")
     cfg = config
-    anchor_boxes, starts = anchors(cfg, h, w)
+    hp, wp = padded_size(cfg, h, w)  # what the network sees: zeros below and right of the image
+    anchor_boxes, starts = anchors(cfg, hp, wp)
     a_total = len(anchor_boxes)
     levels = cfg.levels
     k, r, d = cfg.rpn_pre_nms_top_n, cfg.rpn_post_nms_top_n, thresholds.max_detections
     c, p = cfg.fpn_channels, cfg.roi_output_size
-    (p2h, p2w), *_ = cfg.level_shapes(h, w)
+    (p2h, p2w), *_ = cfg.level_shapes(hp, wp)
     f32, i32 = "float32", "int32"
     buffers: dict[str, Buffer] = {}
     stages: list[Any] = []
@@ -120,6 +132,11 @@ def detector_plan(
                                   timer="contrast"))
         outputs.append("intensity")
     buffers["images"] = Buffer((n, cfg.in_channels, h, w), f32, "input" if input == "processed" else "work")
+    network_input = "images"
+    if (hp, wp) != (h, w):
+        network_input = "padded_images"
+        buffers[network_input] = Buffer((n, cfg.in_channels, hp, wp), f32)
+        stages.append(KernelStage("pad", "pad_images", ("images",), (network_input,), timer="dense"))
 
     sy, sx = roi_scale if roi_scale is not None else cfg.roi_scale
     buffers.update({
@@ -151,7 +168,7 @@ def detector_plan(
         buffers["intensity"] = Buffer((n, d), "float64")
     box = {"height": h, "width": w, "bbox_clip": float(cfg.bbox_clip)}
     stages += [
-        GraphStage("dense", "dense", {"images": "images"}, {"p2": "p2", "logits": "logits", "deltas": "deltas"},
+        GraphStage("dense", "dense", {"images": network_input}, {"p2": "p2", "logits": "logits", "deltas": "deltas"},
                    timer="dense"),
         KernelStage("decode_topk", "decode_topk", ("logits", "deltas", "anchors", "level_starts"),
                     ("rpn_boxes", "rpn_scores", "rpn_levels", "rpn_valid"),

@@ -28,15 +28,18 @@ from .readers import (  # noqa: F401  (the format tables, for importers of this 
 )
 
 
-def read_frame(spec: str | os.PathLike, *, expect_shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_frame(spec: str | os.PathLike, *, expect_shape: tuple[int, int] | None = None,
+               expect_note: str | None = None) -> np.ndarray:
     """Read a frame or a stack of frames from ``spec`` (a path, or ``file.h5::/dataset``).
 
     expect_shape: (H, W) every frame must have, checked against the file's header before pixel data is
     read; without it, a header declaring frames of more than ``MAX_FRAME_PIXELS`` pixels is refused.
+    expect_note: where expect_shape comes from, quoted when the file differs (``Geometry.frame_shape_note``).
     Raises FrameError naming the file and the problem.
     """
     path, dataset = split_spec(os.fspath(spec))
-    with reader_for(path, dataset=dataset, expect_shape=expect_shape) as reader:
+    with reader_for(path, dataset=dataset, expect_shape=expect_shape,
+                    expect_note=expect_note) as reader:
         return reader.read_all()
 
 

@@ -231,6 +231,7 @@ class Reader:
     dataset: an HDF5 dataset path (HDF5 only; None: the file's default, see :class:`H5Reader`).
     expect_shape: (H, W) every frame must have, checked against the header before pixel data is read;
     None: frames of at most :data:`MAX_FRAME_PIXELS` pixels.
+    expect_note: where expect_shape comes from, for the message when a frame differs (e.g. the config keys).
     block_bytes: the most bytes one underlying read may return (HDF5 chunk-row blocks).
     """
 
@@ -244,12 +245,14 @@ class Reader:
         dataset: str | None = None,
         expect_shape: tuple[int, int] | None = None,
         block_bytes: int = H5_BLOCK_BYTES,
+        expect_note: str | None = None,
     ):
         self.path = Path(path)
         self.label = os.fspath(path) if label is None else str(label)
         self.dataset = dataset
         self.expect_shape = None if expect_shape is None else tuple(int(n) for n in expect_shape)
         self.block_bytes = int(block_bytes)
+        self.expect_note = expect_note
         self.size = 0  # bytes in the file, from open()
         self.stacks: list[Stack] = []
         self._is_open = False
@@ -266,6 +269,9 @@ class Reader:
         if self._is_open:
             return self
         self.size = check_file(self.path, self.label).st_size
+        from .atomic import protect
+
+        protect(self.path)  # no output of this process may replace it
         try:
             stacks = self._open()
         except BaseException as exc:
@@ -419,7 +425,8 @@ class Reader:
         shape = tuple(int(n) for n in shape)
         if self.expect_shape is not None:
             if shape != self.expect_shape:
-                problem = f"frame shape {shape} does not match the expected {self.expect_shape}"
+                problem = (f"frame shape {shape} does not match {self.expect_note}" if self.expect_note else
+                           f"frame shape {shape} does not match the expected {self.expect_shape}")
                 raise FrameError(problem, path=stack.frame_label(i))
             return
         pixels = math.prod(shape)
@@ -1089,6 +1096,7 @@ def reader_for(
     dataset: str | None = None,
     expect_shape: tuple[int, int] | None = None,
     block_bytes: int = H5_BLOCK_BYTES,
+    expect_note: str | None = None,
 ) -> Reader:
     """The (unopened) reader of ``path``'s format, from its suffix; FrameError for a path that is not a
     readable regular file (:func:`check_file`), an unknown format, or a ``dataset`` named for a file that is
@@ -1100,4 +1108,5 @@ def reader_for(
     if dataset is not None and kind != "h5":
         raise FrameError(f"'::{dataset}' names an HDF5 dataset but this is not an HDF5 file", path=label)
     cls = _FABIO_READERS.get(path.suffix.lower(), FabioReader) if kind == "fabio" else _READERS[kind]
-    return cls(path, label=label, dataset=dataset, expect_shape=expect_shape, block_bytes=block_bytes)
+    return cls(path, label=label, dataset=dataset, expect_shape=expect_shape, block_bytes=block_bytes,
+               expect_note=expect_note)

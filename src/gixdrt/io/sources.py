@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import FrameError
 from .readers import H5_BLOCK_BYTES, SUPPORTED_DTYPES, Stack, check_file, format_of, reader_for, split_spec
 
-__all__ = ["Frame", "count_frames", "iter_frames"]
+__all__ = ["Frame", "count_frames", "input_files", "iter_frames"]
 
 # Upper bound of one HDF5 read: a block of whole chunk rows, but never more than this many bytes.
 _H5_BLOCK_BYTES = H5_BLOCK_BYTES
@@ -92,8 +92,14 @@ def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[_Input]:
     return resolved
 
 
-def _reader(inp: _Input, expect: tuple[int, ...] | None = None):
-    return reader_for(inp.path, label=inp.label, dataset=inp.dataset, expect_shape=expect, block_bytes=_H5_BLOCK_BYTES)
+def input_files(inputs: Sequence[str] | str | os.PathLike) -> list[Path]:
+    """The files ``inputs`` name (globs expanded), each checked to exist with a known format; none is opened."""
+    return [inp.path for inp in _resolve(inputs)]
+
+
+def _reader(inp: _Input, expect: tuple[int, ...] | None = None, note: str | None = None):
+    return reader_for(inp.path, label=inp.label, dataset=inp.dataset, expect_shape=expect, block_bytes=_H5_BLOCK_BYTES,
+                      expect_note=note)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -105,13 +111,16 @@ def _check_sum(sum_n: int) -> int:
     return int(sum_n)
 
 
-def count_frames(inputs: Sequence[str], sum_n: int = 1) -> int:
-    """Number of (summed) frames :func:`iter_frames` will yield, from the files' headers (no pixel data read).
-    Raises FrameError like :func:`iter_frames`."""
+def count_frames(inputs: Sequence[str], sum_n: int = 1, *, expect_shape: tuple[int, int] | None = None,
+                 expect_note: str | None = None) -> int:
+    """Number of (summed) frames :func:`iter_frames` will yield, from the files' headers (no pixel data read);
+    with ``expect_shape``, every header's frame shape is checked against it. Raises FrameError like
+    :func:`iter_frames`."""
     sum_n = _check_sum(sum_n)
+    expect = None if expect_shape is None else tuple(int(n) for n in expect_shape)
     total = 0
     for inp in _resolve(inputs):
-        with _reader(inp) as reader:
+        with _reader(inp, expect, expect_note) as reader:
             total += sum(stack.n for stack in reader.stacks)
     return total // sum_n
 
@@ -144,7 +153,8 @@ def _stack(frames: list[np.ndarray], labels: list[str]) -> np.ndarray:
 
 
 def iter_frames(
-    inputs: Sequence[str], *, sum_n: int = 1, expect_shape: tuple[int, int] | None = None
+    inputs: Sequence[str], *, sum_n: int = 1, expect_shape: tuple[int, int] | None = None,
+    expect_note: str | None = None,
 ) -> Iterator[Frame]:
     """Yield the frames of ``inputs`` one (summed) frame at a time, in the order given.
 
@@ -153,29 +163,32 @@ def iter_frames(
     sum_n: group this many consecutive frames, across file boundaries; ``Frame.data`` is then [sum_n, H, W]
     (the remap kernel sums it). A trailing incomplete group is dropped with a warning.
     expect_shape: (H, W) every frame must have (e.g. the geometry's raw frame shape).
+    expect_note: where expect_shape comes from, quoted when a frame differs (``Geometry.frame_shape_note``).
     Raises FrameError naming the file and the problem.
     """
     sum_n = _check_sum(sum_n)
     expect = None if expect_shape is None else tuple(int(n) for n in expect_shape)
     resolved = _resolve(inputs)
-    return _iterate(resolved, sum_n, expect)
+    return _iterate(resolved, sum_n, expect, expect_note)
 
 
-def _walk(resolved: list[_Input], expect: tuple[int, ...] | None) -> Iterator[tuple[Stack, int, np.ndarray]]:
+def _walk(resolved: list[_Input], expect: tuple[int, ...] | None,
+          note: str | None = None) -> Iterator[tuple[Stack, int, np.ndarray]]:
     """(stack, index inside the stack, [H, W] frame) for every frame of every input, one file open at a time."""
     for inp in resolved:
-        with _reader(inp, expect) as reader:
+        with _reader(inp, expect, note) as reader:
             for k, stack in enumerate(reader.stacks):
                 for i, frame in enumerate(reader.frames(k)):
                     yield stack, i, frame
 
 
-def _iterate(resolved: list[_Input], sum_n: int, expect: tuple[int, ...] | None) -> Iterator[Frame]:
+def _iterate(resolved: list[_Input], sum_n: int, expect: tuple[int, ...] | None,
+             note: str | None = None) -> Iterator[Frame]:
     index = 0
     group: list[np.ndarray] = []
     group_labels: list[str] = []
     pieces: list[list] = []  # runs of consecutive frames of one part: [label, stacked, start, stop]
-    for part, i, frame in _walk(resolved, expect):
+    for part, i, frame in _walk(resolved, expect, note):
         label = part.frame_label(i)  # the reader has checked the frame against expect (header and frame)
         if sum_n == 1:
             yield Frame(index, label, frame)

@@ -28,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import GixdrtError
+
 IMPLS = ("reference", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(GixdrtError, RuntimeError):
     """A kernel implementation was asked for by name but cannot run here."""
 
 

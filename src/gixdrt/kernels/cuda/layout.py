@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["box_sums", "frame_constant", "gather_rows", "make_rois", "threshold"]
+__all__ = ["box_sums", "frame_constant", "gather_rows", "make_rois", "pad_images", "threshold"]
 
 
 def gather_rows(values, index, *, out, stream: Any = None):
@@ -26,6 +26,15 @@ def gather_rows(values, index, *, out, stream: Any = None):
     idx = index.to(torch.int64).clamp_min(0).reshape(n, k, *ones).expand(n, k, *tail)
     torch.gather(values, 1, idx, out=out)
     out.masked_fill_((index < 0).reshape(n, k, *ones), 0)
+    return out
+
+
+def pad_images(images, *, out, stream: Any = None):
+    """out[..., :H, :W] = images, zeros elsewhere (see the reference)."""
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    out[..., :h, :w].copy_(images)
+    out[..., h:, :].zero_()
+    out[..., :h, w:].zero_()
     return out
 
 

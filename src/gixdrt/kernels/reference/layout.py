@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_sums", "frame_constant", "gather_rows", "image_box_sums", "make_rois", "threshold"]
+__all__ = ["box_sums", "frame_constant", "gather_rows", "image_box_sums", "make_rois", "pad_images", "threshold"]
 
 _BLOCK = 1 << 16  # values per block of the constancy checks: a frame that varies is recognised in its first block
 
@@ -32,6 +32,19 @@ def gather_rows(values: np.ndarray, index: np.ndarray, *, out: np.ndarray) -> np
     idx = np.asarray(index, np.int64)
     taken = np.take_along_axis(values, np.maximum(idx, 0).reshape(n, k, *([1] * (values.ndim - 2))), axis=1)
     out[...] = np.where((idx < 0).reshape(n, k, *([1] * (values.ndim - 2))), 0, taken)
+    return out
+
+
+def pad_images(images: np.ndarray, *, out: np.ndarray) -> np.ndarray:
+    """out[..., :H, :W] = images, zeros in the extra rows and columns: images [N, C, H, W] → out [N, C, H', W']
+    with H' ≥ H, W' ≥ W (an image whose size is not a multiple of the network's strides, padded for it)."""
+    h, w = images.shape[-2:]
+    if out.shape[:-2] != images.shape[:-2] or out.shape[-2] < h or out.shape[-1] < w or out.dtype != images.dtype:
+        raise ValueError(f"pad_images: out must be {images.dtype.name}[..., ≥{h}, ≥{w}] like images "
+                         f"{list(images.shape)}, got {out.dtype.name}{list(out.shape)}")
+    out[..., :h, :w] = images
+    out[..., h:, :] = 0
+    out[..., :h, w:] = 0
     return out
 
 
