@@ -138,6 +138,8 @@ def _layout(dtype, shape) -> tuple[np.dtype, tuple[int, ...], int]:
         raise ValueError(f"cannot decode chunks of dtype {dtype}")
     if any(n < 0 for n in shape):
         raise ValueError(f"invalid chunk shape {shape}")
+    if math.prod(shape) == 0:
+        raise ValueError(f"a chunk of shape {shape} holds no elements")
     return dtype, shape, math.prod(shape) * dtype.itemsize
 
 
@@ -185,24 +187,28 @@ def _check(view: memoryview, encoding: str, dtype: np.dtype, shape: tuple[int, .
         raise ChunkError(f"truncated {name} chunk: {end} bytes, shorter than its {HEADER_BYTES}-byte header")
     total, block = _HEADER.unpack_from(view, 0)
     if total != expected:
-        problem = f"{name} header declares {total} uncompressed bytes, {_what(shape, dtype)} need {expected}"
+        problem = (
+            f"corrupt {name} chunk: its header declares {total} uncompressed bytes, {_what(shape, dtype)} need "
+            f"{expected}"
+        )
         raise ChunkError(problem)
-    if expected == 0:
-        raise ChunkError(f"{name} chunk of {_what(shape, dtype)}: no data to decode")
     itemsize = dtype.itemsize
     if encoding == "bslz4":
         if block == 0 or block % itemsize or (block // itemsize) % _BLOCKED_MULT:
             problem = (
-                f"{name} header declares a block size of {block} bytes, not a positive multiple of 8 elements of "
-                f"{itemsize} bytes"
+                f"corrupt {name} chunk: its header declares a block size of {block} bytes, not a positive multiple "
+                f"of 8 elements of {itemsize} bytes"
             )
             raise ChunkError(problem)
     elif block == 0:
-        raise ChunkError(f"{name} header declares a block size of 0 bytes")
+        raise ChunkError(f"corrupt {name} chunk: its header declares a block size of 0 bytes")
     full, size, last, tail = _block_sizes(encoding, total, block, itemsize)
     count = full + (1 if last else 0)
     if max(size if full else 0, last) > LZ4_MAX_INPUT:
-        problem = f"{name} blocks of {max(size, last)} bytes: more than LZ4 compresses ({LZ4_MAX_INPUT} bytes)"
+        problem = (
+            f"corrupt {name} chunk: its header declares blocks of {max(size, last)} bytes, more than LZ4 compresses "
+            f"({LZ4_MAX_INPUT} bytes)"
+        )
         raise ChunkError(problem)
     pos = HEADER_BYTES
     unpack = _U32.unpack_from
@@ -220,10 +226,13 @@ def _check(view: memoryview, encoding: str, dtype: np.dtype, shape: tuple[int, .
                 pos += 4 + stored
                 k += 1
         except struct.error:
-            problem = (
-                f"truncated {name} chunk: the size of block {k + 1} of {count} would be at byte {pos}, "
-                f"{_past(end)}"
-            )
+            if pos > end:  # the previous block's data ran past the end
+                problem = f"truncated {name} chunk: the data of block {k} of {count} end at byte {pos}, {_past(end)}"
+            else:
+                problem = (
+                    f"truncated {name} chunk: the size of block {k + 1} of {count} would be at byte {pos}, "
+                    f"{_past(end)}"
+                )
             raise ChunkError(problem) from None
         if k < stop:
             what = "than the block itself" if encoding == "lz4" else f"than LZ4 produces from {this} bytes"
@@ -233,9 +242,7 @@ def _check(view: memoryview, encoding: str, dtype: np.dtype, shape: tuple[int, .
             )
             raise ChunkError(problem)
         if pos > end:
-            problem = (
-                f"truncated {name} chunk: the data of block {k} of {count} end at byte {pos}, {_past(end)}"
-            )
+            problem = f"truncated {name} chunk: the data of block {k} of {count} end at byte {pos}, {_past(end)}"
             raise ChunkError(problem)
     if pos + tail != end:
         if pos + tail > end:
