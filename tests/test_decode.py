@@ -347,7 +347,8 @@ def test_reader_direct_matches_hdf5_filter(tmp_path, monkeypatch, kind, dtype):
 
 
 def test_reader_direct_reads_are_lazy(tmp_path, monkeypatch):
-    """iter_frames reads whole chunks, as many at once as there are decoding threads, never the whole stack."""
+    """Streaming reads chunk by chunk: with one decoding thread each chunk when its first frame is asked for;
+    with more, two chunks per thread ahead of the consumer, but never more than block_bytes hold."""
     data = _frames(12, np.uint16)
     path = tmp_path / "lazy.h5"
     _write(path, data, 2, "bslz4")
@@ -369,17 +370,18 @@ def test_reader_direct_reads_are_lazy(tmp_path, monkeypatch):
     assert seen == [0, 1]
     rest = [fr.data for fr in frames]
     assert seen == list(range(6)) and len(rest) == 9
-    seen.clear()
+    if decode.default_threads() < 2:
+        return
     monkeypatch.setattr(H5Reader, "decode_threads", 2)
-    with reader_for(path) as r:
-        it = r.frames(0, 3, 12)
-        first = next(it)
-        if decode.default_threads() >= 2:  # reads of two chunks (4 frames), aligned to them: 3, 4…7, 8…11
-            assert seen == [1]
-            next(it)
-            assert seen == [1, 2, 3]
-        assert np.array_equal(np.stack([first, data[4], *it]), data[3:])
-        assert sorted(seen) == list(range(1, 6))
+    chunk_bytes = 2 * H * W * 2
+    for block_bytes, ahead in ((2**20, 4), (2 * chunk_bytes, 2), (chunk_bytes, 1)):
+        seen.clear()
+        with reader_for(path, block_bytes=block_bytes) as r:
+            it = r.frames(0, 3, 12)  # chunks 1…5
+            first = next(it)
+            assert seen == list(range(1, 1 + ahead))
+            assert np.array_equal(np.stack([first, *it]), data[3:])
+            assert seen == list(range(1, 6))
 
 
 def test_reader_corrupt_chunk_names_file_dataset_and_frame(tmp_path):

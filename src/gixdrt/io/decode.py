@@ -354,23 +354,26 @@ def decode_chunks(
                            chunks, threads=threads))
 
 
-def map_chunks(fn, items: Iterable, *, threads: int | None = None):
+def map_chunks(fn, items: Iterable, *, threads: int | None = None, ahead: int | None = None):
     """``fn(i, item)`` for each item, ``threads`` at a time, yielding the results in order (a generator).
 
-    A :class:`ChunkError` from item ``i`` is raised again with ``chunk=i`` and ``chunk i: `` before its
-    message; no result after it is yielded and the work not started yet is cancelled.
+    ahead: the most items taken from ``items`` and not yielded yet (default: two per thread); with one thread,
+    each item is taken when its result is asked for. A :class:`ChunkError` from item ``i`` is raised again with
+    ``chunk=i`` and ``chunk i: `` before its message; no result after it is yielded and the work not started
+    yet is cancelled.
     """
     threads = resolve_threads(threads)
     if threads == 1:
         for i, item in enumerate(items):
             yield _indexed(fn, i, item)
         return
+    ahead = 2 * threads if ahead is None else max(1, int(ahead))
     pool = _executor(threads)
     pending: deque[Future] = deque()
     try:
         for i, item in enumerate(items):
             pending.append(pool.submit(_indexed, fn, i, item))
-            while len(pending) >= 2 * threads:
+            while len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

@@ -729,7 +729,8 @@ class H5Reader(Reader):
     """HDF5 datasets: the one named, or the file's default (:func:`h5_datasets`); one stack per dataset.
 
     A 3-D dataset is read a block of whole chunk rows at a time (each chunk decompressed once), never more
-    than ``block_bytes`` per read. :meth:`_read_block` is the one place that reads pixel data.
+    than ``block_bytes`` per read. :meth:`_read_block` is the one place that reads pixel data through h5py's
+    ``Dataset`` reads; :meth:`_raw_chunk` the one place that reads stored chunks for the direct path.
 
     Direct chunk reads: a dataset whose only filter is bitshuffle with LZ4 (filter 32008, Eiger's "bslz4") or
     LZ4 (filter 32004), chunked in whole frames (one or a few per chunk), is read chunk by chunk with h5py's
@@ -743,6 +744,8 @@ class H5Reader(Reader):
     kind = "h5"
     #: Chunks decoded at once by the direct path (None: every core this process may use).
     decode_threads: int | None = None
+    #: False: every dataset is read through h5py and the HDF5 filters (for comparisons).
+    direct_reads: bool = True
 
     def _open(self) -> list[Stack]:
         h5py = _import_h5py(self.label)
@@ -764,7 +767,7 @@ class H5Reader(Reader):
             stacks.append(self._stack(label, ds.shape, ds.dtype))
             self._datasets.append(ds)
             direct = self._direct_plan(ds, label)
-            if direct is not None:
+            if direct is not None and self.direct_reads:
                 self._direct[id(ds)] = direct
         return stacks
 
@@ -827,10 +830,11 @@ class H5Reader(Reader):
             return
         frame_bytes = max(1, math.prod(ds.shape[1:]) * ds.dtype.itemsize)
         rows = ds.chunks[0] if ds.chunks else 1
+        direct = self._direct.get(id(ds))
+        if direct is not None and rows * frame_bytes <= self.block_bytes:
+            yield from self._stream_direct(ds, direct, start, stop)
+            return
         step = max(1, min(rows, self.block_bytes // frame_bytes))
-        if id(ds) in self._direct and step == rows:  # several chunks per read: decoded at once
-            threads = decode.resolve_threads(self.decode_threads)
-            step = rows * max(1, min(threads, self.block_bytes // (rows * frame_bytes)))
         i = start
         while i < stop:
             end = min(stop, (i // step + 1) * step)  # blocks aligned to whole chunk rows
@@ -843,13 +847,32 @@ class H5Reader(Reader):
 
     def _read_block(self, ds, start: int | None, stop: int | None) -> np.ndarray:
         """Frames ``start…stop-1`` of dataset ``ds`` ([H, W] for a 2-D dataset: start is None): decoded here
-        chunk by chunk where the dataset has a direct-read plan (:meth:`_direct_plan`), else through h5py."""
+        chunk by chunk where the dataset has a direct-read plan (:meth:`_direct_plan`), else through h5py.
+        (Streaming such a dataset, :meth:`_frames` decodes its chunks with :meth:`_stream_direct`.)"""
         direct = self._direct.get(id(ds))
         if direct is None:
             return ds[()] if start is None else ds[start:stop]
         if start is None:
             return self._read_direct(ds, direct, 0, 1)[0]
         return self._read_direct(ds, direct, start, stop)
+
+    def _stream_direct(self, ds, direct: _Direct, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Frames ``start…stop-1``, chunk by chunk: with several decoding threads, the next chunks are decoded
+        while the frames of the current one are used (no more of them than ``block_bytes`` hold); each frame
+        is a view of its decoded chunk, never copied."""
+        rows = direct.rows
+        threads = decode.resolve_threads(self.decode_threads)
+        chunk_bytes = math.prod(direct.chunk_shape) * ds.dtype.itemsize
+        ahead = max(1, min(2 * threads, self.block_bytes // chunk_bytes))
+
+        def decode_one(_i: int, item) -> tuple[int, np.ndarray]:
+            c, raw = item
+            return c, self._chunk(ds, direct, c, raw, max(start, c * rows))
+
+        chunks = ((c, self._raw_chunk(ds, direct, c)) for c in range(start // rows, (stop - 1) // rows + 1))
+        for c, chunk in decode.map_chunks(decode_one, chunks, threads=threads, ahead=ahead):
+            lo = c * rows
+            yield from chunk[max(start, lo) - lo : min(stop, lo + rows) - lo]
 
     def _read_direct(self, ds, direct: _Direct, start: int, stop: int) -> np.ndarray:
         rows = direct.rows
