@@ -320,6 +320,21 @@ def test_decode_chunks_threads_equal_serial(encoding):
     assert decode.resolve_threads(10**6) == decode.default_threads() >= 1
 
 
+def test_map_chunks_order_and_source_errors():
+    """Results come in order; an error while taking an item comes after the results of the items before it."""
+
+    def source():
+        yield from range(5)
+        raise OSError("item 5 cannot be read")
+
+    for threads in (1, 2):
+        got = []
+        with pytest.raises(OSError, match="item 5"):
+            for value in decode.map_chunks(lambda i, x: (i, x * x), source(), threads=threads, ahead=3):
+                got.append(value)
+        assert got == [(i, i * i) for i in range(5)]
+
+
 # -------------------------------------------------------------------------------------------------
 # The HDF5 reader's direct chunk reads
 # -------------------------------------------------------------------------------------------------
@@ -355,9 +370,9 @@ def test_reader_direct_reads_are_lazy(tmp_path, monkeypatch):
     seen: list[int] = []
     original = H5Reader._raw_chunk
 
-    def counting(self, ds, direct, c):
+    def counting(self, ds, direct, c, frame):
         seen.append(c)
-        return original(self, ds, direct, c)
+        return original(self, ds, direct, c, frame)
 
     monkeypatch.setattr(H5Reader, "_raw_chunk", counting)
     monkeypatch.setattr(H5Reader, "decode_threads", 1)
@@ -382,6 +397,50 @@ def test_reader_direct_reads_are_lazy(tmp_path, monkeypatch):
             assert seen == list(range(1, 1 + ahead))
             assert np.array_equal(np.stack([first, *it]), data[3:])
             assert seen == list(range(1, 6))
+
+
+def test_reader_chunks_larger_than_a_read(tmp_path, monkeypatch):
+    """Chunks of more frames than block_bytes hold are read piece by piece, each chunk decoded once."""
+    data = _frames(10, np.uint32)
+    path = tmp_path / "big_chunks.h5"
+    _write(path, data, 4, "bslz4")
+    seen: list[int] = []
+    original = H5Reader._raw_chunk
+
+    def counting(self, ds, direct, c, frame):
+        seen.append(c)
+        return original(self, ds, direct, c, frame)
+
+    monkeypatch.setattr(H5Reader, "_raw_chunk", counting)
+    with reader_for(path, block_bytes=2 * H * W * 4) as r:
+        frames = list(r.frames(0, 1, 10))
+        assert seen == [0, 1, 2]
+        assert np.array_equal(np.stack(frames), data[1:])
+        frames[0][:] = 0  # the frames are the caller's: the chunk kept for the next read is not changed
+        assert np.array_equal(r.read(0, 1, 2)[0], data[1])
+
+
+def test_reader_read_error_names_its_own_frame(tmp_path, monkeypatch):
+    """With chunks read ahead of the consumer, a chunk that cannot be read is reported after the frames before
+    it, at its own frame."""
+    data = _frames(8, np.uint16)
+    path = tmp_path / "ahead.h5"
+    spec = _write(path, data, 1, "lz4")
+    original = H5Reader._raw_chunk
+
+    def failing(self, ds, direct, c, frame):
+        if c == 5:
+            raise self._error(OSError("can't read chunk"), f" at frame {frame}", direct.label)
+        return original(self, ds, direct, c, frame)
+
+    monkeypatch.setattr(H5Reader, "_raw_chunk", failing)
+    for threads in (1, 2):
+        monkeypatch.setattr(H5Reader, "decode_threads", threads)
+        got = []
+        with pytest.raises(FrameError, match=r"::/data: not a readable image at frame 5 \(OSError: can't read"):
+            for fr in iter_frames([spec]):
+                got.append(fr.data)
+        assert np.array_equal(np.stack(got), data[:5])
 
 
 def test_reader_corrupt_chunk_names_file_dataset_and_frame(tmp_path):

@@ -360,7 +360,8 @@ def map_chunks(fn, items: Iterable, *, threads: int | None = None, ahead: int | 
     ahead: the most items taken from ``items`` and not yielded yet (default: two per thread); with one thread,
     each item is taken when its result is asked for. A :class:`ChunkError` from item ``i`` is raised again with
     ``chunk=i`` and ``chunk i: `` before its message; no result after it is yielded and the work not started
-    yet is cancelled.
+    yet is cancelled. An error while taking an item from ``items`` is raised after the results of the items
+    taken before it.
     """
     threads = resolve_threads(threads)
     if threads == 1:
@@ -370,9 +371,20 @@ def map_chunks(fn, items: Iterable, *, threads: int | None = None, ahead: int | 
     ahead = 2 * threads if ahead is None else max(1, int(ahead))
     pool = _executor(threads)
     pending: deque[Future] = deque()
+    source = iter(items)
     try:
-        for i, item in enumerate(items):
+        i = 0
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                break
+            except Exception:  # taking item i failed: the results before it first, then its error
+                while pending:
+                    yield pending.popleft().result()
+                raise
             pending.append(pool.submit(_indexed, fn, i, item))
+            i += 1
             while len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:

@@ -721,8 +721,14 @@ class _Direct:
     encoding: str
     rows: int
     chunk_shape: tuple[int, int, int]  # one chunk as decoded: [rows, H, W]
+    dtype: np.dtype  # as stored (any byte order)
+    fill: object  # the dataset's fill value: the pixels of a chunk never written
     label: str  # the stack's label: file::/dataset
     max_stored: int  # a stored chunk larger than this cannot be one of these chunks
+
+    @property
+    def chunk_bytes(self) -> int:
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
 
 
 class H5Reader(Reader):
@@ -821,7 +827,7 @@ class H5Reader(Reader):
         # the header, then LZ4's worst case for every block (16 bytes more each) and its 4-byte size, with as
         # many blocks as bitshuffle's smallest ones (8 elements) make
         max_stored = decode.HEADER_BYTES + decode.lz4_bound(total) + 20 * (total // (8 * itemsize) + 1)
-        return _Direct(encoding, rows, chunk_shape, label, max_stored)
+        return _Direct(encoding, rows, chunk_shape, np.dtype(ds.dtype), ds.fillvalue, label, max_stored)
 
     def _frames(self, k: int, start: int, stop: int) -> Iterator[np.ndarray]:
         ds = self._datasets[k]
@@ -862,14 +868,14 @@ class H5Reader(Reader):
         is a view of its decoded chunk, never copied."""
         rows = direct.rows
         threads = decode.resolve_threads(self.decode_threads)
-        chunk_bytes = math.prod(direct.chunk_shape) * ds.dtype.itemsize
-        ahead = max(1, min(2 * threads, self.block_bytes // chunk_bytes))
+        ahead = max(1, min(2 * threads, self.block_bytes // direct.chunk_bytes))
 
         def decode_one(_i: int, item) -> tuple[int, np.ndarray]:
             c, raw = item
-            return c, self._chunk(ds, direct, c, raw, max(start, c * rows))
+            return c, self._chunk(direct, c, raw, max(start, c * rows))
 
-        chunks = ((c, self._raw_chunk(ds, direct, c)) for c in range(start // rows, (stop - 1) // rows + 1))
+        numbers = range(start // rows, (stop - 1) // rows + 1)
+        chunks = ((c, self._raw_chunk(ds, direct, c, max(start, c * rows))) for c in numbers)  # read in this thread
         for c, chunk in decode.map_chunks(decode_one, chunks, threads=threads, ahead=ahead):
             lo = c * rows
             yield from chunk[max(start, lo) - lo : min(stop, lo + rows) - lo]
@@ -882,52 +888,63 @@ class H5Reader(Reader):
             cached = self._cached
             if cached is not None and cached[0] == id(ds) and cached[1] == first:
                 return cached[2][start - lo : stop - lo].copy()
-            chunk = self._chunk(ds, direct, first, self._raw_chunk(ds, direct, first), start)
-            if stop - start < rows and math.prod(direct.chunk_shape) * ds.dtype.itemsize > self.block_bytes:
+            chunk = self._chunk(direct, first, self._raw_chunk(ds, direct, first, start), start)
+            if stop - start < rows and direct.chunk_bytes > self.block_bytes:
                 self._cached = (id(ds), first, chunk)  # a chunk larger than a read: read piece by piece
                 return chunk[start - lo : stop - lo].copy()
             return chunk[start - lo : stop - lo]
-        out = self._allocate((stop - start, *direct.chunk_shape[1:]), ds.dtype)
+        out = self._allocate((stop - start, *direct.chunk_shape[1:]), direct.dtype)
 
         def decode_into(_i: int, item) -> None:
             c, raw = item
             lo = c * rows
             a, b = max(start, lo), min(stop, lo + rows)
-            out[a - start : b - start] = self._chunk(ds, direct, c, raw, a)[a - lo : b - lo]
+            out[a - start : b - start] = self._chunk(direct, c, raw, a)[a - lo : b - lo]
 
-        chunks = ((c, self._raw_chunk(ds, direct, c)) for c in range(first, last + 1))  # read in this thread
+        chunks = (  # read in this thread, decoded (and copied into out) in the pool
+            (c, self._raw_chunk(ds, direct, c, max(start, c * rows))) for c in range(first, last + 1)
+        )
         for _ in decode.map_chunks(decode_into, chunks, threads=self.decode_threads):
             pass
         return out
 
-    def _raw_chunk(self, ds, direct: _Direct, c: int) -> tuple[int, bytes] | None:
-        """(filter mask, stored bytes) of chunk ``c`` (frames c·rows…), or None where it was never written."""
-        offsets = (c * direct.rows, 0, 0) if ds.ndim == 3 else (0, 0)
-        info = ds.id.get_chunk_info_by_coord(offsets)
-        if info.byte_offset is None:
-            return None
-        if info.size > direct.max_stored:
-            problem = (
-                f"{self._where(direct, c, c * direct.rows)}: corrupt chunk index: the chunk is stored in {info.size} "
-                f"bytes, more than {decode.ENCODING_NAMES[direct.encoding]} can take for its "
-                f"{'×'.join(map(str, direct.chunk_shape))} {ds.dtype.name} pixels ({direct.max_stored})"
-            )
-            raise FrameError(problem, path=direct.label)
-        return ds.id.read_direct_chunk(offsets)
+    def _raw_chunk(self, ds, direct: _Direct, c: int, frame: int) -> tuple[int, bytes] | None:
+        """(filter mask, stored bytes) of chunk ``c`` (frames c·rows…), or None where it was never written;
+        ``frame`` (the first one asked for) names it in errors. The one place the direct path reads the file."""
+        offsets = (c * direct.rows, 0, 0) if len(ds.shape) == 3 else (0, 0)
+        try:
+            info = ds.id.get_chunk_info_by_coord(offsets)
+            if info.byte_offset is None:
+                return None
+            if info.size > direct.max_stored:
+                problem = (
+                    f"{self._where(direct, c, frame)}: corrupt chunk index: the chunk is stored in {info.size} bytes, "
+                    f"more than {decode.ENCODING_NAMES[direct.encoding]} can take for its "
+                    f"{'×'.join(map(str, direct.chunk_shape))} {direct.dtype.name} pixels ({direct.max_stored})"
+                )
+                raise FrameError(problem, path=direct.label)
+            return ds.id.read_direct_chunk(offsets)
+        except FrameError:
+            raise
+        except Exception as exc:  # an unreadable chunk index or chunk: named by its frame, not by a later one
+            raise self._error(exc, f" at {self._where(direct, c, frame)}", direct.label) from None
 
-    def _chunk(self, ds, direct: _Direct, c: int, raw: tuple[int, bytes] | None, frame: int) -> np.ndarray:
-        """Chunk ``c`` decoded, [rows, H, W]; ``frame`` (the first one asked for) names it in errors."""
+    def _chunk(self, direct: _Direct, c: int, raw: tuple[int, bytes] | None, frame: int) -> np.ndarray:
+        """Chunk ``c`` decoded, [rows, H, W]; ``frame`` (the first one asked for) names it in errors. Runs in
+        the decoding threads: no HDF5 call here."""
         if raw is None:  # never written: the dataset's fill value, as HDF5 returns it
-            return np.full(direct.chunk_shape, ds.fillvalue, ds.dtype)
+            return np.full(direct.chunk_shape, direct.fill, direct.dtype)
         mask, data = raw
         if mask & 1:  # the (optional) filter was skipped when this chunk was written: stored as it is
-            need = math.prod(direct.chunk_shape) * ds.dtype.itemsize
-            if len(data) != need:
-                problem = f"{self._where(direct, c, frame)}: an unfiltered chunk of {len(data)} bytes, expected {need}"
+            if len(data) != direct.chunk_bytes:
+                problem = (
+                    f"{self._where(direct, c, frame)}: an unfiltered chunk of {len(data)} bytes, expected "
+                    f"{direct.chunk_bytes}"
+                )
                 raise FrameError(problem, path=direct.label)
-            return np.frombuffer(data, ds.dtype).reshape(direct.chunk_shape)
+            return np.frombuffer(bytearray(data), direct.dtype).reshape(direct.chunk_shape)  # writable, as decoded
         try:
-            return decode.decode_chunk(data, encoding=direct.encoding, dtype=ds.dtype, shape=direct.chunk_shape)
+            return decode.decode_chunk(data, encoding=direct.encoding, dtype=direct.dtype, shape=direct.chunk_shape)
         except decode.ChunkError as exc:
             raise FrameError(f"{self._where(direct, c, frame)}: {exc.problem}", path=direct.label) from None
 
