@@ -99,7 +99,8 @@ def test_decode_chunk_round_trip(tmp_path, kind, dtype, rows):
 def test_decode_odd_sizes(tmp_path, encoding):
     """Element counts that are not a multiple of 8 (bitshuffle stores the last n % 8 elements as they are) and
     not a multiple of the block size, one and two bytes per element."""
-    for j, (shape, dtype) in enumerate([((5, 7), "uint16"), ((3, 37), "uint8"), ((1, 9), "int32"), ((11, 13), "f8")]):
+    layouts = [((5, 7), "uint16"), ((3, 37), "uint8"), ((1, 9), "int32"), ((11, 13), "f8"), ((1, 5), "uint16")]
+    for j, (shape, dtype) in enumerate(layouts):
         data = _frames(1, dtype, seed=j, shape=shape)[0]
         path = tmp_path / f"odd{j}.h5"
         kind = "bslz4-small-blocks" if encoding == "bslz4" else "lz4-small-blocks"
@@ -530,9 +531,12 @@ def test_reader_refuses_bitshuffle_options_of_another_element_size(tmp_path):
             changed = struct.pack(f"<{len(options)}I", *options[:2], size, *options[3:])
             bad = tmp_path / f"opts_{kind}_{size}.h5"
             bad.write_bytes(raw.replace(stored, changed))
-            with pytest.raises(FrameError, match=rf"::/entry/data/data: corrupt bitshuffle filter options: {size}-"
-                               "byte elements, the dataset's uint32 elements have 4 bytes"):
-                read_frame(str(bad))
+            for direct in (True, False):  # also where the HDF5 filter would read it
+                with pytest.raises(FrameError, match=rf"::/entry/data/data: corrupt bitshuffle filter options: "
+                                   rf"{size}-byte elements, the dataset's uint32 elements have 4 bytes"):
+                    r = reader_for(bad)
+                    r.direct_reads = direct
+                    r.open()
 
 
 def test_missing_packages_fall_back_to_the_hdf5_filter(tmp_path, monkeypatch):

@@ -53,7 +53,9 @@ __all__ = [
     "decode_chunk",
     "decode_chunks",
     "default_threads",
+    "map_chunks",
     "missing",
+    "resolve_threads",
 ]
 
 #: Encodings understood here → the package that decompresses them.

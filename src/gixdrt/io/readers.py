@@ -773,12 +773,13 @@ class H5Reader(Reader):
             stacks.append(self._stack(label, ds.shape, ds.dtype))
             self._datasets.append(ds)
             direct = self._direct_plan(ds, label)
-            if direct is not None and self.direct_reads:
+            if direct is not None:
                 self._direct[id(ds)] = direct
         return stacks
 
     def _direct_plan(self, ds, label: str) -> _Direct | None:
-        """How to read ``ds`` chunk by chunk (:class:`_Direct`), or None to read it through h5py."""
+        """How to read ``ds`` chunk by chunk (:class:`_Direct`), or None to read it through h5py. FrameError for
+        bitshuffle filter options the filter would crash on, whichever path reads the dataset."""
         import h5py
 
         try:
@@ -797,7 +798,7 @@ class H5Reader(Reader):
                     f"elements have {itemsize} bytes"
                 )
                 raise FrameError(problem, path=label)
-        if len(filters) != 1 or not hasattr(ds.id, "get_chunk_info_by_coord"):
+        if not self.direct_reads or len(filters) != 1 or not hasattr(ds.id, "get_chunk_info_by_coord"):
             return None
         fid, _flags, options, _name = filters[0]
         if fid == H5_FILTER_BITSHUFFLE and len(options) >= 5 and options[4] == _BITSHUFFLE_LZ4:
