@@ -5,23 +5,19 @@ and deleted bytes, header fields overwritten with edge values) and read through 
 count_frames. Every outcome must be a FrameError or valid frames — never another exception type, never a hang —
 and read_frame and iter_frames, which share one reader, must agree.
 
-Kept out of the in-process fuzz: HDF5 datasets compressed with bitshuffle-LZ4 (hdf5plugin). A corrupt
-bitshuffle-LZ4 chunk header (uncompressed size, block size) crashes the process with SIGSEGV inside the
-compiled filter, which no Python code can catch; test_bitshuffle_corrupt_chunks_in_child_processes reads such
-chunks in child processes, reports the crashes as a warning, and checks that every child that survives
-reports a FrameError or valid frames.
+Everything is read in this process, HDF5 datasets compressed with bitshuffle-LZ4 and LZ4 included: their chunks
+are checked and decoded by gixdrt.io.decode, not by the HDF5 filters (which crash the process with SIGSEGV on
+a corrupt chunk header). Besides the whole-file mutations, test_compressed_chunks_in_process mutates the bytes
+of one such chunk, mostly its header (uncompressed size, block size) and its blocks' compressed sizes.
 
-Run this file as a script to fuzz more, each mutant in a child process of its own (crashes are reported,
-not fatal): ``python tests/test_readers_fuzz.py FORMAT [N] [SEED]`` (FORMAT: npy, tiff, h5, edf, cbf).
+Run this file as a script to fuzz more: ``python tests/test_readers_fuzz.py FORMAT [N] [SEED]`` (FORMAT: npy,
+tiff, h5, edf, cbf, or bslz4 / lz4 for the chunk mutations).
 """
 from __future__ import annotations
 
 import io
-import json
-import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -78,6 +74,12 @@ def seeds_tiff(tmp: Path) -> list[tuple[str, bytes]]:
     ]
 
 
+def _compression(kind: str) -> dict:
+    """hdf5plugin's filter arguments for 'bslz4' (filter 32008 with LZ4) or 'lz4' (filter 32004)."""
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    return dict(hdf5plugin.Bitshuffle(cname="lz4") if kind == "bslz4" else hdf5plugin.LZ4())
+
+
 def seeds_h5(tmp: Path) -> list[tuple[str, bytes]]:
     h5py = pytest.importorskip("h5py")
     out = []
@@ -85,6 +87,8 @@ def seeds_h5(tmp: Path) -> list[tuple[str, bytes]]:
         ("contiguous", {}, _pixels(3, np.uint16)),
         ("chunked", {"chunks": (1, H, W), "compression": "gzip", "shuffle": True}, _pixels(3, ">f4")),
         ("two_d", {}, _pixels(1, np.int32)[0]),
+        ("bslz4", {"chunks": (1, H, W), **_compression("bslz4")}, _pixels(3, np.uint32)),
+        ("lz4", {"chunks": (2, H, W), **_compression("lz4")}, _pixels(3, np.uint16)),
     ):
         path = tmp / f"seed_{name}.h5"
         with h5py.File(path, "w") as f:
@@ -253,8 +257,8 @@ def exercise(path: Path) -> tuple[str, str | None]:
     return "ok", None
 
 
-def fuzz(fmt: str, tmp: Path, n: int, seed: int, *, isolate: bool = False) -> dict:
-    """Mutate the seed files of ``fmt`` ``n`` times and read each mutant (in a forked child with ``isolate``).
+def fuzz(fmt: str, tmp: Path, n: int, seed: int) -> dict:
+    """Mutate the seed files of ``fmt`` ``n`` times and read each mutant.
 
     Returns the counts of outcomes ('ok', 'error', and any problem) and the failures: (description, problem).
     """
@@ -267,10 +271,15 @@ def fuzz(fmt: str, tmp: Path, n: int, seed: int, *, isolate: bool = False) -> di
         path = tmp / f"mutant_{j}{suffix}"
         path.write_bytes(mutant)
         mutants.append((path, f"mutant {j} of seed {j % len(seeds)}: {what}"))
-    results = run_isolated([p for p, _ in mutants]) if isolate else [exercise(p) for p, _ in mutants]
+    return _tally(mutants)
+
+
+def _tally(mutants: list[tuple[Path, str]]) -> dict:
+    """Read each (path, description) mutant; the counts of outcomes and the failures: (description, problem)."""
     counts: dict[str, int] = {}
     failures = []
-    for (path, what), (outcome, problem) in zip(mutants, results):
+    for path, what in mutants:
+        outcome, problem = exercise(path)
         counts[outcome] = counts.get(outcome, 0) + 1
         if problem is not None:
             failures.append((what, problem))
@@ -278,71 +287,10 @@ def fuzz(fmt: str, tmp: Path, n: int, seed: int, *, isolate: bool = False) -> di
     return {"counts": counts, "failures": failures}
 
 
-def run_isolated(paths: list[Path], timeout: float = 60.0) -> list[tuple[str, str | None]]:
-    """:func:`exercise` on each path in a child process of its own, forked from one helper process (so a crash
-    inside compiled code is an outcome: ('process', 'killed by SIGSEGV'), and a hang is ('hang', ...))."""
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import test_readers_fuzz as t; t._serve(sys.argv[2:])"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(timeout), *map(str, paths)],
-        check=False, capture_output=True, text=True, timeout=timeout * len(paths) + 120,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or len(lines) != len(paths):
-        raise RuntimeError(f"fuzz helper failed (status {proc.returncode}): {proc.stderr[-2000:]}")
-    return [tuple(json.loads(line[7:])) for line in lines]
-
-
-def _serve(args: list[str]) -> None:
-    """In the helper process: fork a child per path, report each child's outcome on stdout."""
-    import logging
-
-    logging.disable(logging.CRITICAL)
-    for module in ("h5py", "hdf5plugin", "fabio", "fabio.edfimage", "fabio.cbfimage"):  # once, not per child
-        try:
-            __import__(module)
-        except ImportError:
-            pass
-    timeout, paths = float(args[0]), args[1:]
-    for path in paths:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: read, report, exit without any clean-up of the parent's state
-            os.close(read_end)
-            try:
-                result = exercise(Path(path))
-            except BaseException as exc:  # noqa: BLE001  (reported, not raised)
-                result = ("crash", f"{type(exc).__name__}: {exc}")
-            os.write(write_end, json.dumps(result).encode())
-            os._exit(0)
-        os.close(write_end)
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                status = None
-                break
-            time.sleep(0.002)
-        with os.fdopen(read_end, "rb") as f:
-            payload = f.read()
-        if status is None:
-            result = ("hang", f"no result in {timeout} s")
-        elif os.WIFSIGNALED(status):
-            result = ("process", f"killed by {signal.Signals(os.WTERMSIG(status)).name}")
-        elif not payload:
-            result = ("process", f"exit status {os.WEXITSTATUS(status)} without a result")
-        else:
-            result = tuple(json.loads(payload))
-        print("RESULT " + json.dumps(result), flush=True)
-
-
 # -------------------------------------------------------------------------------------------------
 # Tests
 # -------------------------------------------------------------------------------------------------
-SEED_OF = {"npy": 101, "tiff": 202, "h5": 303, "edf": 404, "cbf": 505}
+SEED_OF = {"npy": 101, "tiff": 202, "h5": 303, "edf": 404, "cbf": 505, "bslz4": 606, "lz4": 707}
 
 
 @pytest.mark.parametrize("fmt", list(SEEDS))
@@ -366,58 +314,56 @@ def test_mutants_give_frame_errors_or_frames(fmt, tmp_path):
     assert elapsed < 60, f"{fmt}: {N_MUTANTS} mutants took {elapsed:.0f} s"
 
 
-def _bitshuffle_mutants(tmp: Path, n: int, seed: int) -> list[tuple[Path, str]]:
-    """A 2-frame bitshuffle-LZ4 dataset (one frame per chunk) with the bytes of its first chunk mutated, most
-    often the chunk's bitshuffle header (uncompressed size, block size) and its blocks' compressed sizes."""
+N_CHUNK_MUTANTS = 400  # per encoding
+
+
+def chunk_mutants(kind: str, tmp: Path, n: int, seed: int) -> list[tuple[Path, str]]:
+    """A 3-frame dataset compressed with ``kind`` ('bslz4': one 64×64 uint32 frame per chunk, several LZ4 blocks;
+    'lz4': two frames per chunk, in blocks of 1 KiB) with the bytes of its second chunk mutated: most often
+    the chunk's header (uncompressed size, block size) and its first blocks' compressed sizes."""
     h5py = pytest.importorskip("h5py")
     hdf5plugin = pytest.importorskip("hdf5plugin")
-    seed_path = tmp / "seed_bslz4.h5"
+    seed_path = tmp / f"seed_{kind}.h5"
+    frames = (np.random.default_rng(0).random((3, 64, 64)) * 2e5).astype(np.uint32 if kind == "bslz4" else np.uint16)
+    rows, compression = (1, hdf5plugin.Bitshuffle(cname="lz4")) if kind == "bslz4" else (2, hdf5plugin.LZ4(1024))
     with h5py.File(seed_path, "w") as f:
-        frames = (np.random.default_rng(0).random((2, 64, 64)) * 2e5).astype(np.uint32)  # several LZ4 blocks
-        ds = f.create_dataset("entry/data/data", data=frames, chunks=(1, 64, 64), **hdf5plugin.Bitshuffle(cname="lz4"))
-        chunk = ds.id.get_chunk_info(0)
+        ds = f.create_dataset("entry/data/data", data=frames, chunks=(rows, 64, 64), **compression)
+        chunk = ds.id.get_chunk_info(1)
     data = seed_path.read_bytes()
     rng = np.random.default_rng(seed)
     out = []
     for j in range(n):
         buf = bytearray(data)
-        offset = int(rng.choice([0, 4, 8, 12, int(rng.integers(0, chunk.size - 8))]))
+        offset = int(rng.choice([0, 4, 8, 12, 16, int(rng.integers(0, 64)), int(rng.integers(0, chunk.size - 8))]))
         width = int(rng.choice([1, 2, 4, 8]))
-        value = int(rng.choice(EDGE_INTS)) % (1 << (8 * width))
+        if rng.random() < 0.75:
+            value = int(rng.choice(EDGE_INTS)) % (1 << (8 * width))
+            new = value.to_bytes(width, "big")
+            what = f"{value:#x} ({width} bytes)"
+        else:
+            old = buf[chunk.byte_offset + offset :][:width]
+            new = bytes(b ^ int(x) for b, x in zip(old, rng.integers(1, 256, len(old))))
+            what = f"{len(old)} bytes flipped"
         at = chunk.byte_offset + offset
-        buf[at : at + width] = value.to_bytes(width, "big")
-        path = tmp / f"bs_{j}.h5"
+        buf[at : at + width] = new
+        path = tmp / f"chunk_{kind}_{j}.h5"
         path.write_bytes(bytes(buf))
-        out.append((path, f"{value:#x} ({width} bytes) at byte {offset} of the first chunk"))
+        out.append((path, f"mutant {j}: {what} at byte {offset} of the second chunk"))
     return out
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_bitshuffle_corrupt_chunks_in_child_processes(tmp_path):
-    """Corrupt bitshuffle-LZ4 chunks, each read in a child process of its own.
-
-    A child killed by a signal is a crash inside the compiled bitshuffle filter (seen: SIGSEGV for a corrupt
-    uncompressed size or block size in the chunk's header); no Python code can catch that, so it is counted and
-    reported as a warning, not failed. Every child that survives must report a FrameError or valid frames.
-    """
-    mutants = _bitshuffle_mutants(tmp_path, 40, 606)
-    results = run_isolated([p for p, _ in mutants])
-    outcomes: dict[str, int] = {}
-    failures, crashes = [], []
-    for (_, what), (outcome, problem) in zip(mutants, results):
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if outcome == "process":
-            crashes.append(f"{what}: {problem}")
-        elif problem is not None:
-            failures.append(f"{what}: {problem}")
-    assert not failures, failures[:5]
-    assert outcomes.get("error", 0) > 0
-    if crashes:
-        warnings.warn(
-            f"bitshuffle-LZ4: {len(crashes)} of {len(mutants)} corrupt chunks crashed the reading process inside "
-            f"the HDF5 filter, e.g. {crashes[0]}",
-            stacklevel=1,
-        )
+@pytest.mark.parametrize("kind", ["bslz4", "lz4"])
+def test_compressed_chunks_in_process(kind, tmp_path):
+    """Corrupt bitshuffle-LZ4 and LZ4 chunks, read in this process: each a FrameError or valid frames."""
+    t0 = time.perf_counter()
+    result = _tally(chunk_mutants(kind, tmp_path, N_CHUNK_MUTANTS, SEED_OF[kind]))
+    counts = result["counts"]
+    assert sum(counts.values()) == N_CHUNK_MUTANTS >= 300
+    report = "\n".join(f"{what}\n    {problem}" for what, problem in result["failures"][:10])
+    failed = len(result["failures"])
+    assert not failed, f"{failed} of {N_CHUNK_MUTANTS} mutants failed ({counts}):\n{report}"
+    assert counts["error"] > N_CHUNK_MUTANTS // 2 and counts.get("ok", 0) > 0, counts
+    assert time.perf_counter() - t0 < 60
 
 
 if __name__ == "__main__":
@@ -428,7 +374,11 @@ if __name__ == "__main__":
     seed = int(sys.argv[3]) if len(sys.argv) > 3 else SEED_OF.get(fmt, 0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = fuzz(fmt, Path(tmp), n, seed, isolate=True)
+        if fmt in ("bslz4", "lz4"):
+            n = int(sys.argv[2]) if len(sys.argv) > 2 else N_CHUNK_MUTANTS
+            result = _tally(chunk_mutants(fmt, Path(tmp), n, seed))
+        else:
+            result = fuzz(fmt, Path(tmp), n, seed)
         print(f"{fmt}: {result['counts']} in {time.perf_counter() - t0:.1f} s")
         for what, problem in result["failures"]:
             print(f"- {what}\n    {problem}")

@@ -45,7 +45,7 @@ def report() -> dict[str, Any]:
     gpu, gpu_detail = _nvidia_gpu()
     rows["cuda gpu"] = (gpu, gpu_detail)
     rows["cupy"] = _version("cupy") if gpu else (False, "skipped: no GPU")
-    for name in ("torch", "onnxruntime", "fabio", "h5py", "hdf5plugin", "cv2"):
+    for name in ("torch", "onnxruntime", "fabio", "h5py", "hdf5plugin", "bitshuffle", "lz4", "cv2"):
         rows[name] = _version(name)
     if gpu:
         rows["tensorrt"] = _version("tensorrt")

@@ -1,16 +1,21 @@
-"""Frame readers and streaming sources, peak-table writers, and the cache of the published assets."""
+"""Frame readers and streaming sources, the compressed-chunk decoder, peak-table writers, and the cache of the
+published assets."""
 from __future__ import annotations
 
 from .assets import PublishedAssets, cache_dir, fetch_published
+from .decode import ChunkError, decode_chunk, decode_chunks
 from .frames import read_frame, write_image
 from .sources import Frame, count_frames, iter_frames
 from .writers import read_peaks, write_peaks
 
 __all__ = [
+    "ChunkError",
     "Frame",
     "PublishedAssets",
     "cache_dir",
     "count_frames",
+    "decode_chunk",
+    "decode_chunks",
     "fetch_published",
     "iter_frames",
     "read_frame",

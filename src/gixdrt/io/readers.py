@@ -11,14 +11,17 @@ of a range of frames of a stack, one at a time::
         block = r.read(0, 10, 20)       # the same frames as one [10, H, W] array
         everything = r.read_all()       # what read_frame returns: [H, W] or [N, H, W]
 
-Formats: TIFF (tifffile), NumPy ``.npy`` (memory-mapped), HDF5 (h5py; hdf5plugin is loaded when installed
-for bitshuffle-LZ4 Eiger data), and the detector formats read by fabio (EDF and CBF with extra checks of
-their headers, .img, .mccd, .sfrm, ...).
+Formats: TIFF (tifffile), NumPy ``.npy`` (memory-mapped), HDF5 (h5py; bitshuffle-LZ4 and LZ4 chunks of whole
+frames, as Eiger files hold them, are read raw and decoded by :mod:`gixdrt.io.decode`; hdf5plugin is loaded when
+installed for the other compressed layouts), and the detector formats read by fabio (EDF and CBF with extra
+checks of their headers, .img, .mccd, .sfrm, ...).
 
 Checks (each a :class:`~gixdrt.errors.FrameError` naming the file and the problem, never another exception):
 
 - the path is an existing, readable, non-empty regular file: not a directory, FIFO or device, not a
   dangling symbolic link or a symbolic-link loop (:func:`check_file`);
+- HDF5 bitshuffle-LZ4 and LZ4 chunks are checked before they are decompressed (a corrupt chunk is a
+  FrameError naming the frame, not a crash inside the HDF5 filter);
 - every declared frame shape, taken from the header before any pixel data is read, equals ``expect_shape``
   when one is given, else holds at most :data:`MAX_FRAME_PIXELS` pixels;
 - declared data sizes fit in the file where the format says how large they are (truncated .npy, TIFF,
@@ -40,6 +43,7 @@ import os
 import re
 import stat
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FrameError
+from . import decode
 
 __all__ = [
     "MAX_FRAME_PIXELS",
@@ -76,6 +81,11 @@ NEXUS_DEFAULT = "/entry/data/data"
 MAX_FRAME_PIXELS = 2**28
 #: Upper bound of one HDF5 read: a block of whole chunk rows, but never more than this many bytes.
 H5_BLOCK_BYTES = 256 * 2**20
+#: HDF5 filters whose chunks the HDF5 reader decodes itself (:mod:`gixdrt.io.decode`): bitshuffle (with its LZ4
+#: option) and LZ4.
+H5_FILTER_BITSHUFFLE = 32008
+H5_FILTER_LZ4 = 32004
+_BITSHUFFLE_LZ4 = 2  # bitshuffle filter option (its 5th value): LZ4-compress the bit-shuffled blocks
 _MAX_MESSAGE = 300  # characters of a library's error message quoted in a FrameError
 
 
@@ -710,19 +720,52 @@ def h5_datasets(f, dataset: str | None, label: str) -> list[str]:
     return ["/" + found[0]]
 
 
+@dataclass(frozen=True)
+class _Direct:
+    """How the HDF5 reader reads a dataset's chunks itself: raw (``read_direct_chunk``), decoded by
+    :mod:`gixdrt.io.decode`. Chunks hold ``rows`` whole frames (a 2-D dataset: one chunk, rows 1)."""
+
+    encoding: str
+    rows: int
+    chunk_shape: tuple[int, int, int]  # one chunk as decoded: [rows, H, W]
+    dtype: np.dtype  # as stored (any byte order)
+    fill: object  # the dataset's fill value: the pixels of a chunk never written
+    label: str  # the stack's label: file::/dataset
+    max_stored: int  # a stored chunk larger than this cannot be one of these chunks
+
+    @property
+    def chunk_bytes(self) -> int:
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
+
+
 class H5Reader(Reader):
     """HDF5 datasets: the one named, or the file's default (:func:`h5_datasets`); one stack per dataset.
 
     A 3-D dataset is read a block of whole chunk rows at a time (each chunk decompressed once), never more
-    than ``block_bytes`` per read. :meth:`_read_block` is the one place that reads pixel data.
+    than ``block_bytes`` per read. :meth:`_read_block` is the one place that reads pixel data through h5py's
+    ``Dataset`` reads; :meth:`_raw_chunk` the one place that reads stored chunks for the direct path.
+
+    Direct chunk reads: a dataset whose only filter is bitshuffle with LZ4 (filter 32008, Eiger's "bslz4") or
+    LZ4 (filter 32004), chunked in whole frames (one or a few per chunk), is read chunk by chunk with h5py's
+    ``read_direct_chunk`` and decoded by :func:`gixdrt.io.decode.decode_chunk`, up to ``decode_threads`` chunks
+    at once (None: every core), instead of by the HDF5 filter: each chunk is checked before it is
+    decompressed, so a corrupt chunk is a FrameError naming the frame, never a crash inside the filter. Where
+    the package decoding it (bitshuffle, lz4) is missing, such a dataset is read through the HDF5 filter, with
+    a warning. Any other layout is read through h5py as it is.
     """
 
     kind = "h5"
+    #: Chunks decoded at once by the direct path (None: every core this process may use).
+    decode_threads: int | None = None
+    #: False: every dataset is read through h5py and the HDF5 filters (for comparisons).
+    direct_reads: bool = True
 
     def _open(self) -> list[Stack]:
         h5py = _import_h5py(self.label)
         self._file = h5py.File(self.path, "r")
         self._datasets = []
+        self._direct: dict[int, _Direct] = {}
+        self._cached: tuple[int, int, np.ndarray] | None = None
         stacks = []
         for name in h5_datasets(self._file, self.dataset, self.label):
             label = f"{self.label}::{name}"
@@ -736,7 +779,63 @@ class H5Reader(Reader):
                 raise FrameError(f"empty dataset {name} (shape {ds.shape})", path=self.label)
             stacks.append(self._stack(label, ds.shape, ds.dtype))
             self._datasets.append(ds)
+            direct = self._direct_plan(ds, label)
+            if direct is not None:
+                self._direct[id(ds)] = direct
         return stacks
+
+    def _direct_plan(self, ds, label: str) -> _Direct | None:
+        """How to read ``ds`` chunk by chunk (:class:`_Direct`), or None to read it through h5py. FrameError for
+        bitshuffle filter options the filter would crash on, whichever path reads the dataset."""
+        import h5py
+
+        try:
+            plist = ds.id.get_create_plist()
+            if plist.get_layout() != h5py.h5d.CHUNKED or not ds.chunks:
+                return None
+            filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        except Exception:  # a pipeline h5py cannot describe: HDF5 reads it (or says why not)
+            return None
+        itemsize = ds.dtype.itemsize
+        for fid, _flags, options, _name in filters:
+            if fid == H5_FILTER_BITSHUFFLE and len(options) >= 3 and options[2] != itemsize:
+                # the filter would shuffle with this element size (0 divides by zero inside it): refused here
+                problem = (
+                    f"corrupt bitshuffle filter options: {options[2]}-byte elements, the dataset's {ds.dtype} "
+                    f"elements have {itemsize} bytes"
+                )
+                raise FrameError(problem, path=label)
+        if not self.direct_reads or len(filters) != 1 or not hasattr(ds.id, "get_chunk_info_by_coord"):
+            return None
+        fid, _flags, options, _name = filters[0]
+        if fid == H5_FILTER_BITSHUFFLE and len(options) >= 5 and options[4] == _BITSHUFFLE_LZ4:
+            encoding = "bslz4"
+        elif fid == H5_FILTER_LZ4:
+            encoding = "lz4"
+        else:
+            return None
+        shape, chunks = tuple(ds.shape), tuple(ds.chunks)
+        if len(shape) == 3 and chunks[1:] == shape[1:]:
+            rows = chunks[0]
+        elif len(shape) == 2 and chunks == shape:
+            rows = 1
+        else:
+            return None  # chunks that cut frames into tiles
+        package = decode.missing(encoding)
+        if package is not None:
+            warnings.warn(
+                f"{package} is not installed: {decode.ENCODING_NAMES[encoding]} HDF5 chunks are decoded by the "
+                f"HDF5 filter, which does not check them (pip install {package})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        chunk_shape = (rows, *shape[-2:])
+        total = math.prod(chunk_shape) * itemsize
+        # the header, then LZ4's worst case for every block (16 bytes more each) and its 4-byte size, with as
+        # many blocks as bitshuffle's smallest ones (8 elements) make
+        max_stored = decode.HEADER_BYTES + decode.lz4_bound(total) + 20 * (total // (8 * itemsize) + 1)
+        return _Direct(encoding, rows, chunk_shape, np.dtype(ds.dtype), ds.fillvalue, label, max_stored)
 
     def _frames(self, k: int, start: int, stop: int) -> Iterator[np.ndarray]:
         ds = self._datasets[k]
@@ -745,6 +844,10 @@ class H5Reader(Reader):
             return
         frame_bytes = max(1, math.prod(ds.shape[1:]) * ds.dtype.itemsize)
         rows = ds.chunks[0] if ds.chunks else 1
+        direct = self._direct.get(id(ds))
+        if direct is not None and rows * frame_bytes <= self.block_bytes:
+            yield from self._stream_direct(ds, direct, start, stop)
+            return
         step = max(1, min(rows, self.block_bytes // frame_bytes))
         i = start
         while i < stop:
@@ -757,12 +860,107 @@ class H5Reader(Reader):
         return None if ds.ndim == 2 else self._read_block(ds, start, stop)  # the whole range is returned anyway
 
     def _read_block(self, ds, start: int | None, stop: int | None) -> np.ndarray:
-        """Frames ``start…stop-1`` of dataset ``ds`` ([H, W] for a 2-D dataset: start is None).
+        """Frames ``start…stop-1`` of dataset ``ds`` ([H, W] for a 2-D dataset: start is None): decoded here
+        chunk by chunk where the dataset has a direct-read plan (:meth:`_direct_plan`), else through h5py.
+        (Streaming such a dataset, :meth:`_frames` decodes its chunks with :meth:`_stream_direct`.)"""
+        direct = self._direct.get(id(ds))
+        if direct is None:
+            return ds[()] if start is None else ds[start:stop]
+        if start is None:
+            return self._read_direct(ds, direct, 0, 1)[0]
+        return self._read_direct(ds, direct, start, stop)
 
-        A direct-chunk decoder (``ds.id.read_direct_chunk`` + bitshuffle-LZ4 decoding of whole-frame chunks)
-        replaces this method for the datasets it handles; everything else about the reader stays.
-        """
-        return ds[()] if start is None else ds[start:stop]
+    def _stream_direct(self, ds, direct: _Direct, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Frames ``start…stop-1``, chunk by chunk: with several decoding threads, the next chunks are decoded
+        while the frames of the current one are used (no more of them than ``block_bytes`` hold); each frame
+        is a view of its decoded chunk, never copied."""
+        rows = direct.rows
+        threads = decode.resolve_threads(self.decode_threads)
+        ahead = max(1, min(2 * threads, self.block_bytes // direct.chunk_bytes))
+
+        def decode_one(_i: int, item) -> tuple[int, np.ndarray]:
+            c, raw = item
+            return c, self._chunk(direct, c, raw, max(start, c * rows))
+
+        numbers = range(start // rows, (stop - 1) // rows + 1)
+        chunks = ((c, self._raw_chunk(ds, direct, c, max(start, c * rows))) for c in numbers)  # read in this thread
+        for c, chunk in decode.map_chunks(decode_one, chunks, threads=threads, ahead=ahead):
+            lo = c * rows
+            yield from chunk[max(start, lo) - lo : min(stop, lo + rows) - lo]
+
+    def _read_direct(self, ds, direct: _Direct, start: int, stop: int) -> np.ndarray:
+        rows = direct.rows
+        first, last = start // rows, (stop - 1) // rows
+        if first == last:  # one chunk: its frames, without a copy (unless the chunk is kept for the next read)
+            lo = first * rows
+            cached = self._cached
+            if cached is not None and cached[0] == id(ds) and cached[1] == first:
+                return cached[2][start - lo : stop - lo].copy()
+            chunk = self._chunk(direct, first, self._raw_chunk(ds, direct, first, start), start)
+            if stop - start < rows and direct.chunk_bytes > self.block_bytes:
+                self._cached = (id(ds), first, chunk)  # a chunk larger than a read: read piece by piece
+                return chunk[start - lo : stop - lo].copy()
+            return chunk[start - lo : stop - lo]
+        out = self._allocate((stop - start, *direct.chunk_shape[1:]), direct.dtype)
+
+        def decode_into(_i: int, item) -> None:
+            c, raw = item
+            lo = c * rows
+            a, b = max(start, lo), min(stop, lo + rows)
+            out[a - start : b - start] = self._chunk(direct, c, raw, a)[a - lo : b - lo]
+
+        chunks = (  # read in this thread, decoded (and copied into out) in the pool
+            (c, self._raw_chunk(ds, direct, c, max(start, c * rows))) for c in range(first, last + 1)
+        )
+        for _ in decode.map_chunks(decode_into, chunks, threads=self.decode_threads):
+            pass
+        return out
+
+    def _raw_chunk(self, ds, direct: _Direct, c: int, frame: int) -> tuple[int, bytes] | None:
+        """(filter mask, stored bytes) of chunk ``c`` (frames c·rows…), or None where it was never written;
+        ``frame`` (the first one asked for) names it in errors. The one place the direct path reads the file."""
+        offsets = (c * direct.rows, 0, 0) if len(ds.shape) == 3 else (0, 0)
+        try:
+            info = ds.id.get_chunk_info_by_coord(offsets)
+            if info.byte_offset is None:
+                return None
+            if info.size > direct.max_stored:
+                problem = (
+                    f"{self._where(direct, c, frame)}: corrupt chunk index: the chunk is stored in {info.size} bytes, "
+                    f"more than {decode.ENCODING_NAMES[direct.encoding]} can take for its "
+                    f"{'×'.join(map(str, direct.chunk_shape))} {direct.dtype.name} pixels ({direct.max_stored})"
+                )
+                raise FrameError(problem, path=direct.label)
+            return ds.id.read_direct_chunk(offsets)
+        except FrameError:
+            raise
+        except Exception as exc:  # an unreadable chunk index or chunk: named by its frame, not by a later one
+            raise self._error(exc, f" at {self._where(direct, c, frame)}", direct.label) from None
+
+    def _chunk(self, direct: _Direct, c: int, raw: tuple[int, bytes] | None, frame: int) -> np.ndarray:
+        """Chunk ``c`` decoded, [rows, H, W]; ``frame`` (the first one asked for) names it in errors. Runs in
+        the decoding threads: no HDF5 call here."""
+        if raw is None:  # never written: the dataset's fill value, as HDF5 returns it
+            return np.full(direct.chunk_shape, direct.fill, direct.dtype)
+        mask, data = raw
+        if mask & 1:  # the (optional) filter was skipped when this chunk was written: stored as it is
+            if len(data) != direct.chunk_bytes:
+                problem = (
+                    f"{self._where(direct, c, frame)}: an unfiltered chunk of {len(data)} bytes, expected "
+                    f"{direct.chunk_bytes}"
+                )
+                raise FrameError(problem, path=direct.label)
+            return np.frombuffer(bytearray(data), direct.dtype).reshape(direct.chunk_shape)  # writable, as decoded
+        try:
+            return decode.decode_chunk(data, encoding=direct.encoding, dtype=direct.dtype, shape=direct.chunk_shape)
+        except decode.ChunkError as exc:
+            raise FrameError(f"{self._where(direct, c, frame)}: {exc.problem}", path=direct.label) from None
+
+    @staticmethod
+    def _where(direct: _Direct, c: int, frame: int) -> str:
+        if direct.rows == 1:
+            return f"frame {frame}"
+        return f"frame {frame} (chunk {c}, frames {c * direct.rows}…{(c + 1) * direct.rows - 1})"
 
     def _error(self, exc: BaseException, where: str, label: str) -> FrameError:
         err = super()._error(exc, where, label)
@@ -776,6 +974,8 @@ class H5Reader(Reader):
     def _close(self) -> None:
         f = getattr(self, "_file", None)
         self._datasets = []
+        self._direct = {}
+        self._cached = None
         if f is not None:
             f.close()
 
