@@ -501,3 +501,21 @@ def test_corrupt_h5_chunk_names_frame(tmp_path):
         next(frames)
     msg = str(info_.value)
     assert f"{path}::/data" in msg and "at frame 1" in msg and "hdf5plugin" not in msg
+
+
+def test_h5_contiguous_dataset_declaring_too_little_storage(tmp_path):
+    """A header edit that shrinks a contiguous dataset's storage size makes HDF5 return undefined pixels past it
+    (and different ones for a whole read and a read per frame): refused at open, naming the sizes."""
+    import h5py
+
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("data", data=np.arange(3 * 8 * 12, dtype=np.uint16).reshape(3, 8, 12))
+        offset, size = ds.id.get_offset(), ds.id.get_storage_size()
+    raw = path.read_bytes()
+    field = struct.pack("<QQ", offset, size)
+    assert raw.count(field) == 1  # the layout message: address and size of the contiguous storage
+    path.write_bytes(raw.replace(field, struct.pack("<QQ", offset, size - 64)))
+    with pytest.raises(FrameError, match=r"c.h5::/data: corrupt dataset: its header declares 512 bytes of storage, "
+                                         r"its 3×8×12 uint16 data need 576"):
+        read_frame(path)

@@ -778,11 +778,29 @@ class H5Reader(Reader):
             if ds.shape is None or ds.size == 0:
                 raise FrameError(f"empty dataset {name} (shape {ds.shape})", path=self.label)
             stacks.append(self._stack(label, ds.shape, ds.dtype))
+            self._check_contiguous(ds, label)
             self._datasets.append(ds)
             direct = self._direct_plan(ds, label)
             if direct is not None:
                 self._direct[id(ds)] = direct
         return stacks
+
+    @staticmethod
+    def _check_contiguous(ds, label: str) -> None:
+        """A contiguous dataset must store all of its bytes (or none: never written, it reads as the fill value);
+        a header declaring less storage than the data need would give partly undefined frames."""
+        import h5py
+
+        try:
+            if ds.id.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
+                return
+            stored = ds.id.get_storage_size()
+        except Exception:  # noqa: BLE001 - a layout h5py cannot describe: HDF5 reads it (or says why not)
+            return
+        need = ds.size * ds.dtype.itemsize
+        if stored and stored != need:
+            raise FrameError(f"corrupt dataset: its header declares {stored} bytes of storage, its "
+                             f"{'×'.join(map(str, ds.shape))} {ds.dtype} data need {need}", path=label)
 
     def _direct_plan(self, ds, label: str) -> _Direct | None:
         """How to read ``ds`` chunk by chunk (:class:`_Direct`), or None to read it through h5py. FrameError for
