@@ -1,11 +1,12 @@
 // gixdrt._ext: the compiled part of gixdrt: how it was built, the CPU kernels of gixdrt.kernels (the `cpu`
-// backend: polar remap, contrast chain, CLAHE, box kernels, RoIAlign) and the CUDA RoIAlign kernel (when nvcc
-// is found). The TensorRT plugin is a separate library (csrc/trt, gixdrt.engine.plugins); build_info() says
+// backend: polar remap, hole filling, contrast chain, CLAHE, box kernels, RoIAlign) and the CUDA RoIAlign kernel
+// (when nvcc is found). The TensorRT plugin is a separate library (csrc/trt, gixdrt.engine.plugins); build_info() says
 // whether it was built.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -144,19 +145,22 @@ py::array_t<T> expect(const py::handle& obj, const char* fn, const char* name, c
 }
 
 template <typename T>
-int64_t polar_remap_typed(const py::array& frames, const py::array_t<int32_t>& y0, const py::array_t<int32_t>& x0,
-                          const py::array_t<float>& fy, const py::array_t<float>& fx, py::array_t<float>& out,
-                          int threads) {
+int64_t polar_remap_typed(const py::array& frames, const uint8_t* mask, double saturation, double extreme_value,
+                          const py::array_t<int32_t>& y0, const py::array_t<int32_t>& x0, const py::array_t<float>& fy,
+                          const py::array_t<float>& fx, py::array_t<float>& out, uint8_t* codes, int threads) {
   const auto* data = static_cast<const T*>(frames.data());
   const int64_t n = frames.shape(0), h = frames.shape(1), w = frames.shape(2);
   const int64_t rows = out.shape(0), cols = out.shape(1);
   float* o = out.mutable_data();
   py::gil_scoped_release release;
-  return gk::polar_remap<T>(data, n, h, w, y0.data(), x0.data(), fy.data(), fx.data(), rows, cols, o, threads);
+  return gk::polar_remap<T>(data, n, h, w, mask, saturation, extreme_value, y0.data(), x0.data(), fy.data(),
+                            fx.data(), rows, cols, o, codes, threads);
 }
 
 int64_t polar_remap_cpu(const py::array& frames, const py::handle& y0_obj, const py::handle& x0_obj,
-                        const py::handle& fy_obj, const py::handle& fx_obj, const py::handle& out_obj, int threads) {
+                        const py::handle& fy_obj, const py::handle& fx_obj, const py::handle& out_obj,
+                        const py::handle& mask_obj, double saturation, const py::handle& masked_obj,
+                        double extreme_value, int threads) {
   const char* fn = "polar_remap_cpu";
   if (frames.ndim() != 3 || !(frames.flags() & py::array::c_style))
     throw py::value_error("polar_remap_cpu: frames must be a C-contiguous [N, H, W] array, got " + shape_of(frames));
@@ -166,14 +170,42 @@ int64_t polar_remap_cpu(const py::array& frames, const py::handle& y0_obj, const
   auto x0 = expect<int32_t>(x0_obj, fn, "x0", map);
   auto fy = expect<float>(fy_obj, fn, "fy", map);
   auto fx = expect<float>(fx_obj, fn, "fx", map);
-  if (py::isinstance<py::array_t<float>>(frames)) return polar_remap_typed<float>(frames, y0, x0, fy, fx, out, threads);
-  if (py::isinstance<py::array_t<double>>(frames)) return polar_remap_typed<double>(frames, y0, x0, fy, fx, out, threads);
-  if (py::isinstance<py::array_t<uint16_t>>(frames)) return polar_remap_typed<uint16_t>(frames, y0, x0, fy, fx, out, threads);
-  if (py::isinstance<py::array_t<uint32_t>>(frames)) return polar_remap_typed<uint32_t>(frames, y0, x0, fy, fx, out, threads);
-  if (py::isinstance<py::array_t<int32_t>>(frames)) return polar_remap_typed<int32_t>(frames, y0, x0, fy, fx, out, threads);
-  if (py::isinstance<py::array_t<uint8_t>>(frames)) return polar_remap_typed<uint8_t>(frames, y0, x0, fy, fx, out, threads);
-  if (py::isinstance<py::array_t<int16_t>>(frames)) return polar_remap_typed<int16_t>(frames, y0, x0, fy, fx, out, threads);
+  const uint8_t* mask = nullptr;
+  py::array_t<uint8_t> mask_arr;
+  if (!mask_obj.is_none()) {
+    mask_arr = expect<uint8_t>(mask_obj, fn, "mask", {frames.shape(1), frames.shape(2)});
+    mask = mask_arr.data();
+  }
+  if (extreme_value < 0) throw py::value_error("polar_remap_cpu: extreme_value must be ≥ 0 (or NaN: not counted)");
+  uint8_t* codes = nullptr;
+  py::array_t<uint8_t> codes_arr;
+  if (!masked_obj.is_none()) {
+    codes_arr = expect<uint8_t>(masked_obj, fn, "masked", map, true);
+    codes = codes_arr.mutable_data();
+  }
+#define GIXDRT_CALL(T)                                                                                         \
+  if (py::isinstance<py::array_t<T>>(frames))                                                                  \
+    return polar_remap_typed<T>(frames, mask, saturation, extreme_value, y0, x0, fy, fx, out, codes, threads);
+  GIXDRT_CALL(float)
+  GIXDRT_CALL(double)
+  GIXDRT_CALL(uint16_t)
+  GIXDRT_CALL(uint32_t)
+  GIXDRT_CALL(int32_t)
+  GIXDRT_CALL(uint8_t)
+  GIXDRT_CALL(int16_t)
+#undef GIXDRT_CALL
   throw py::type_error("polar_remap_cpu: unsupported frame dtype " + std::string(py::str(frames.dtype())));
+}
+
+void fill_holes_cpu(const py::handle& polar_obj, const py::handle& masked_obj, int threads) {
+  const char* fn = "fill_holes_cpu";
+  auto polar = expect<float>(polar_obj, fn, "polar", {-1, -1, -1}, true);
+  const int64_t n = polar.shape(0), h = polar.shape(1), w = polar.shape(2);
+  auto masked = expect<uint8_t>(masked_obj, fn, "masked", {n, h, w});
+  float* p = polar.mutable_data();
+  const uint8_t* m = masked.data();
+  py::gil_scoped_release release;
+  gk::fill_holes(p, m, n, h, w, threads);
 }
 
 py::tuple contrast_cpu(const py::handle& polar_obj, float coef, int64_t clip, bool log, const py::handle& out_obj,
@@ -394,10 +426,18 @@ PYBIND11_MODULE(_ext, m) {
         "rows are N groups of R = K / N, row i·R + j of image i (batch index i), rows with j ≥ valid[i] are "
         "skipped (left as they are). Releases the GIL.");
   m.def("polar_remap_cpu", &polar_remap_cpu, py::arg("frames"), py::arg("y0"), py::arg("x0"), py::arg("fy"),
-        py::arg("fx"), py::arg("out"), py::arg("threads") = 0,
-        "Polar remap (gixdrt.kernels.reference.polar): frames [N, H, W] (float32/64, uint8/16/32, int16/32) summed "
-        "in float32 and sampled bilinearly through the map (y0, x0 int32, fy, fx float32) into out float32. "
-        "Returns the number of non-finite pixels sampled (they count 0).");
+        py::arg("fx"), py::arg("out"), py::arg("mask") = py::none(),
+        py::arg("saturation") = std::numeric_limits<double>::quiet_NaN(), py::arg("masked") = py::none(),
+        py::arg("extreme_value") = std::numeric_limits<double>::quiet_NaN(), py::arg("threads") = 0,
+        "Polar remap with masked pixels (gixdrt.kernels.reference.polar.polar_remap): frames [N, H, W] (float32/64, "
+        "uint8/16/32, int16/32) summed in float32 and sampled bilinearly through the map (y0, x0 int32, fy, fx "
+        "float32) into out float32[rows, cols]. mask: uint8[H, W] (nonzero = masked) or None; saturation: values "
+        ">= it are masked (NaN: none); masked: uint8[rows, cols] receiving the codes 0/1/2, or None. Returns how "
+        "many values of unmasked neighbours beyond ±extreme_value were sampled, counted only when saturation is "
+        "NaN (NaN extreme_value: not counted).");
+  m.def("fill_holes_cpu", &fill_holes_cpu, py::arg("polar"), py::arg("masked"), py::arg("threads") = 0,
+        "Fill the holes (masked == 2) of polar float32[N, H, W] in place along the rows "
+        "(gixdrt.kernels.reference.polar.fill_holes); masked: uint8[N, H, W].");
   m.def("contrast_cpu", &contrast_cpu, py::arg("polar"), py::arg("coef"), py::arg("clip"), py::arg("log"),
         py::arg("out"), py::arg("threads") = 0,
         "The contrast chain (gixdrt.kernels.reference.contrast.contrast) of polar float32[H, W] into out; clip: "

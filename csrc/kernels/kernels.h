@@ -9,12 +9,22 @@
 
 namespace gixdrt::kernels {
 
-// ---- polar remap (reference/polar.py) ------------------------------------------------------------------
-// frames: T[n, h, w]; map: int32 y0, x0 and float32 fy, fx, each [rows, cols]; out: float32[rows, cols].
-// Returns how many non-finite pixels on the frame were sampled (they count 0).
+// ---- polar remap (reference/polar.py: polar_remap, fill_holes) -----------------------------------------
+// frames: T[n, h, w]; mask: uint8[h, w] (nonzero = masked) or nullptr; saturation: values ≥ it are masked (NaN:
+// none); map: int32 y0, x0 and float32 fy, fx, each [rows, cols]; out: float32[rows, cols]; codes: uint8[rows,
+// cols] (0 unmasked, 1 renormalised, 2 hole) or nullptr. Flag values (non-finite as float32; 2^bits − 1 for
+// unsigned T; ±max for floating T) are always masked. Returns how many values of unmasked on-frame neighbours
+// were sampled with |v| > extreme_value, counted only when saturation is NaN (0 otherwise).
 template <typename T>
-int64_t polar_remap(const T* frames, int64_t n, int64_t h, int64_t w, const int32_t* y0, const int32_t* x0,
-                    const float* fy, const float* fx, int64_t rows, int64_t cols, float* out, int threads);
+int64_t polar_remap(const T* frames, int64_t n, int64_t h, int64_t w, const uint8_t* mask, double saturation,
+                    double extreme_value, const int32_t* y0, const int32_t* x0, const float* fy, const float* fx,
+                    int64_t rows, int64_t cols, float* out, uint8_t* codes, int threads);
+
+// polar: float32[n, h, w], masked: uint8[n, h, w] (2 = hole). Fills each maximal run of holes a..b of a column
+// in place from L = polar[a − 1] and R = polar[b + 1] of that column: t = float(i − (a − 1)) / float(b − a + 2),
+// L + (R − L)·t; a run at the top takes R, at the bottom L; an all-hole column 0. Parallel over (image, block of
+// 64 columns).
+void fill_holes(float* polar, const uint8_t* masked, int64_t n, int64_t h, int64_t w, int threads);
 
 // ---- contrast chain (reference/contrast.py: contrast) --------------------------------------------------
 struct ContrastResult {

@@ -19,10 +19,21 @@ def polar_remap_cpu(
     fy: npt.NDArray[np.float32],
     fx: npt.NDArray[np.float32],
     out: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8] | None = None,
+    saturation: float = float("nan"),
+    masked: npt.NDArray[np.uint8] | None = None,
+    extreme_value: float = float("nan"),
     threads: int = 0,
 ) -> int:
-    """Polar remap of frames [N, H, W] (float32/64, uint8/16/32, int16/32) into out [rows, cols]; returns the
-    number of non-finite pixels sampled (they count 0)."""
+    """Polar remap with masked pixels (gixdrt.kernels.reference.polar.polar_remap) of frames [N, H, W] (float32/64,
+    uint8/16/32, int16/32) into out [rows, cols]. mask: uint8[H, W] (nonzero = masked) or None; saturation: values
+    >= it are masked (NaN: none); masked: uint8[rows, cols] receiving the codes 0/1/2, or None. Returns how many
+    values of unmasked on-frame neighbours beyond ±extreme_value (≥ 0) were sampled (counted only when saturation
+    is NaN; a NaN extreme_value counts none)."""
+
+def fill_holes_cpu(polar: npt.NDArray[np.float32], masked: npt.NDArray[np.uint8], threads: int = 0) -> None:
+    """Fill the holes (masked == 2) of polar float32[N, H, W] in place along the rows
+    (gixdrt.kernels.reference.polar.fill_holes); masked: uint8[N, H, W]."""
 
 def contrast_cpu(
     polar: npt.NDArray[np.float32], coef: float, clip: int, log: bool, out: npt.NDArray[np.float32], threads: int = 0

@@ -2,7 +2,10 @@
 
 Public entry points pick the implementation through :mod:`gixdrt.kernels.registry`:
 
-- :func:`polar_remap`: raw detector frame(s) → polar (φ, |Q|) image through a :class:`~gixdrt.geometry.PolarMap`.
+- :func:`polar_remap`: raw detector frame(s) → polar (φ, |Q|) image through a :class:`~gixdrt.geometry.PolarMap`;
+  masked pixels (a user mask, a saturation value, the dtype's flag value, non-finite values) take no part, and
+  each polar pixel's code (0 clean, 1 renormalised, 2 hole) can be written into a ``masked`` buffer.
+- :func:`fill_holes`: fills the holes (code 2) of polar image(s) in place along φ.
 - :func:`contrast`: the published contrast chain (min–max, log10, uint16, single-tile 16-bit CLAHE, min–max).
 - :func:`clahe`: contrast-limited adaptive histogram equalisation with OpenCV's semantics.
 - :func:`decode_topk`, :func:`nms_fixed`, :func:`decode_final`: the detector's box stages, fixed-size outputs.
@@ -34,25 +37,65 @@ for _backend, _module in (
     ("cuda", "gixdrt.kernels.cuda"),
 ):
     register("polar_remap", _backend, f"{_module}.polar:polar_remap")
+    register("fill_holes", _backend, f"{_module}.polar:fill_holes")
     register("contrast", _backend, f"{_module}.contrast:contrast")
     register("clahe", _backend, f"{_module}.contrast:clahe")
 
 
-def polar_remap(frames: Any, pmap: Any, *, out: Any = None, impl: str | None = None, stream: Any = None) -> Any:
-    """Sample raw frame(s) onto the polar grid of ``pmap`` (bilinear, constant border 0).
+def polar_remap(
+    frames: Any,
+    pmap: Any,
+    *,
+    mask: Any = None,
+    saturation: float | None = None,
+    out: Any = None,
+    masked: Any = None,
+    impl: str | None = None,
+    stream: Any = None,
+) -> Any:
+    """Sample raw frame(s) onto the polar grid of ``pmap`` (bilinear, constant border 0), masked pixels excluded.
 
-    frames: [H, W] or [N, H, W] detector counts, float32/float64/uint16/uint32/int32 (N frames are summed,
-        as the published pipeline sums consecutive frames). Non-finite pixels count as 0.
+    frames: [H, W] or [G, H, W] detector counts, float32/float64/uint8/uint16/uint32/int16/int32 (G frames are
+        summed, as the published pipeline sums consecutive frames).
     pmap: :class:`gixdrt.geometry.PolarMap` built for this detector shape (flips are folded into it).
-    out: optional float32[n_phi, n_q] buffer (a device array for the cuda implementation, where it is required
-        unless the caller accepts a fresh allocation).
+    mask: None or a bool/uint8 [H, W] array (a device array for cuda), nonzero = masked pixel.
+    saturation: None or a number: a pixel value v ≥ saturation is masked.
+    out: optional float32[n_phi, n_q] buffer (a device array for the cuda implementation).
+    masked: None or a uint8[n_phi, n_q] buffer (a device array for cuda) receiving each polar pixel's code.
     Returns float32[n_phi, n_q]: rows = φ from 0° (in plane) to 90°, columns = |Q| from 0 to q_max.
-    Undefined or out-of-detector positions give 0, never NaN.
+
+    A frame pixel is masked when mask[y, x] ≠ 0 or any of its G values is flagged: not finite (as float32), the
+    dtype's flag value (2^bits − 1 for unsigned integers, ±the largest finite value for floats; signed integers
+    have none) or ≥ saturation. Masked and off-frame neighbours count 0 in the bilinear interpolation r. Code 0:
+    no on-frame neighbour is masked, out = r (the remap without masks, bit for bit). Code 1: out = r·W_in/W_ok,
+    the interpolation renormalised over the on-frame unmasked neighbours' weights. Code 2 (a hole): every on-frame
+    neighbour is masked, out = 0 (:func:`fill_holes` fills them). Undefined or out-of-detector positions give 0,
+    never NaN. The exact specification: :func:`gixdrt.kernels.reference.polar.polar_remap`.
+
+    Host implementations raise one :class:`gixdrt.errors.DataWarning` when values beyond ±1e12
+    (``_checks.EXTREME_VALUE``) were sampled from unmasked pixels and no saturation value is given (likely flags
+    or saturated pixels); the cuda implementation does not warn (that would need a device→host sync).
     """
     name, fn = resolve("polar_remap", impl, frames)
+    kw = dict(mask=mask, saturation=saturation, out=out, masked=masked)
     if name == "cuda":
-        return fn(frames, pmap, out=out, stream=stream)
-    return fn(frames, pmap, out=out)
+        kw["stream"] = stream
+    return fn(frames, pmap, **kw)
+
+
+def fill_holes(polar: Any, masked: Any, *, impl: str | None = None, stream: Any = None) -> Any:
+    """Fill the holes of polar image(s) in place by linear interpolation along φ; returns ``polar``.
+
+    polar: float32[H, W] or [N, H, W] (a device array for cuda); masked: uint8 of the same shape, the codes of
+    :func:`polar_remap` (2 = hole). In every column each maximal run of holes, rows a..b, is interpolated
+    between L = polar[a − 1] and R = polar[b + 1]: t = float32(i − (a − 1)) / float32(b − a + 2),
+    polar[i] = L + (R − L)·t. A run at the top takes R, one at the bottom L, an all-hole column 0. Other pixels
+    are never changed. Specification: :func:`gixdrt.kernels.reference.polar.fill_holes`.
+    """
+    name, fn = resolve("fill_holes", impl, polar)
+    if name == "cuda":
+        return fn(polar, masked, stream=stream)
+    return fn(polar, masked)
 
 
 def contrast(
@@ -105,6 +148,7 @@ __all__ = [
     "available",
     "clahe",
     "contrast",
+    "fill_holes",
     "polar_remap",
     "register",
     "registered",

@@ -1,6 +1,7 @@
 """Input checks shared by the host implementations of the kernels."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -28,24 +29,92 @@ def as_frame_stack(frames, frame_shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def check_out(out, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """Allocate or validate a host output buffer."""
+def check_out(out, shape: tuple[int, ...], dtype=np.float32, name: str = "out") -> np.ndarray:
+    """Allocate or validate a host output buffer (``name``: how errors call it)."""
     if out is None:
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array for a host implementation, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a NumPy array for a host implementation, got {type(out).__name__}")
     if out.dtype != dtype or out.shape != tuple(shape) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name}{list(shape)} array, got {out.dtype}{list(out.shape)}")
+        raise ValueError(
+            f"{name} must be a C-contiguous {np.dtype(dtype).name}{list(shape)} array, got {out.dtype}{list(out.shape)}"
+        )
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
     return out
 
 
-def warn_nonfinite(count: int, what: str) -> None:
-    if count:
-        warnings.warn(
-            f"{what}: non-finite pixel values (NaN/Inf) were sampled {count} time(s) and counted as 0",
-            DataWarning,
-            stacklevel=4,
+#: |v| above which an unmasked sampled pixel value is "extreme": polar_remap counts such samples (only when no
+#: saturation value is given) and the host implementations warn, since they are most likely flags or saturated
+#: pixels that a saturation value or a mask should exclude. One constant for every implementation.
+EXTREME_VALUE = 1e12
+
+
+def _sci(x: float) -> str:
+    """``x`` in short scientific notation: 1e12, 2.5e11."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def flag_value(dtype) -> float | int | None:
+    """The value that marks a bad pixel in frames of ``dtype``, always masked by polar_remap: 2^bits − 1 for
+    unsigned integers, the largest finite value for floats (its negative is a flag too), None for signed
+    integers (they have no flag value)."""
+    dt = np.dtype(dtype)
+    if dt.kind == "u":
+        return int(np.iinfo(dt).max)
+    if dt.kind == "f":
+        return float(np.finfo(dt).max)
+    return None
+
+
+def check_mask(mask, frame_shape: tuple[int, int], fn: str = "polar_remap") -> np.ndarray | None:
+    """None, or ``mask`` (a bool or uint8 [H, W] host array, nonzero = masked) as a C-contiguous uint8 array:
+    a view, without a copy, where the input is already C-contiguous. Otherwise a ValueError naming ``mask``."""
+    if mask is None:
+        return None
+    if not isinstance(mask, np.ndarray):
+        raise ValueError(
+            f"{fn}: mask must be a NumPy bool or uint8 array of shape {tuple(frame_shape)} for a host "
+            f"implementation, got {type(mask).__name__}"
         )
+    if mask.dtype not in (np.dtype(np.bool_), np.dtype(np.uint8)):
+        raise ValueError(f"{fn}: mask must be bool or uint8 (nonzero = masked pixel), got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(frame_shape):
+        raise ValueError(
+            f"{fn}: mask shape {tuple(mask.shape)} does not match the detector {frame_shape[0]}×{frame_shape[1]} "
+            "(rows × columns)"
+        )
+    mask = np.ascontiguousarray(mask)
+    return mask.view(np.uint8) if mask.dtype == np.bool_ else mask
+
+
+def check_saturation(saturation, fn: str = "polar_remap") -> float | None:
+    """None, or ``saturation`` as a float (pixel values ≥ it are masked); NaN or a non-number is a ValueError."""
+    if saturation is None:
+        return None
+    try:
+        value = float(saturation)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: saturation must be a number or None, got {saturation!r}") from None
+    if math.isnan(value):
+        raise ValueError(f"{fn}: saturation must be a number or None, got NaN")
+    return value
+
+
+def extreme_message(count: int, what: str = "polar_remap") -> str:
+    """The text of polar_remap's DataWarning about ``count`` unmasked samples beyond ±EXTREME_VALUE."""
+    return (
+        f"{what}: {count} sampled pixel value(s) beyond ±{_sci(EXTREME_VALUE)} and no saturation value: if they are "
+        "flags or saturated pixels, set saturation_value (or a mask) so they are masked"
+    )
+
+
+def warn_extreme(count: int, what: str = "polar_remap", stacklevel: int = 3) -> None:
+    """Raise polar_remap's DataWarning when ``count`` > 0 (``stacklevel``: as for :func:`warnings.warn`, counted
+    from this function's caller's caller by default)."""
+    if count:
+        warnings.warn(extreme_message(int(count), what), DataWarning, stacklevel=stacklevel + 1)
 
 
 def check_outs(out, specs, fn: str) -> tuple[np.ndarray, ...]:

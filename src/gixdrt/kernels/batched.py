@@ -2,15 +2,18 @@
 
 ``polar_remap_batch`` and ``contrast_batch`` call the per-image kernel of the same implementation
 (``reference``, ``cpu`` or ``cuda``) for each image of the batch, writing straight into the plan's buffers;
-they are registered in :mod:`gixdrt.kernels` like every other op.
+they are registered in :mod:`gixdrt.kernels` like every other op. ``polar_remap_batch`` takes the per-image
+remap's mask, saturation value and ``masked`` codes (one [N, n_phi, n_q] buffer for the batch).
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 
 from ..published import CONTRAST_COEF, CONTRAST_LIMIT
+from ._checks import warn_extreme
 
 __all__ = ["contrast_batch", "minmax", "polar_remap_batch"]
 
@@ -21,14 +24,26 @@ def _per_image(op: str, impl: str):
     return resolve(op, impl)[1]
 
 
-def _polar(impl: str, frames, pmap, *, out, stream: Any = None):
-    """frames [N, G, H, W] (G frames summed per image) → out float32[N, n_phi, n_q]."""
-    fn = _per_image("polar_remap", impl)
-    for i in range(int(frames.shape[0])):
-        if impl == "cuda":
-            fn(frames[i], pmap, out=out[i], stream=stream)
-        else:
-            fn(frames[i], pmap, out=out[i])
+def _polar(impl: str, frames, pmap, *, mask=None, saturation=None, out, masked=None, stream: Any = None):
+    """frames [N, G, H, W] (G frames summed per image) → out float32[N, n_phi, n_q], and the codes of each polar
+    pixel into masked uint8[N, n_phi, n_q] when given; one mask and saturation value for every image. The host
+    implementations raise at most one extreme-value DataWarning for the batch (the count summed over the images)."""
+    n = int(frames.shape[0])
+    for name, buf in (("out", out), ("masked", masked)):
+        if buf is not None and (len(buf.shape) != 3 or int(buf.shape[0]) != n):
+            raise ValueError(f"polar_remap_batch: {name} must be [N, n_phi, n_q] with N = {n}, got {tuple(buf.shape)}")
+    if impl == "cuda":
+        fn = _per_image("polar_remap", impl)
+        for i in range(n):
+            fn(frames[i], pmap, mask=mask, saturation=saturation, out=out[i],
+               masked=None if masked is None else masked[i], stream=stream)
+        return out
+    _per_image("polar_remap", impl)  # the availability check of the implementation
+    remap = importlib.import_module(f"gixdrt.kernels.{impl}.polar")._remap
+    n_extreme = 0
+    for i in range(n):
+        n_extreme += remap(frames[i], pmap, mask, saturation, out[i], None if masked is None else masked[i])[1]
+    warn_extreme(n_extreme, stacklevel=4)
     return out
 
 
@@ -90,16 +105,16 @@ def _contrast(impl: str, polar, skip=None, *, coef: float, clip_limit: float, lo
     return out
 
 
-def polar_remap_batch_reference(frames, pmap, *, out):
-    return _polar("reference", frames, pmap, out=out)
+def polar_remap_batch_reference(frames, pmap, *, mask=None, saturation=None, out, masked=None):
+    return _polar("reference", frames, pmap, mask=mask, saturation=saturation, out=out, masked=masked)
 
 
-def polar_remap_batch_cpu(frames, pmap, *, out):
-    return _polar("cpu", frames, pmap, out=out)
+def polar_remap_batch_cpu(frames, pmap, *, mask=None, saturation=None, out, masked=None):
+    return _polar("cpu", frames, pmap, mask=mask, saturation=saturation, out=out, masked=masked)
 
 
-def polar_remap_batch_cuda(frames, pmap, *, out, stream=None):
-    return _polar("cuda", frames, pmap, out=out, stream=stream)
+def polar_remap_batch_cuda(frames, pmap, *, mask=None, saturation=None, out, masked=None, stream=None):
+    return _polar("cuda", frames, pmap, mask=mask, saturation=saturation, out=out, masked=masked, stream=stream)
 
 
 def contrast_batch_reference(polar, skip=None, **kw):
@@ -114,12 +129,20 @@ def contrast_batch_cuda(polar, skip=None, **kw):
     return _contrast("cuda", polar, skip, **kw)
 
 
-def polar_remap_batch(frames, pmap, *, out, impl: str | None = None, stream: Any = None):
-    """Public entry point: frames [N, G, H, W] → out float32[N, n_phi, n_q] (see :func:`gixdrt.kernels.polar_remap`)."""
+def polar_remap_batch(frames, pmap, *, mask=None, saturation=None, out, masked=None, impl: str | None = None,
+                      stream: Any = None):
+    """Public entry point: frames [N, G, H, W] → out float32[N, n_phi, n_q], image i = polar_remap(frames[i]).
+
+    mask (bool/uint8 [H, W], nonzero = masked) and saturation apply to every image; masked: None or
+    uint8[N, n_phi, n_q] receiving each image's codes (0, 1, 2). Semantics: :func:`gixdrt.kernels.polar_remap`.
+    """
     from .registry import resolve
 
     name, fn = resolve("polar_remap_batch", impl, frames)
-    return fn(frames, pmap, out=out, stream=stream) if name == "cuda" else fn(frames, pmap, out=out)
+    kw = dict(mask=mask, saturation=saturation, out=out, masked=masked)
+    if name == "cuda":
+        kw["stream"] = stream
+    return fn(frames, pmap, **kw)
 
 
 def contrast_batch(polar, skip=None, *, coef: float = CONTRAST_COEF, clip_limit: float = CONTRAST_LIMIT, log: bool = True,

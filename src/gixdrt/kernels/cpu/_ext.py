@@ -6,6 +6,7 @@ from functools import lru_cache
 #: the functions of gixdrt._ext that the cpu implementation calls
 CPU_KERNELS = (
     "polar_remap_cpu",
+    "fill_holes_cpu",
     "contrast_cpu",
     "contrast_levels_cpu",
     "clahe_cpu",

@@ -36,17 +36,18 @@ def as_device(array: Any, name: str):
     return cuda.as_cuda_array(array)
 
 
-def device_out(out: Any, shape: tuple[int, ...], dtype, stream):
-    """Validate a caller-provided device output buffer or allocate one on ``stream``."""
+def device_out(out: Any, shape: tuple[int, ...], dtype, stream, name: str = "out"):
+    """Validate a caller-provided device output buffer or allocate one on ``stream`` (``name``: how errors call
+    it)."""
     import numpy as np
 
     if out is None:
         return cuda.device_array(shape, dtype=dtype, stream=stream) if not cudasim() else cuda.device_array(shape, dtype=dtype)
-    view = as_device(out, "out")
+    view = as_device(out, name)
     if view.dtype != np.dtype(dtype):
-        raise TypeError(f"out must have dtype {np.dtype(dtype).name}, got {view.dtype}")
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {view.dtype}")
     if tuple(view.shape) != tuple(shape):
-        raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(view.shape)}")
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(view.shape)}")
     return view
 
 

@@ -1,52 +1,217 @@
-"""NumPy reference of the polar remap: the specification of the fast paths."""
+"""NumPy reference of the polar remap with masked pixels, and of the hole filling that may follow it: the
+specification of the fast paths (:mod:`gixdrt.kernels.cpu.polar`, :mod:`gixdrt.kernels.cuda.polar`).
+
+:func:`polar_remap` samples raw frame(s) bilinearly onto the polar grid; pixels that are masked (a user mask, a
+saturation value, the dtype's flag value, non-finite values) take no part: the remaining neighbours' weights are
+renormalised, and a polar pixel with no valid neighbour is a hole (code 2 in ``masked``). :func:`fill_holes`
+fills the holes along φ from the nearest valid rows.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_frame_stack, check_out, warn_nonfinite
+from .._checks import (
+    EXTREME_VALUE,
+    as_frame_stack,
+    check_mask,
+    check_out,
+    check_saturation,
+    flag_value,
+    warn_extreme,
+)
+
+#: the codes written into ``masked``: no on-frame neighbour masked / renormalised over the unmasked ones / a hole
+CODE_OK, CODE_RENORMALISED, CODE_HOLE = 0, 1, 2
 
 
-def polar_remap(frames, pmap, out=None) -> np.ndarray:
-    """Bilinear sampling of raw frame(s) through a :class:`gixdrt.geometry.PolarMap`.
+def flagged_pixels(stack: np.ndarray, saturation: float | None) -> np.ndarray:
+    """bool[H, W]: pixels of ``stack`` [G, H, W] with at least one flagged value among the G frames.
 
-    frames: [H, W] or [N, H, W] detector counts (float or integer); N frames are summed.
-    Returns float32[n_phi, n_q].
-
-    Specification (all arithmetic in float32, in this order):
-    for each polar pixel with top-left source pixel (y0, x0) and fractions (fy, fx), each of the
-    four neighbours v00 = F[y0, x0], v01 = F[y0, x0+1], v10 = F[y0+1, x0], v11 = F[y0+1, x0+1] is the
-    float32 sum over the N frames (n = 0, 1, … in order) of the pixel, with pixels outside the frame
-    and non-finite pixels counting as 0; then
-
-        top = v00·(1 − fx) + v01·fx,  bottom = v10·(1 − fx) + v11·fx,  out = top·(1 − fy) + bottom·fy.
-
-    Undefined map positions carry y0 = x0 = −2, so every neighbour is outside and the result is 0.
+    A value v is flagged when v converted to float32 is not finite (NaN, ±inf, and for float64 frames values
+    beyond the float32 range, which would sum to ±inf), when v is the dtype's flag value
+    (:func:`gixdrt.kernels._checks.flag_value`: 2^bits − 1 for unsigned integers, ±the largest finite value for
+    floats, none for signed integers), or when ``saturation`` is not None and v ≥ saturation (compared in float64,
+    exact for every frame dtype).
     """
+    bad = np.zeros(stack.shape[1:], bool)
+    flag = flag_value(stack.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for frame in stack:
+            if frame.dtype.kind == "f":
+                bad |= ~np.isfinite(frame.astype(np.float32))
+                bad |= (frame == flag) | (frame == -flag)
+            elif flag is not None:
+                bad |= frame == flag
+            if saturation is not None:
+                bad |= frame.astype(np.float64) >= np.float64(saturation)
+    return bad
+
+
+def _remap(frames, pmap, mask, saturation, out, masked) -> tuple[np.ndarray, int]:
+    """polar_remap without the warning: returns (out, number of extreme samples)."""
     stack = as_frame_stack(frames, pmap.frame_shape)
+    mask = check_mask(mask, pmap.frame_shape)
+    saturation = check_saturation(saturation)
     out = check_out(out, pmap.shape)
+    if masked is not None:
+        masked = check_out(masked, pmap.shape, np.uint8, "masked")
     n, h, w = stack.shape
-    nonfinite = 0
-    corners = []
+
+    # 1. the masked pixels of the frame, and per pixel how many of its G values are extreme
+    bad = flagged_pixels(stack, saturation)
+    if mask is not None:
+        bad |= mask != 0
+    extreme = np.zeros((h, w), np.int64)
+    if saturation is None and stack.dtype.kind == "f":  # integer frames never exceed ±EXTREME_VALUE
+        for frame in stack:
+            extreme += np.abs(frame.astype(np.float64)) > EXTREME_VALUE
+
+    # 2. the four neighbours: on the frame? masked? their float32 sums over the G frames (masked → 0)
+    n_extreme = 0
+    values, on_frame, is_masked = [], [], []
     for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
         yy = pmap.y0.astype(np.int64) + dy
         xx = pmap.x0.astype(np.int64) + dx
-        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        flat = np.where(ok, yy * w + xx, 0)
+        on = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        flat = np.where(on, yy * w + xx, 0)
+        msk = on & bad.reshape(-1)[flat]
+        use = on & ~msk
         acc = np.zeros(pmap.shape, np.float32)
-        for k in range(n):
-            v = stack[k].reshape(-1)[flat].astype(np.float32)
-            bad = ~np.isfinite(v)
-            if bad.any():
-                nonfinite += int((bad & ok).sum())
-                v[bad] = 0.0
-            acc += np.where(ok, v, np.float32(0.0))
-        corners.append(acc)
-    v00, v01, v10, v11 = corners
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k in range(n):
+                v = stack[k].reshape(-1)[flat].astype(np.float32)
+                acc += np.where(use, v, np.float32(0.0))
+        n_extreme += int(extreme.reshape(-1)[flat][use].sum())
+        values.append(acc)
+        on_frame.append(on)
+        is_masked.append(msk)
+
+    # 3. the bilinear interpolation, as without masks
+    v00, v01, v10, v11 = values
     one = np.float32(1.0)
-    fx, fy = pmap.fx, pmap.fy
+    fx, fy = pmap.fx.astype(np.float32), pmap.fy.astype(np.float32)
     top = v00 * (one - fx) + v01 * fx
     bottom = v10 * (one - fx) + v11 * fx
-    out[...] = top * (one - fy) + bottom * fy
-    if stack.dtype.kind == "f":
-        warn_nonfinite(nonfinite, "polar_remap")
+    r = top * (one - fy) + bottom * fy
+
+    # 4. where an on-frame neighbour is masked: renormalise over the unmasked on-frame neighbours, or a hole
+    any_masked = is_masked[0] | is_masked[1] | is_masked[2] | is_masked[3]
+    weights = ((one - fx) * (one - fy), fx * (one - fy), (one - fx) * fy, fx * fy)
+    w_in = np.zeros(pmap.shape, np.float32)
+    w_ok = np.zeros(pmap.shape, np.float32)
+    for wgt, on, msk in zip(weights, on_frame, is_masked):
+        w_in = np.where(on, w_in + wgt, w_in)
+        w_ok = np.where(on & ~msk, w_ok + wgt, w_ok)
+    hole = any_masked & ~(w_ok > 0)
+    renorm = any_masked & (w_ok > 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scaled = r * (w_in / w_ok)
+    out[...] = np.where(renorm, scaled, np.where(hole, np.float32(0.0), r))
+    if masked is not None:
+        masked[...] = np.where(hole, CODE_HOLE, np.where(renorm, CODE_RENORMALISED, CODE_OK)).astype(np.uint8)
+    return out, n_extreme
+
+
+def polar_remap(frames, pmap, *, mask=None, saturation=None, out=None, masked=None) -> np.ndarray:
+    """Bilinear sampling of raw frame(s) through a :class:`gixdrt.geometry.PolarMap`, masked pixels excluded.
+
+    frames: [H, W] or [G, H, W] detector counts (float32/float64/uint8/uint16/uint32/int16/int32); the G frames
+        are summed.
+    mask: None or a bool/uint8 [H, W] array, nonzero = masked pixel.
+    saturation: None or a number: a pixel value v ≥ saturation is masked.
+    out: optional float32[n_phi, n_q] buffer. masked: optional uint8[n_phi, n_q] buffer that receives each polar
+        pixel's code (0, 1, 2, below); not written when None.
+    Returns float32[n_phi, n_q] (``out``).
+
+    Specification (float32 arithmetic in this order unless said otherwise):
+
+    A frame pixel (y, x) is *masked* when mask[y, x] ≠ 0 or any of its G values v is flagged: v converted to
+    float32 is not finite; v is the dtype's flag value (2^bits − 1 for uint8/uint16/uint32, ±the largest finite
+    value for float32/float64, none for signed integers); or saturation is given and v ≥ saturation (float64
+    comparison). See :func:`flagged_pixels`.
+
+    Each polar pixel has a top-left source pixel (y0, x0) and fractions (fy, fx). Its neighbours (y0, x0),
+    (y0, x0+1), (y0+1, x0), (y0+1, x0+1) have values v00, v01, v10, v11: 0 for a neighbour off the frame
+    (constant border; such a neighbour is not masked) or masked, else the float32 sum over the G frames
+    (k = 0, 1, … in order, starting from 0) of the pixel's values converted to float32. Then
+
+        top = v00·(1 − fx) + v01·fx,  bottom = v10·(1 − fx) + v11·fx,  r = top·(1 − fy) + bottom·fy.
+
+    - No on-frame neighbour masked: out = r, code 0 (the remap without masks, bit for bit).
+    - Otherwise, with the weights w00 = (1−fx)(1−fy), w01 = fx(1−fy), w10 = (1−fx)fy, w11 = fx·fy,
+      W_in = the sum of the weights of the on-frame neighbours and W_ok = the sum of the weights of the
+      on-frame unmasked neighbours (each summed in the order 00, 01, 10, 11): if W_ok > 0,
+      out = r·(W_in / W_ok), code 1; else out = 0, code 2 (a hole: no valid sample; see :func:`fill_holes`).
+
+    Undefined map positions carry y0 = x0 = −2, so every neighbour is off the frame and the result is 0, code 0.
+
+    Values v of unmasked on-frame neighbours (each of the G values, per polar pixel and neighbour) with
+    |v| > :data:`~gixdrt.kernels._checks.EXTREME_VALUE` (1e12, float64 comparison) are counted when saturation
+    is None; when the count is > 0 one :class:`gixdrt.errors.DataWarning` names it: such values are most
+    likely flags or saturated pixels that a saturation value or a mask should exclude.
+    """
+    out, n_extreme = _remap(frames, pmap, mask, saturation, out, masked)
+    warn_extreme(n_extreme)
     return out
+
+
+def check_fill_args(polar, masked, fn: str = "fill_holes") -> tuple[np.ndarray, np.ndarray]:
+    """``polar`` (float32 [H, W] or [N, H, W], C-contiguous, writeable) and ``masked`` (uint8 of the same shape)
+    as [N, H, W] views, else a TypeError or ValueError naming the argument."""
+    for name, arr, dtype in (("polar", polar, np.float32), ("masked", masked, np.uint8)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{fn}: {name} must be a NumPy array for a host implementation, got {type(arr).__name__}")
+        if arr.dtype != dtype:
+            raise TypeError(f"{fn}: {name} must be {np.dtype(dtype).name}, got {arr.dtype}")
+    if polar.ndim not in (2, 3):
+        raise ValueError(f"{fn}: polar must be [H, W] or [N, H, W], got shape {polar.shape}")
+    if masked.shape != polar.shape:
+        raise ValueError(f"{fn}: masked must have the shape of polar {polar.shape}, got {masked.shape}")
+    if not polar.flags.c_contiguous or not polar.flags.writeable:
+        raise ValueError(f"{fn}: polar is filled in place: it must be C-contiguous and writeable")
+    masked = np.ascontiguousarray(masked)
+    if polar.ndim == 2:
+        return polar[None], masked[None]
+    return polar, masked
+
+
+def fill_holes(polar, masked) -> np.ndarray:
+    """Fill the holes of polar image(s) in place by linear interpolation along φ (the rows); returns ``polar``.
+
+    polar: float32[H, W] or [N, H, W]; masked: uint8 of the same shape, the codes of :func:`polar_remap`
+    (2 = hole). For every image and every column j, each maximal run of rows a..b (inclusive) with
+    masked == 2 is filled from the nearest rows above and below that are not holes, L = polar[a − 1, j] and
+    R = polar[b + 1, j]: for i in a..b,
+
+        t = float32(i − (a − 1)) / float32((b + 1) − (a − 1)),  polar[i, j] = L + (R − L)·t   (float32).
+
+    A run that starts at row 0 takes R in every row; a run that ends at the last row takes L; a column that is
+    all holes becomes 0. Pixels that are not holes are never changed.
+    """
+    images, codes = check_fill_args(polar, masked)
+    _, h, w = images.shape
+    for img, code in zip(images, codes):
+        for j in range(w):
+            hole = code[:, j] == CODE_HOLE
+            i = 0
+            while i < h:
+                if not hole[i]:
+                    i += 1
+                    continue
+                a = i
+                while i < h and hole[i]:
+                    i += 1
+                b = i - 1  # rows a..b are a maximal run of holes
+                if a == 0 and b == h - 1:
+                    img[a:b + 1, j] = np.float32(0.0)
+                elif a == 0:
+                    img[a:b + 1, j] = img[b + 1, j]
+                elif b == h - 1:
+                    img[a:b + 1, j] = img[a - 1, j]
+                else:
+                    left, right = img[a - 1, j], img[b + 1, j]
+                    span = np.float32((b + 1) - (a - 1))
+                    for r in range(a, b + 1):
+                        t = np.float32(r - (a - 1)) / span
+                        img[r, j] = left + (right - left) * t
+    return polar
