@@ -436,8 +436,8 @@ PYBIND11_MODULE(_ext, m) {
         "many values of unmasked neighbours beyond ±extreme_value were sampled, counted only when saturation is "
         "NaN (NaN extreme_value: not counted).");
   m.def("fill_holes_cpu", &fill_holes_cpu, py::arg("polar"), py::arg("masked"), py::arg("threads") = 0,
-        "Fill the holes (masked == 2) of polar float32[N, H, W] in place along the rows "
-        "(gixdrt.kernels.reference.polar.fill_holes); masked: uint8[N, H, W].");
+        "Fill the holes (masked == 2) of polar float32[N, H, W] in place from the nearest pixels that are not holes "
+        "along φ and |Q| (gixdrt.kernels.reference.polar.fill_holes); masked: uint8[N, H, W].");
   m.def("contrast_cpu", &contrast_cpu, py::arg("polar"), py::arg("coef"), py::arg("clip"), py::arg("log"),
         py::arg("out"), py::arg("threads") = 0,
         "The contrast chain (gixdrt.kernels.reference.contrast.contrast) of polar float32[H, W] into out; clip: "

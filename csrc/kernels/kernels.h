@@ -20,10 +20,13 @@ int64_t polar_remap(const T* frames, int64_t n, int64_t h, int64_t w, const uint
                     double extreme_value, const int32_t* y0, const int32_t* x0, const float* fy, const float* fx,
                     int64_t rows, int64_t cols, float* out, uint8_t* codes, int threads);
 
-// polar: float32[n, h, w], masked: uint8[n, h, w] (2 = hole). Fills each maximal run of holes a..b of a column
-// in place from L = polar[a − 1] and R = polar[b + 1] of that column: t = float(i − (a − 1)) / float(b − a + 2),
-// L + (R − L)·t; a run at the top takes R, at the bottom L; an all-hole column 0. Parallel over (image, block of
-// 64 columns).
+// polar: float32[n, h, w], masked: uint8[n, h, w] (2 = hole). Fills each hole (i, j) in place from the nearest
+// pixels that are not holes, never from a filled value: a, b = the nearest such rows above and below in column j,
+// c, d = the nearest such columns left and right in row i. Along φ (a and b exist): t = float(i − a) / float(b − a),
+// vφ = L + (R − L)·t from L = polar[a, j], R = polar[b, j]; along |Q| (c and d exist) likewise vq from polar[i, c],
+// polar[i, d]. Both: (vφ·float(d − c) + vq·float(b − a)) / float((b − a) + (d − c)); one: its estimate; neither:
+// polar[a, j], polar[b, j], polar[i, c] or polar[i, d], the first that exists, else 0. Parallel over (image, block
+// of 64 columns), then over (image, row). Throws std::length_error when h or w ≥ 2^31 − 1.
 void fill_holes(float* polar, const uint8_t* masked, int64_t n, int64_t h, int64_t w, int threads);
 
 // ---- contrast chain (reference/contrast.py: contrast) --------------------------------------------------

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -330,63 +332,133 @@ GIXDRT_POLAR(int16_t)
 #undef GIXDRT_POLAR
 
 // ---- fill_holes ---------------------------------------------------------------------------------------------
+//
+// Two passes per group of images. 1: per (image, block of columns), the runs of holes of each column: every hole
+// records the nearest rows above (a, −1 when none) and below (b, h when none) that are not holes, in scratch
+// buffers [h, w] written at the holes only. 2: per (image, block of rows), the nearest columns left (c, −1) and
+// right (d, w) that are not holes, from one scan of the row's codes, and each hole's value from a, b, c, d. Pass 2
+// reads image values only at pixels that are not holes and writes only holes, so filling in place reads no filled
+// value and the work items never touch the same pixel.
 
 namespace {
 
-// Fills rows a..b (a maximal run of holes) of column `col` of image `img` [h, w] (see fill_holes in kernels.h).
-inline void fill_run(float* img, int64_t h, int64_t w, int64_t col, int64_t a, int64_t b) {
-  if (a == 0 && b == h - 1) {
-    for (int64_t i = a; i <= b; ++i) img[i * w + col] = 0.0f;
-  } else if (a == 0) {
-    const float right = img[(b + 1) * w + col];
-    for (int64_t i = a; i <= b; ++i) img[i * w + col] = right;
-  } else if (b == h - 1) {
-    const float left = img[(a - 1) * w + col];
-    for (int64_t i = a; i <= b; ++i) img[i * w + col] = left;
-  } else {
-    const float left = img[(a - 1) * w + col], right = img[(b + 1) * w + col];
-    const float span = static_cast<float>((b + 1) - (a - 1));
-    for (int64_t i = a; i <= b; ++i) {
-      const float t = static_cast<float>(i - (a - 1)) / span;
-      img[i * w + col] = left + (right - left) * t;
+constexpr int64_t kFillColumns = 64;  // columns per work item of pass 1: rows are read 64 codes at a time
+constexpr int64_t kFillRows = 4;      // rows per work item of pass 2
+constexpr int64_t kFillScratch = int64_t(1) << 22;  // pixels per group of images (2 int32 scratch values each)
+
+// The value of hole (i, j) of image img [h, w] from the nearest rows a (above), b (below) and columns c (left),
+// d (right) that are not holes (−1, h, −1, w when none), in float32 (see fill_holes in kernels.h).
+inline float hole_value(const float* img, int64_t h, int64_t w, int64_t i, int64_t j, int64_t a, int64_t b,
+                        int64_t c, int64_t d) {
+  const bool two_phi = a >= 0 && b < h, two_q = c >= 0 && d < w;
+  float v_phi = 0.0f, v_q = 0.0f;
+  if (two_phi) {
+    const float left = img[a * w + j], right = img[b * w + j];
+    const float t = static_cast<float>(i - a) / static_cast<float>(b - a);
+    v_phi = left + (right - left) * t;
+  }
+  if (two_q) {
+    const float left = img[i * w + c], right = img[i * w + d];
+    const float t = static_cast<float>(j - c) / static_cast<float>(d - c);
+    v_q = left + (right - left) * t;
+  }
+  if (two_phi && two_q) {
+    return (v_phi * static_cast<float>(d - c) + v_q * static_cast<float>(b - a)) /
+           static_cast<float>((b - a) + (d - c));
+  }
+  if (two_phi) return v_phi;
+  if (two_q) return v_q;
+  if (a >= 0) return img[a * w + j];
+  if (b < h) return img[b * w + j];
+  if (c >= 0) return img[i * w + c];
+  if (d < w) return img[i * w + d];
+  return 0.0f;
+}
+
+// Pass 1 on columns [c0, c1) of one image: up[i, c] = a and down[i, c] = b at every hole (i, c); other entries
+// are not written. start: scratch of c1 − c0 entries.
+void column_runs(const uint8_t* code, int64_t h, int64_t w, int64_t c0, int64_t c1, int32_t* up, int32_t* down,
+                 int64_t* start) {
+  auto close = [&](int64_t c, int64_t first, int64_t last) {  // rows first..last of column c: a maximal run
+    const int32_t a = static_cast<int32_t>(first - 1), b = static_cast<int32_t>(last + 1);
+    for (int64_t i = first; i <= last; ++i) {
+      up[i * w + c] = a;
+      down[i * w + c] = b;
     }
+  };
+  std::fill(start, start + (c1 - c0), int64_t(-1));
+  for (int64_t i = 0; i < h; ++i) {
+    const uint8_t* row = code + i * w;
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t& s = start[c - c0];
+      if (row[c] == 2) {
+        if (s < 0) s = i;
+      } else if (s >= 0) {
+        close(c, s, i - 1);
+        s = -1;
+      }
+    }
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    if (start[c - c0] >= 0) close(c, start[c - c0], h - 1);
   }
 }
 
-constexpr int64_t kFillColumns = 64;  // columns per work item: rows are read 64 floats at a time
+// Pass 2 on row i of one image: fills its holes. right: scratch of w entries.
+void fill_row(float* img, const uint8_t* code, const int32_t* up, const int32_t* down, int64_t h, int64_t w,
+              int64_t i, int32_t* right) {
+  const uint8_t* row = code + i * w;
+  if (std::find(row, row + w, uint8_t{2}) == row + w) return;  // no hole in this row
+  int32_t next = static_cast<int32_t>(w);
+  for (int64_t j = w - 1; j >= 0; --j) {  // right[j]: the nearest column > j that is not a hole, or w
+    right[j] = next;
+    if (row[j] != 2) next = static_cast<int32_t>(j);
+  }
+  int64_t prev = -1;  // the nearest column < j that is not a hole, or −1
+  for (int64_t j = 0; j < w; ++j) {
+    if (row[j] != 2) {
+      prev = j;
+      continue;
+    }
+    const int64_t at = i * w + j;
+    img[at] = hole_value(img, h, w, i, j, up[at], down[at], prev, right[j]);
+  }
+}
 
 }  // namespace
 
 void fill_holes(float* polar, const uint8_t* masked, int64_t n, int64_t h, int64_t w, int threads) {
   if (n <= 0 || h <= 0 || w <= 0) return;
+  if (h > std::numeric_limits<int32_t>::max() - 1 || w > std::numeric_limits<int32_t>::max() - 1)
+    throw std::length_error("fill_holes: images with 2^31 − 1 or more rows or columns are not supported");
+  const int64_t plane = h * w;
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(n, kFillScratch / plane));  // images per group
+  // scratch, written at the holes only (so not initialised): the nearest non-hole rows above / below
+  std::unique_ptr<int32_t[]> up(new int32_t[group * plane]), down(new int32_t[group * plane]);
   const int64_t chunks = (w + kFillColumns - 1) / kFillColumns;
-  const int64_t items = n * chunks;  // (image, block of columns)
-  const int workers = worker_count(items, threads, 1);
-  parallel_for(items, workers, 1, [&](int64_t begin, int64_t end, int) {
-    std::vector<int64_t> start(kFillColumns);  // per column of the block: first row of the open run, or −1
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t image = item / chunks, c0 = (item % chunks) * kFillColumns;
-      const int64_t c1 = std::min(w, c0 + kFillColumns);
-      float* img = polar + image * h * w;
-      const uint8_t* code = masked + image * h * w;
-      std::fill(start.begin(), start.end(), -1);
-      for (int64_t i = 0; i < h; ++i) {
-        const uint8_t* row = code + i * w;
-        for (int64_t c = c0; c < c1; ++c) {
-          int64_t& s = start[c - c0];
-          if (row[c] == 2) {
-            if (s < 0) s = i;
-          } else if (s >= 0) {
-            fill_run(img, h, w, c, s, i - 1);
-            s = -1;
-          }
-        }
+  for (int64_t g0 = 0; g0 < n; g0 += group) {
+    const int64_t g = std::min(group, n - g0);
+    float* images = polar + g0 * plane;
+    const uint8_t* codes = masked + g0 * plane;
+    const int64_t items1 = g * chunks;  // (image, block of columns)
+    parallel_for(items1, worker_count(items1, threads, 1), 1, [&](int64_t begin, int64_t end, int) {
+      int64_t start[kFillColumns];
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t image = item / chunks, c0 = (item % chunks) * kFillColumns;
+        column_runs(codes + image * plane, h, w, c0, std::min(w, c0 + kFillColumns), up.get() + image * plane,
+                    down.get() + image * plane, start);
       }
-      for (int64_t c = c0; c < c1; ++c) {
-        if (start[c - c0] >= 0) fill_run(img, h, w, c, start[c - c0], h - 1);
+    });
+    const int64_t items2 = g * h;  // (image, row)
+    parallel_for(items2, worker_count(items2, threads, kFillRows), kFillRows, [&](int64_t begin, int64_t end, int) {
+      std::vector<int32_t> right(w);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t image = item / h, i = item % h;
+        fill_row(images + image * plane, codes + image * plane, up.get() + image * plane,
+                 down.get() + image * plane, h, w, i, right.data());
       }
-    }
-  });
+    });
+  }
 }
 
 }  // namespace gixdrt::kernels

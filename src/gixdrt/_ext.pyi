@@ -32,8 +32,8 @@ def polar_remap_cpu(
     is NaN; a NaN extreme_value counts none)."""
 
 def fill_holes_cpu(polar: npt.NDArray[np.float32], masked: npt.NDArray[np.uint8], threads: int = 0) -> None:
-    """Fill the holes (masked == 2) of polar float32[N, H, W] in place along the rows
-    (gixdrt.kernels.reference.polar.fill_holes); masked: uint8[N, H, W]."""
+    """Fill the holes (masked == 2) of polar float32[N, H, W] in place from the nearest pixels that are not holes
+    along φ and |Q| (gixdrt.kernels.reference.polar.fill_holes); masked: uint8[N, H, W]."""
 
 def contrast_cpu(
     polar: npt.NDArray[np.float32], coef: float, clip: int, log: bool, out: npt.NDArray[np.float32], threads: int = 0

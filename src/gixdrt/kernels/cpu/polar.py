@@ -1,5 +1,6 @@
 """CPU polar remap with masked pixels and hole filling: the C++ kernels ``gixdrt._ext.polar_remap_cpu``
-(parallel over polar rows) and ``gixdrt._ext.fill_holes_cpu`` (parallel over images and blocks of columns).
+(parallel over polar rows) and ``gixdrt._ext.fill_holes_cpu`` (a pass over images and blocks of columns that
+finds each hole's nearest rows that are not holes, then a pass over images and rows that fills).
 
 Same arguments and results as :mod:`gixdrt.kernels.reference.polar`, bit for bit (the extension is compiled
 without floating-point contraction). The one-frame path without a masked or flagged neighbour is as fast as the

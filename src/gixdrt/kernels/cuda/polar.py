@@ -209,47 +209,68 @@ def polar_remap(frames, pmap, *, mask=None, saturation=None, out=None, masked=No
 
 
 @cuda.jit(device=True)
-def _fill_run(polar, img, j, h, a, b):  # pragma: no cover - device code
-    """Fill rows a..b, a maximal run of holes, of column j of image img (see fill_holes)."""
-    if a == 0 and b == h - 1:
-        for i in range(a, b + 1):
-            polar[img, i, j] = np.float32(0.0)
-    elif a == 0:
-        right = polar[img, b + 1, j]
-        for i in range(a, b + 1):
-            polar[img, i, j] = right
-    elif b == h - 1:
-        left = polar[img, a - 1, j]
-        for i in range(a, b + 1):
-            polar[img, i, j] = left
-    else:
-        left = polar[img, a - 1, j]
-        right = polar[img, b + 1, j]
-        span = np.float32((b + 1) - (a - 1))
-        for i in range(a, b + 1):
-            t = np.float32(i - (a - 1)) / span
-            polar[img, i, j] = left + (right - left) * t
+def _hole_value(polar, img, h, w, i, j, a, b, c, d):  # pragma: no cover - device code
+    """The value of hole (i, j) of image img from the nearest rows a (above), b (below) and columns c (left),
+    d (right) that are not holes (−1, h, −1, w when none); see fill_holes. Reads only pixels that are not holes."""
+    two_phi = a >= 0 and b < h
+    two_q = c >= 0 and d < w
+    v_phi = np.float32(0.0)
+    v_q = np.float32(0.0)
+    if two_phi:
+        left = polar[img, a, j]
+        right = polar[img, b, j]
+        t = np.float32(i - a) / np.float32(b - a)
+        v_phi = left + (right - left) * t
+    if two_q:
+        left = polar[img, i, c]
+        right = polar[img, i, d]
+        t = np.float32(j - c) / np.float32(d - c)
+        v_q = left + (right - left) * t
+    if two_phi and two_q:
+        return (v_phi * np.float32(d - c) + v_q * np.float32(b - a)) / np.float32((b - a) + (d - c))
+    if two_phi:
+        return v_phi
+    if two_q:
+        return v_q
+    if a >= 0:
+        return polar[img, a, j]
+    if b < h:
+        return polar[img, b, j]
+    if c >= 0:
+        return polar[img, i, c]
+    if d < w:
+        return polar[img, i, d]
+    return np.float32(0.0)
 
 
 @cuda.jit(cache=True)
 def _fill_kernel(polar, codes):  # pragma: no cover - device code
-    """One thread per (image, column): walk the rows, fill each run of holes when it closes."""
+    """One thread per pixel (adjacent threads on adjacent columns): a hole scans its column up and down and its
+    row left and right to the nearest pixels that are not holes, and is filled from them. Holes are never read,
+    so filling in place is safe whatever the order of the threads."""
     idx = cuda.grid(1)
     n, h, w = polar.shape
-    if idx >= n * w:
+    if idx >= n * h * w:
         return
-    img = idx // w
-    j = idx - img * w
-    start = -1
-    for i in range(h):
-        if codes[img, i, j] == 2:
-            if start < 0:
-                start = i
-        elif start >= 0:
-            _fill_run(polar, img, j, h, start, i - 1)
-            start = -1
-    if start >= 0:
-        _fill_run(polar, img, j, h, start, h - 1)
+    j = idx % w
+    rest = idx // w
+    i = rest % h
+    img = rest // h
+    if codes[img, i, j] != 2:
+        return
+    a = i - 1
+    while a >= 0 and codes[img, a, j] == 2:
+        a -= 1
+    b = i + 1
+    while b < h and codes[img, b, j] == 2:
+        b += 1
+    c = j - 1
+    while c >= 0 and codes[img, i, c] == 2:
+        c -= 1
+    d = j + 1
+    while d < w and codes[img, i, d] == 2:
+        d += 1
+    polar[img, i, j] = _hole_value(polar, img, h, w, i, j, a, b, c, d)
 
 
 _FILL_BLOCK = 128  # adjacent threads take adjacent columns: each row is read coalesced
@@ -259,7 +280,8 @@ def fill_holes(polar, masked, *, stream=None):
     """Device version of :func:`gixdrt.kernels.reference.polar.fill_holes`, in place; returns ``polar``.
 
     polar: float32[H, W] or [N, H, W] device array (C-contiguous); masked: uint8 device array of the same shape.
-    One thread per (image, column), launched asynchronously on ``stream``.
+    One thread per pixel (threads on pixels that are not holes return at once), launched asynchronously on
+    ``stream``. The interpolations may be contracted into fused multiply-adds (see the module's docstring).
     """
     s = as_stream(stream)
     p = as_device(polar, "polar")
@@ -275,7 +297,7 @@ def fill_holes(polar, masked, *, stream=None):
     if p.ndim == 2:
         p = p.reshape((1,) + tuple(p.shape))
         c = c.reshape((1,) + tuple(c.shape))
-    n, _, w = p.shape
-    if n * w:
-        _fill_kernel[math.ceil(n * w / _FILL_BLOCK), _FILL_BLOCK, s](p, c)
+    size = int(np.prod(p.shape))
+    if size:
+        _fill_kernel[math.ceil(size / _FILL_BLOCK), _FILL_BLOCK, s](p, c)
     return polar

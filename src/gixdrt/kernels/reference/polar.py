@@ -4,7 +4,8 @@ specification of the fast paths (:mod:`gixdrt.kernels.cpu.polar`, :mod:`gixdrt.k
 :func:`polar_remap` samples raw frame(s) bilinearly onto the polar grid; pixels that are masked (a user mask, a
 saturation value, the dtype's flag value, non-finite values) take no part: the remaining neighbours' weights are
 renormalised, and a polar pixel with no valid neighbour is a hole (code 2 in ``masked``). :func:`fill_holes`
-fills the holes along φ from the nearest valid rows.
+fills the holes from the nearest pixels that are not holes along φ and along |Q|, the shorter interpolation
+weighing more.
 """
 from __future__ import annotations
 
@@ -175,43 +176,74 @@ def check_fill_args(polar, masked, fn: str = "fill_holes") -> tuple[np.ndarray, 
     return polar, masked
 
 
+def _nearest_valid(valid: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(before, after): int64 arrays of ``valid``'s shape holding, at every position p, the index along ``axis`` of
+    the nearest valid position at or before p (−1 when there is none) and at or after p (the axis length when
+    there is none). At an invalid position these are the nearest valid ones strictly before and after it."""
+    n = valid.shape[axis]
+    index = np.arange(n, dtype=np.int64).reshape([n if k == axis else 1 for k in range(valid.ndim)])
+    before = np.maximum.accumulate(np.where(valid, index, -1), axis=axis)
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(valid, index, n), axis), axis=axis), axis)
+    return before, after
+
+
 def fill_holes(polar, masked) -> np.ndarray:
-    """Fill the holes of polar image(s) in place by linear interpolation along φ (the rows); returns ``polar``.
+    """Fill the holes of polar image(s) in place from the nearest pixels that are not holes along φ and |Q|;
+    returns ``polar``.
 
     polar: float32[H, W] or [N, H, W]; masked: uint8 of the same shape, the codes of :func:`polar_remap`
-    (2 = hole). For every image and every column j, each maximal run of rows a..b (inclusive) with
-    masked == 2 is filled from the nearest rows above and below that are not holes, L = polar[a − 1, j] and
-    R = polar[b + 1, j]: for i in a..b,
+    (2 = hole; 0 and 1 are not holes). Every hole (i, j) of every image is filled from the values of pixels that
+    are not holes only, never from a filled value, so the result does not depend on the order of the pixels
+    (each can be computed on its own). In float32:
 
-        t = float32(i − (a − 1)) / float32((b + 1) − (a − 1)),  polar[i, j] = L + (R − L)·t   (float32).
+    - Along φ (column j): a = the nearest row above i that is not a hole, b = the nearest row below i that is
+      not a hole (either may not exist). When both exist, with L = polar[a, j] and R = polar[b, j],
+      t = float32(i − a) / float32(b − a), vφ = L + (R − L)·t, span_φ = b − a.
+    - Along |Q| (row i): c and d = the nearest columns left and right of j that are not holes. When both exist,
+      with L' = polar[i, c] and R' = polar[i, d], t' = float32(j − c) / float32(d − c), vq = L' + (R' − L')·t',
+      span_q = d − c.
+    - Both directions two-sided: polar[i, j] = (vφ·float32(span_q) + vq·float32(span_φ)) / float32(span_φ + span_q),
+      each estimate weighted by the inverse of its own span, so that the shorter interpolation dominates (a gap
+      that runs nearly parallel to one axis is bridged across it).
+    - One direction two-sided: that direction's estimate (vφ or vq).
+    - Neither: the nearest value along φ, polar[a, j] or polar[b, j] (at most one of them exists); else the
+      nearest along |Q|, polar[i, c] or polar[i, d]; else 0 (the pixel's row and column are all holes).
 
-    A run that starts at row 0 takes R in every row; a run that ends at the last row takes L; a column that is
-    all holes becomes 0. Pixels that are not holes are never changed.
+    Pixels that are not holes are never changed.
     """
     images, codes = check_fill_args(polar, masked)
+    hole = codes == CODE_HOLE
+    if not hole.any():
+        return polar
     _, h, w = images.shape
-    for img, code in zip(images, codes):
-        for j in range(w):
-            hole = code[:, j] == CODE_HOLE
-            i = 0
-            while i < h:
-                if not hole[i]:
-                    i += 1
-                    continue
-                a = i
-                while i < h and hole[i]:
-                    i += 1
-                b = i - 1  # rows a..b are a maximal run of holes
-                if a == 0 and b == h - 1:
-                    img[a:b + 1, j] = np.float32(0.0)
-                elif a == 0:
-                    img[a:b + 1, j] = img[b + 1, j]
-                elif b == h - 1:
-                    img[a:b + 1, j] = img[a - 1, j]
-                else:
-                    left, right = img[a - 1, j], img[b + 1, j]
-                    span = np.float32((b + 1) - (a - 1))
-                    for r in range(a, b + 1):
-                        t = np.float32(r - (a - 1)) / span
-                        img[r, j] = left + (right - left) * t
+    # the nearest rows above/below and columns left/right that are not holes, at every hole (k, i, j)
+    up, down = _nearest_valid(~hole, axis=1)
+    left, right = _nearest_valid(~hole, axis=2)
+    k, i, j = np.nonzero(hole)
+    a, b, c, d = up[k, i, j], down[k, i, j], left[k, i, j], right[k, i, j]
+    has_a, has_b, has_c, has_d = a >= 0, b < h, c >= 0, d < w
+
+    # the neighbour values (where a neighbour does not exist the clipped index reads some pixel, never used);
+    # every read happens before the holes are written
+    v_a = images[k, np.maximum(a, 0), j]
+    v_b = images[k, np.minimum(b, h - 1), j]
+    v_c = images[k, i, np.maximum(c, 0)]
+    v_d = images[k, i, np.minimum(d, w - 1)]
+
+    span_phi, span_q = b - a, d - c  # ≥ 2 always: no division by zero
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite or huge neighbour values propagate
+        t_phi = (i - a).astype(np.float32) / span_phi.astype(np.float32)
+        t_q = (j - c).astype(np.float32) / span_q.astype(np.float32)
+        v_phi = v_a + (v_b - v_a) * t_phi
+        v_q = v_c + (v_d - v_c) * t_q
+        blend = (v_phi * span_q.astype(np.float32) + v_q * span_phi.astype(np.float32)) / (span_phi + span_q).astype(
+            np.float32
+        )
+    two_phi, two_q = has_a & has_b, has_c & has_d
+    value = np.select(
+        [two_phi & two_q, two_phi, two_q, has_a, has_b, has_c, has_d],
+        [blend, v_phi, v_q, v_a, v_b, v_c, v_d],
+        default=np.float32(0.0),
+    )
+    images[k, i, j] = value.astype(np.float32, copy=False)
     return polar
