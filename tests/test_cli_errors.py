@@ -91,6 +91,10 @@ def data(tmp_path_factory):
     (d / "negdist.yaml").write_text(yaml.safe_dump(_config(**{"q_space.distance": -5})))
     (d / "beam.yaml").write_text(yaml.safe_dump(_config(**{"q_space.y0": 500})))
     (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "nomask.yaml").write_text(yaml.safe_dump({**_config(), "mask": "gone.tif"}))
+    (d / "badmask.yaml").write_text(yaml.safe_dump({**_config(), "mask": {"saturation_value": "high"}}))
+    with h5py.File(d / "mask.h5", "w") as f:
+        f["mask"] = np.zeros((H_DET, W_DET), np.uint8)
     (d / "sim.npz").write_text("n_peaks: [1, 3]\n")  # a simulator YAML with an unlucky name
     os.symlink("sim.npz", d / "sim-link.npz")
     os.link(d / "sim.npz", d / "sim-hard.npz")
@@ -215,6 +219,12 @@ INPUTS = {
                      "nomatch_*.tif: no file matches this pattern"),
     "detect-missing": (["detect", "frame.npy", "nope.tif", "--config", "cfg.yaml", "--out", "outdir/p.csv"],
                        "nope.tif: file not found"),
+    "mask-missing": (DETECT + ["--mask", "nope.tif"], "nope.tif: file not found"),
+    "mask-wrong-shape": (DETECT + ["--mask", "small.tif"], "small.tif: frame shape (10, 10) does not match the "
+                                                          "detector, 60×80"),
+    "mask-not-an-image": (DETECT + ["--mask", "notes.xyz"], "notes.xyz: unknown frame format .xyz"),
+    "mask-with-polar": (["detect", "frame.npy", "--input", "polar", "--out", "outdir/p.csv", "--mask", "frame.npy"],
+                        "--mask: masks apply to raw frames"),
     "sum-more-than-frames": (["detect", "scan.h5", "--config", "cfg.yaml", "--sum", "5", "--out", "outdir/p.csv"],
                              "no frames (fewer than --sum 5)"),
 }
@@ -236,6 +246,10 @@ CONFIGS = {
                           "negdist.yaml: q_space.distance: must be > 0"),
     "beam-outside": (["preprocess", "frame.npy", "--config", "beam.yaml", "--out", "outdir/p.npy"],
                      "beam.yaml: q_space.y0: beam centre column 500"),
+    "config-mask-missing": (["detect", "frame.npy", "--config", "nomask.yaml", "--out", "outdir/p.csv"],
+                            "mask.file: "),
+    "config-mask-value": (["detect", "frame.npy", "--config", "badmask.yaml", "--out", "outdir/p.csv"],
+                          "badmask.yaml: mask.saturation_value: expected a number, got 'high'"),
     "config-is-a-directory": (["preprocess", "frame.npy", "--config", "outdir", "--out", "outdir/p.npy"], "outdir: "),
 }
 
@@ -288,6 +302,8 @@ OUTPUTS = {
                       "scan-link.h5"], "--gixi-compat scan-link.h5: is the input file scan.h5 (through a symbolic link)"),
     "h5-out-hard-link": (["detect", "scan.h5", "--config", "cfg.yaml", "--out", "scan-hard.h5"],
                          "--out scan-hard.h5: is the input file scan.h5 (a hard link to it)"),
+    "out-is-mask": (["detect", "frame.npy", "--config", "cfg.yaml", "--mask", "mask.h5", "--out", "mask.h5"],
+                    "--out mask.h5: is the input file mask.h5"),
     "simulate-out-format": (["simulate", "--n", "1", "--out", "outdir/s.h5"], "unsupported output format .h5"),
     "bench-json-is-input": (["bench", "frame.npy", "--config", "cfg.yaml", "--json", "frame.npy"],
                             "--json frame.npy: is the input file frame.npy"),

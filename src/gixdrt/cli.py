@@ -86,13 +86,17 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from .gixd.preprocess import Preprocessor
     from .io import write_image
     from .io.atomic import check_output
+    from .io.masks import run_masks
 
-    out = check_output(args.out, inputs=[args.frame, args.config], suffixes=(".npy", ".tif", ".tiff", ".png"))
+    out = check_output(args.out, inputs=[args.frame, args.config, *args.mask],
+                       suffixes=(".npy", ".tif", ".tiff", ".png"))
     cfg = load_config(args.config)
+    masks = run_masks([args.frame], cfg.geometry.frame_shape, config_mask=cfg.mask, user_masks=args.mask)
     frames = _load_frames(args.frame, args.index, args.sum, cfg.geometry)
     t0 = time.perf_counter()
     with _naming(args, kernels=None):
-        image = _host(Preprocessor(cfg, impl=args.kernels)(_to_gpu(args.kernels, frames), args.stage))
+        pre = Preprocessor(cfg, impl=args.kernels, masks=masks)
+        image = _host(pre(_to_gpu(args.kernels, frames), args.stage))
     dt = time.perf_counter() - t0
     write_image(out, image)
     print(
@@ -100,14 +104,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         f"min {image.min():.6g}, max {image.max():.6g}, mean {image.mean(dtype=np.float64):.6g} "
         f"({dt * 1e3:.1f} ms) → {out}"
     )
+    if not masks.empty:
+        print(f"  masked: {masks.describe()}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .geometry import load_config, polar_map
+    from .gixd.preprocess import Preprocessor
     from .io import fetch_published, read_frame
     from .io.atomic import check_output
-    from .kernels import contrast, polar_remap
     from .plotting import plot_polar, plot_raw
 
     outdir = check_output(args.out_dir, option="--out-dir", directory=True)
@@ -117,13 +123,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     frame = read_frame(assets.frame)
     g.check_frame_shape(frame.shape, assets.frame)
     t0 = time.perf_counter()
-    pmap = polar_map(g)
+    polar_map(g)  # built once per geometry (timed apart from the remap)
     t1 = time.perf_counter()
     with _naming(args, kernels=None):
-        polar = polar_remap(_to_gpu(args.kernels, frame), pmap, impl=args.kernels)
+        pre = Preprocessor(cfg, impl=args.kernels)
+        polar = pre.polar(_to_gpu(args.kernels, frame))
         t2 = time.perf_counter()
-        c = cfg.contrast
-        processed = _host(contrast(polar, coef=c.coef, clip_limit=c.limit, log=c.log, impl=args.kernels))
+        processed = _host(pre.contrast(polar))
         polar = _host(polar)
     t3 = time.perf_counter()
     from .gixd.detector import PeakDetector
@@ -194,7 +200,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.gixi_compat and args.input == "processed":
         raise GixdrtError("--gixi-compat: stores the polar image: use --input raw or polar")
     files = input_files(args.inputs)  # every input exists and has a known format; nothing read yet
-    inputs = [*files, *([args.config] if args.config else [])]
+    inputs = [*files, *([args.config] if args.config else []), *args.mask]
+    if args.mask and args.input != "raw":
+        raise GixdrtError("--mask: masks apply to raw frames (--input raw)")
     out = check_output(args.out, inputs=inputs, suffixes=(".csv", ".h5", ".hdf5"))
     if args.gixi_compat:
         check_output(args.gixi_compat, inputs=inputs, option="--gixi-compat", suffixes=(".h5", ".hdf5"))
@@ -203,6 +211,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     geometry = cfg.geometry if (cfg is not None and args.input == "raw") else None
     n_frames = count_frames(args.inputs, args.sum, expect_shape=geometry and geometry.frame_shape,
                             expect_note=geometry and geometry.frame_shape_note)  # the headers, before any work
+    masks = None
+    if geometry is not None:
+        from .io.masks import run_masks
+
+        masks = run_masks(args.inputs, geometry.frame_shape, config_mask=cfg.mask, user_masks=args.mask)
     if n_frames == 0:
         raise GixdrtError(f"{args.inputs[0]}: no frames" + (f" (fewer than --sum {args.sum})" if args.sum > 1 else ""))
     frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=geometry and geometry.frame_shape,
@@ -220,10 +233,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
             nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
             max_detections=args.max_detections,
         )
-    pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=bool(args.gixi_compat))
+    pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=bool(args.gixi_compat), masks=masks)
     th = detector.thresholds
     print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.describe()}, "
           f"thresholds score ≥ {th.score_threshold}, NMS IoU {th.nms_iou}", file=sys.stderr)
+    if masks is not None and not masks.empty:
+        print(f"gixdrt detect: masked: {masks.describe()}", file=sys.stderr)
     bar = None
     found = 0
     if n_frames > 1 and not args.no_progress:
@@ -237,9 +252,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
         gixi = GixiCompatWriter(Path(args.gixi_compat))
 
+    masked = []  # per frame: the fraction of polar pixels that left out masked detector pixels, and holes filled
+
     def progress(result) -> None:
         nonlocal found
         found += len(result.table)
+        masked.append((result.masked, result.filled))
         if gixi is not None:
             gixi.add(result.frame, result.source, result.table, result.polar)
         if bar is not None:
@@ -275,6 +293,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     done = len(np.unique(table.frame)) if len(table) else 0
     print(f"{len(table)} peak(s) in {n_frames} frame(s) ({done} with peaks), {dt:.2f} s "
           f"({n_frames / dt if dt > 0 else float('inf'):.2f} frames/s) → {out}")
+    if masked and max(m for m, _ in masked) > 0:
+        fractions = np.array([m for m, _ in masked])
+        print(f"  masked: {100 * fractions.mean():.2f} % of the polar image sampled masked pixels on average "
+              f"(at most {100 * fractions.max():.2f} % in one frame); {sum(f for _, f in masked)} polar pixel(s) "
+              "with no valid sample filled along φ")
     return 0
 
 
@@ -547,6 +570,11 @@ from .engine.backends import PREFERENCE as _PREFERENCE
 DETECTOR_BACKENDS = ["auto", *_PREFERENCE]
 
 
+MASK_HELP = ("bad pixels: an image of the detector's shape in any format read here, nonzero = masked (repeatable; "
+             "added to the config's mask, the NeXus/Eiger pixel_mask of HDF5 inputs, and the non-finite and flag "
+             "pixels masked always)")
+
+
 class _Parser(argparse.ArgumentParser):
     """One line for a usage error: ``gixdrt <command>: error: <option>: <problem>`` (exit status 2)."""
 
@@ -576,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=_in_range(int, 0), default=0, help="first frame of a stack (default 0)")
     p.add_argument("--kernels", choices=kernel_impls, default=None,
                    help="the kernels' implementation (default: cpu, the compiled kernels; reference: NumPy)")
+    p.add_argument("--mask", action="append", default=[], metavar="FILE", help=MASK_HELP)
     p.set_defaults(func=cmd_preprocess)
 
     p = add("detect", help="raw frames (or polar images) → peak table (.csv or .h5)")
@@ -603,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gixi-compat", metavar="FILE.h5",
                    help="also write the authors' per-frame-group HDF5 layout (normalized boxes, scores, polar image, "
                         "intensities) that their viewer opens")
+    p.add_argument("--mask", action="append", default=[], metavar="FILE", help=MASK_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
 

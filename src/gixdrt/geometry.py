@@ -403,6 +403,47 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
+class MaskConfig:
+    """The ``mask`` section: which detector pixels take no part in the polar image (see :mod:`gixdrt.io.masks`).
+
+    ``mask: FILE`` or ``mask: {file: FILE, saturation_value: V, detector: true}``. file: an image of the detector's
+    shape, nonzero = masked (relative paths are relative to the config's folder); saturation_value: pixel values at
+    or above it are masked; detector: also use the ``pixel_mask`` and ``saturation_value`` of NeXus/Eiger HDF5
+    inputs (default true). Non-finite pixels and the data type's flag value are always masked.
+    """
+
+    file: str | None = None
+    saturation_value: float | None = None
+    detector: bool = True
+
+    @classmethod
+    def from_mapping(cls, section: Any, path: str | None = None) -> MaskConfig:
+        if section is None:
+            return cls()
+        if isinstance(section, str):
+            section = {"file": section}
+        if not isinstance(section, Mapping):
+            raise ConfigError("expected a file name or a mapping (file, saturation_value, detector)", path=path,
+                              key="mask")
+        unknown = sorted(set(section) - {"file", "saturation_value", "detector"})
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(map(str, unknown))}; expected file, saturation_value, "
+                              "detector", path=path, key="mask")
+        file = section.get("file")
+        if file is not None:
+            if not isinstance(file, str) or not file.strip():
+                raise ConfigError(f"expected a file name, got {file!r}", path=path, key="mask.file")
+            if path is not None and not os.path.isabs(file):
+                file = os.path.join(os.path.dirname(os.path.abspath(path)), file)
+        saturation = None
+        if section.get("saturation_value") is not None:
+            saturation = _number(section, "saturation_value", "mask", path)
+            if saturation <= 0:
+                raise ConfigError(f"must be > 0, got {saturation}", path=path, key="mask.saturation_value")
+        return cls(file=file, saturation_value=saturation, detector=_flag(section, "detector", "mask", path, True))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole config: geometry, contrast, postprocessing and the number of frames summed."""
 
@@ -410,6 +451,7 @@ class Config:
     contrast: ContrastConfig = ContrastConfig()
     postprocessing: PostprocessConfig = PostprocessConfig()
     sum_images: int = 1
+    mask: MaskConfig = MaskConfig()
     source: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -422,6 +464,7 @@ class Config:
             "contrast": asdict(self.contrast),
             "postprocessing_config": asdict(self.postprocessing),
             "general": {"sum_images": self.sum_images},
+            **({"mask": asdict(self.mask)} if self.mask != MaskConfig() else {}),
         }
 
 
@@ -463,6 +506,7 @@ def config_from_mapping(cfg: Mapping[str, Any], path: str | None = None) -> Conf
         contrast=ContrastConfig.from_mapping(cfg.get("contrast"), path),
         postprocessing=PostprocessConfig.from_mapping(cfg.get("postprocessing_config"), path),
         sum_images=sum_images,
+        mask=MaskConfig.from_mapping(cfg.get("mask"), path),
         source=path,
     )
 
@@ -501,6 +545,11 @@ class PolarMap:
     @property
     def shape(self) -> tuple[int, int]:
         return self.geometry.polar_shape
+
+    @functools.cached_property
+    def inside_count(self) -> int:
+        """How many polar pixels sample the detector."""
+        return int(np.count_nonzero(self.inside))
 
     @property
     def frame_shape(self) -> tuple[int, int]:

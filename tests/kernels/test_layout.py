@@ -101,6 +101,14 @@ def test_pad_images_zero_fills_the_extra_rows_and_columns():
         ref.pad_images(images, out=np.zeros((2, 1, 4, 8), np.float32))
 
 
+def test_masked_counts():
+    codes = np.random.default_rng(5).integers(0, 3, (3, 8, 16)).astype(np.uint8)
+    a, b = both("masked_counts", codes, out_shape=(3, 2), out_dtype=np.int64)
+    np.testing.assert_array_equal(a, b)
+    for i in range(3):
+        assert a[i].tolist() == [int((codes[i] == 1).sum()), int((codes[i] == 2).sum())]
+
+
 def test_reference_refuses_a_wrong_output_buffer():
     with pytest.raises(ValueError, match=r"gather_rows: out must be float32\[1, 2\]"):
         ref.gather_rows(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.int32), out=np.zeros((1, 3), np.float32))

@@ -48,13 +48,17 @@ def check_processed(image: np.ndarray, label: str = "processed image") -> None:
 class FrameOutput:
     """One image's detections: boxes float32[K, 4] (x0, y0, x1, y1 polar px) and scores float32[K] by decreasing
     score; intensity float64[K] (raw and polar input; None for processed images); constant: the raw frame was
-    constant (no peaks can be found); polar: its polar image float32[H, W] when asked for."""
+    constant (no peaks can be found); polar: its polar image float32[H, W] when asked for. Raw input: masked, the
+    fraction of the polar pixels on the detector that left out a masked detector pixel; filled, how many had no
+    valid sample and were filled from their neighbours along φ."""
 
     boxes: np.ndarray
     scores: np.ndarray
     intensity: np.ndarray | None = None
     constant: bool = False
     polar: np.ndarray | None = None
+    masked: float = 0.0
+    filled: int = 0
 
 
 class PeakDetector:
@@ -133,7 +137,7 @@ class PeakDetector:
                  contrast: Any = None) -> Executor:
         """The executor for such a batch: built on first use (plan, runners, buffers), then reused."""
         c = None if contrast is None else (contrast.coef, contrast.limit, contrast.log, contrast.disable)
-        r = None if raw is None else (id(raw.pmap), raw.dtype, raw.group)
+        r = None if raw is None else raw.key
         key = (input, batch, height, width, r, c)
         ex = self._executors.get(key)
         if ex is None:
@@ -180,7 +184,8 @@ class PeakDetector:
             if x.ndim != 4 or tuple(x.shape[2:]) != raw.frame_shape:
                 raise ValueError(f"expected raw frames [N, G, {raw.frame_shape[0]}, {raw.frame_shape[1]}], got "
                                  f"shape {tuple(x.shape)}")
-            raw = RawInput(raw.pmap, np.dtype(str(x.dtype).removeprefix("torch.")).name, int(x.shape[1]))
+            raw = RawInput(raw.pmap, np.dtype(str(x.dtype).removeprefix("torch.")).name, int(x.shape[1]), raw.mask,
+                           raw.saturation)
             n, (h, w) = int(x.shape[0]), tuple(int(s) for s in raw.pmap.shape)
             feeds = {"frames": x}
         else:
@@ -204,7 +209,7 @@ class PeakDetector:
         self.last_timings = dict(ex.timings) if timed else {}
         if polar and "polar" in ex.buffers:
             out = {**out, "polar": ex.buffers["polar"]}
-        names = [k for k in ("boxes", "scores", "count", "intensity", "constant", "polar") if k in out]
+        names = [k for k in ("boxes", "scores", "count", "intensity", "constant", "masked_counts", "polar") if k in out]
         host = dict(zip(names, kernels.to_host([out[k] for k in names])))
         results = []
         for i in range(n):
@@ -215,8 +220,15 @@ class PeakDetector:
                 intensity=host["intensity"][i, :c].copy() if "intensity" in host else None,
                 constant=bool(host["constant"][i]) if "constant" in host else False,
                 polar=host["polar"][i].copy() if "polar" in host else None,
+                **self._masked(host["masked_counts"][i], raw) if "masked_counts" in host else {},
             ))
         return results
+
+    @staticmethod
+    def _masked(counts: np.ndarray, raw: RawInput) -> dict[str, Any]:
+        on_detector = raw.inside_count
+        partial, holes = int(counts[0]), int(counts[1])
+        return {"masked": (partial + holes) / on_detector if on_detector else 0.0, "filled": holes}
 
     def boxes(self, images: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """images: float32[N, H, W] or [H, W] processed polar images in [0, 1] → per image (boxes float32[K, 4]

@@ -42,6 +42,8 @@ class FrameResult:
     source: str
     table: PeakTable
     polar: np.ndarray | None
+    masked: float = 0.0  # raw input: fraction of the polar pixels on the detector that left out a masked pixel
+    filled: int = 0  # raw input: polar pixels with no valid sample, filled along φ
 
 
 def _common_stack(items: list[np.ndarray]) -> np.ndarray:
@@ -62,7 +64,9 @@ class Pipeline:
 
     config: the geometry/contrast config (required for ``input="raw"``). detector: a
     :class:`~gixdrt.gixd.detector.PeakDetector`. batch: frames per detector call. keep_polar: return each frame's
-    polar image (:attr:`FrameResult.polar`; a copy back from the device on a GPU backend).
+    polar image (:attr:`FrameResult.polar`; a copy back from the device on a GPU backend). masks: the bad pixels of
+    raw frames (:class:`gixdrt.io.masks.Masks`; default: the config's ``mask`` section; ``gixdrt detect`` adds the
+    inputs' own NeXus/Eiger masks and ``--mask``); non-finite pixels and flag values are masked in any case.
     """
 
     config: Config | None
@@ -70,6 +74,7 @@ class Pipeline:
     input: str = "raw"
     batch: int = 1
     keep_polar: bool = True
+    masks: Any = None
     _pmap: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,10 @@ class Pipeline:
             from ..geometry import polar_map
 
             self._pmap = polar_map(self.config.geometry)
+            if self.masks is None:
+                from ..io.masks import run_masks
+
+                self.masks = run_masks((), self.config.geometry.frame_shape, config_mask=self.config.mask)
 
     @property
     def q_max(self) -> float | None:
@@ -102,7 +111,7 @@ class Pipeline:
             for _, source, data in items:
                 self.config.geometry.check_frame_shape(tuple(np.shape(data)), source or None)
             stack = _common_stack([data for _, _, data in items])
-            raw = RawInput(self._pmap, stack.dtype.name, stack.shape[1])
+            raw = RawInput(self._pmap, stack.dtype.name, stack.shape[1], self.masks.pixels, self.masks.saturation)
             found = det.run(stack, input="raw", raw=raw, contrast=self.contrast, polar=self.keep_polar)
             shape = tuple(self._pmap.shape)
         else:
@@ -132,7 +141,7 @@ class Pipeline:
             polar = res.polar if self.input == "raw" else (images[k] if self.input == "polar" else None)
             table = PeakTable.from_boxes(res.boxes, res.scores, frame=frame, source=source, image_shape=shape,
                                          q_max=self.q_max, intensity=res.intensity)
-            out.append(FrameResult(frame, source, table, polar if self.keep_polar else None))
+            out.append(FrameResult(frame, source, table, polar if self.keep_polar else None, res.masked, res.filled))
         return out
 
     def iter_results(self, frames: Iterable[Any]) -> Iterator[FrameResult]:

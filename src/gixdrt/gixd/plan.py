@@ -2,15 +2,18 @@
 
 Written once; every backend runs it (:mod:`gixdrt.engine.backends`: the runners and the kernel set differ)::
 
-    raw frames ─ polar_remap_batch ─ frame_constant ─ contrast_batch ─▶ [dense graph] ─▶ decode_topk ─ nms_fixed
+    raw frames ─ polar_remap_batch ─ fill_holes_batch ─ frame_constant ─ contrast_batch ─▶ [dense graph] ─▶ decode_topk ─ nms_fixed
       (input "raw" only)              (input "polar" starts here)        (input "processed" starts here)
     ─ gather_rows ─ make_rois ─ roi_align ─▶ [head graph] ─▶ decode_final ─ nms_fixed ─ gather_rows ─ box_sums
 
 Buffers for a batch of N images of H×W (polar pixels), with A anchors, L FPN levels, k = ``rpn_pre_nms_top_n``,
 R = ``rpn_post_nms_top_n``, D = ``max_detections``, C = FPN channels, P = RoI bins:
 
-- ``frames`` [N, G, H_det, W_det] (raw input, G frames summed per image), ``polar`` float32[N, H, W],
-  ``constant`` bool[N] (a constant frame: its image is zeroed, it gives no peaks), ``images`` float32[N, 1, H, W];
+- ``frames`` [N, G, H_det, W_det] (raw input, G frames summed per image), ``pixel_mask`` uint8[H_det, W_det] (when
+  the run has a mask), ``polar`` float32[N, H, W] with ``polar_masked`` uint8[N, H, W] (0: every sample valid, 1: a
+  masked detector pixel left out, 2: no valid sample, filled along φ by ``fill_holes_batch``) and ``masked_counts``
+  int64[N, 2] (pixels of code 1 and 2 per image), ``constant`` bool[N] (a constant frame: its image is zeroed, it
+  gives no peaks), ``images`` float32[N, 1, H, W];
 - dense graph → ``p2`` float32[N, C, H/8, W/4], ``logits`` float32[N, A], ``deltas`` float32[N, A, 4] (flattened in
   the order of ``anchors`` float32[A, 4], ``level_starts`` int64[L + 1]);
 - proposals: ``rpn_boxes``/``rpn_scores``/``rpn_levels`` [N, L·k] + ``rpn_valid`` int32[N]; ``rpn_keep`` int32[N, R]
@@ -44,14 +47,28 @@ __all__ = ["INPUTS", "RawInput", "detector_plan", "padded_size"]
 INPUTS = ("raw", "polar", "processed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RawInput:
     """The raw-frame part of a plan: G frames of ``frame_shape`` and ``dtype`` per image, remapped through ``pmap``
-    (:class:`gixdrt.geometry.PolarMap`) and contrast-enhanced with ``contrast`` (:class:`gixdrt.geometry.ContrastConfig`)."""
+    (:class:`gixdrt.geometry.PolarMap`) and contrast-enhanced with ``contrast`` (:class:`gixdrt.geometry.ContrastConfig`).
+    mask: uint8[H_det, W_det] (nonzero = masked) or None; saturation: pixel values at or above it are masked (None:
+    none); non-finite pixels and the dtype's flag value are always masked (:func:`gixdrt.kernels.polar_remap`)."""
 
     pmap: Any
     dtype: str
     group: int = 1
+    mask: Any = None
+    saturation: float | None = None
+
+    @property
+    def inside_count(self) -> int:
+        """Polar pixels that sample the detector."""
+        return self.pmap.inside_count
+
+    @property
+    def key(self) -> tuple:
+        """What makes two raw inputs run the same plan."""
+        return (id(self.pmap), self.dtype, self.group, id(self.mask), self.saturation)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -117,15 +134,24 @@ def detector_plan(
             raise ValueError(f"the polar map gives {raw.pmap.shape[0]}×{raw.pmap.shape[1]} images, the plan is for {h}×{w}")
         buffers["frames"] = Buffer((n, raw.group, *raw.frame_shape), raw.dtype, "input")
         buffers["polar"] = Buffer((n, h, w), f32)
+        buffers["polar_masked"] = Buffer((n, h, w), "uint8")
+        buffers["masked_counts"] = Buffer((n, 2), "int64")
         buffers["inside"] = Buffer.of(np.ascontiguousarray(raw.pmap.inside, bool))
         buffers["constant"] = Buffer((n,), "bool")
+        mask = {}
+        if raw.mask is not None:
+            buffers["pixel_mask"] = Buffer.of(np.ascontiguousarray(raw.mask, np.uint8))
+            mask = {"mask": "pixel_mask"}
         stages += [
-            KernelStage("polar", "polar_remap_batch", ("frames",), ("polar",), {"pmap": raw.pmap}, timer="polar"),
+            KernelStage("polar", "polar_remap_batch", ("frames",), ("polar", "polar_masked"),
+                        {"pmap": raw.pmap, "saturation": raw.saturation}, kwargs=mask, timer="polar"),
+            KernelStage("fill", "fill_holes_batch", ("polar", "polar_masked"), ("polar",), timer="polar"),
+            KernelStage("masked", "masked_counts", ("polar_masked",), ("masked_counts",), timer="polar"),
             KernelStage("flags", "frame_constant", ("frames", "polar", "inside"), ("constant",), timer="contrast"),
             KernelStage("contrast", "contrast_batch", ("polar",), ("images",), _contrast_params(contrast),
                         kwargs={"skip": "constant"}, timer="contrast"),
         ]
-        outputs += ["intensity", "constant"]
+        outputs += ["intensity", "constant", "masked_counts"]
     elif input == "polar":
         buffers["polar"] = Buffer((n, h, w), f32, "input")
         stages.append(KernelStage("contrast", "contrast_batch", ("polar",), ("images",), _contrast_params(contrast),

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .. import kernels
 from ..geometry import Config, PolarMap, polar_map
 from ..kernels.batched import minmax
@@ -23,18 +25,43 @@ STAGES = ("polar", "contrast")
 @dataclass
 class Preprocessor:
     """Preprocessing for one config. ``impl``: the kernels' implementation: None (by data location), "reference",
-    "cpu" or "cuda"."""
+    "cpu" or "cuda". masks: the bad pixels (:class:`gixdrt.io.masks.Masks`; default: the config's ``mask``
+    section); non-finite pixels and the dtype's flag value are masked in any case."""
 
     config: Config
     impl: str | None = None
+    masks: Any = None
+
+    def __post_init__(self) -> None:
+        if self.masks is None:
+            from ..io.masks import run_masks
+
+            self.masks = run_masks((), self.config.geometry.frame_shape, config_mask=self.config.mask)
+        self._mask_device = None
 
     @property
     def map(self) -> PolarMap:
         return polar_map(self.config.geometry)
 
-    def polar(self, frames: Any, *, out: Any = None, stream: Any = None) -> Any:
-        """frames: [H, W] or [N, H, W] raw counts (N summed) → float32[n_phi, n_q] polar image."""
-        return kernels.polar_remap(frames, self.map, out=out, impl=self.impl, stream=stream)
+    def _mask_for(self, frames: Any) -> Any:
+        """The mask where the frames are: the host array, or a copy on the GPU made once."""
+        if self.masks.pixels is None or isinstance(frames, np.ndarray):
+            return self.masks.pixels
+        if self._mask_device is None:
+            from numba import cuda
+
+            self._mask_device = cuda.to_device(self.masks.pixels)
+        return self._mask_device
+
+    def polar(self, frames: Any, *, out: Any = None, masked: Any = None, stream: Any = None) -> Any:
+        """frames: [H, W] or [N, H, W] raw counts (N summed) → float32[n_phi, n_q] polar image. Masked detector
+        pixels take no part; polar pixels left without a valid sample are filled along φ (:func:`kernels.fill_holes`).
+        masked: optional uint8[n_phi, n_q] buffer for the codes (0 valid, 1 partly masked, 2 filled)."""
+        if masked is None:
+            masked = _codes_like(frames, self.map.shape)
+        polar = kernels.polar_remap(frames, self.map, mask=self._mask_for(frames), saturation=self.masks.saturation,
+                                    out=out, masked=masked, impl=self.impl, stream=stream)
+        return kernels.fill_holes(polar, masked, impl=self.impl, stream=stream)
 
     def contrast(self, polar: Any, *, out: Any = None, stream: Any = None) -> Any:
         """float32[n_phi, n_q] polar image → float32[n_phi, n_q] in [0, 1] (the published chain).
@@ -54,6 +81,14 @@ class Preprocessor:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         polar = self.polar(frames)
         return polar if stage == "polar" else self.contrast(polar)
+
+
+def _codes_like(frames: Any, shape: tuple[int, int]) -> Any:
+    if isinstance(frames, np.ndarray):
+        return np.empty(shape, np.uint8)
+    from numba import cuda
+
+    return cuda.device_array(shape, np.uint8)
 
 
 def preprocess(frames: Any, config: Config, stage: str = "contrast", impl: str | None = None) -> Any:

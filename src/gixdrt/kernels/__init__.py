@@ -269,9 +269,9 @@ __all__ += ["roi_align"]
 
 # Ops between a plan's stages (gixdrt.engine.plan): NumPy on the host (the reference is the host path: they cost
 # next to nothing), PyTorch ops on device tensors; and the preprocessing kernels over a batch.
-for _op in ("gather_rows", "make_rois", "box_sums", "frame_constant", "pad_images", "threshold"):
+for _op in ("gather_rows", "make_rois", "box_sums", "frame_constant", "masked_counts", "pad_images", "threshold"):
     register(_op, "reference", f"gixdrt.kernels.reference.layout:{_op}")
     register(_op, "cuda", f"gixdrt.kernels.cuda.layout:{_op}")
-for _op in ("polar_remap_batch", "contrast_batch"):
+for _op in ("polar_remap_batch", "fill_holes_batch", "contrast_batch"):
     for _impl in ("reference", "cpu", "cuda"):
         register(_op, _impl, f"gixdrt.kernels.batched:{_op}_{_impl}")

@@ -27,7 +27,10 @@ def _per_image(op: str, impl: str):
 def _polar(impl: str, frames, pmap, *, mask=None, saturation=None, out, masked=None, stream: Any = None):
     """frames [N, G, H, W] (G frames summed per image) → out float32[N, n_phi, n_q], and the codes of each polar
     pixel into masked uint8[N, n_phi, n_q] when given; one mask and saturation value for every image. The host
-    implementations raise at most one extreme-value DataWarning for the batch (the count summed over the images)."""
+    implementations raise at most one extreme-value DataWarning for the batch (the count summed over the images).
+    ``out`` may also be the pair (out, masked), as a plan's stage with two outputs passes them."""
+    if isinstance(out, tuple):
+        out, masked = out
     n = int(frames.shape[0])
     for name, buf in (("out", out), ("masked", masked)):
         if buf is not None and (len(buf.shape) != 3 or int(buf.shape[0]) != n):
@@ -115,6 +118,35 @@ def polar_remap_batch_cpu(frames, pmap, *, mask=None, saturation=None, out, mask
 
 def polar_remap_batch_cuda(frames, pmap, *, mask=None, saturation=None, out, masked=None, stream=None):
     return _polar("cuda", frames, pmap, mask=mask, saturation=saturation, out=out, masked=masked, stream=stream)
+
+
+def _address(array) -> tuple:
+    """(data address, shape) of a host or device array (NumPy, PyTorch, CUDA array interface)."""
+    for attr in ("__array_interface__", "__cuda_array_interface__"):
+        iface = getattr(array, attr, None)
+        if iface is not None:
+            return iface["data"][0], tuple(iface["shape"])
+    return array.data_ptr(), tuple(array.shape)
+
+
+def _fill(impl: str, polar, masked, *, out, stream: Any = None):
+    """A plan's stage: fill the holes of polar [N, H, W] in place (``out`` is ``polar`` itself)."""
+    if out is not polar and _address(out) != _address(polar):
+        raise ValueError("fill_holes_batch works in place: out must be the polar buffer itself")
+    fn = _per_image("fill_holes", impl)
+    return fn(polar, masked, stream=stream) if impl == "cuda" else fn(polar, masked)
+
+
+def fill_holes_batch_reference(polar, masked, *, out):
+    return _fill("reference", polar, masked, out=out)
+
+
+def fill_holes_batch_cpu(polar, masked, *, out):
+    return _fill("cpu", polar, masked, out=out)
+
+
+def fill_holes_batch_cuda(polar, masked, *, out, stream=None):
+    return _fill("cuda", polar, masked, out=out, stream=stream)
 
 
 def contrast_batch_reference(polar, skip=None, **kw):

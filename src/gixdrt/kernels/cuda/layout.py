@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["box_sums", "frame_constant", "gather_rows", "make_rois", "pad_images", "threshold"]
+__all__ = ["box_sums", "frame_constant", "gather_rows", "make_rois", "masked_counts", "pad_images", "threshold"]
 
 
 def gather_rows(values, index, *, out, stream: Any = None):
@@ -35,6 +35,14 @@ def pad_images(images, *, out, stream: Any = None):
     out[..., :h, :w].copy_(images)
     out[..., h:, :].zero_()
     out[..., :h, w:].zero_()
+    return out
+
+
+def masked_counts(codes, *, out, stream: Any = None):
+    """out int64[N, 2]: per image the pixels of code 1 and code 2 (see the reference)."""
+    flat = codes.reshape(int(codes.shape[0]), -1)
+    out[:, 0] = (flat == 1).sum(dim=1)
+    out[:, 1] = (flat == 2).sum(dim=1)
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_sums", "frame_constant", "gather_rows", "image_box_sums", "make_rois", "pad_images", "threshold"]
+__all__ = ["box_sums", "frame_constant", "gather_rows", "image_box_sums", "make_rois", "masked_counts", "pad_images", "threshold"]
 
 _BLOCK = 1 << 16  # values per block of the constancy checks: a frame that varies is recognised in its first block
 
@@ -45,6 +45,17 @@ def pad_images(images: np.ndarray, *, out: np.ndarray) -> np.ndarray:
     out[..., :h, :w] = images
     out[..., h:, :] = 0
     out[..., :h, w:] = 0
+    return out
+
+
+def masked_counts(codes: np.ndarray, *, out: np.ndarray) -> np.ndarray:
+    """Per image, how many polar pixels left out a masked detector pixel (code 1) and had no valid sample (code 2):
+    codes uint8[N, H, W] (:func:`gixdrt.kernels.polar_remap`'s ``masked``) → out int64[N, 2]."""
+    n = codes.shape[0]
+    _check(out, (n, 2), np.int64, "masked_counts")
+    flat = codes.reshape(n, -1)
+    out[:, 0] = np.count_nonzero(flat == 1, axis=1)
+    out[:, 1] = np.count_nonzero(flat == 2, axis=1)
     return out
 
 
