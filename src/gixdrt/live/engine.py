@@ -43,6 +43,21 @@ Synchronous use, no queue (e.g. inside an areaDetector/LImA-like callback)::
     engine = LiveEngine(pipeline)                 # a gixdrt.gixd.pipeline.Pipeline (or any process_batch)
     engine.warmup()                               # the first real frame is not slow
     result = engine.process(frame_array)          # LiveResult; raises if processing fails (counted failed)
+
+API at a glance:
+
+- ``LiveEngine(processor, *, mode, queue_frames, queue_bytes, max_batch, latency_budget, idle_timeout,
+  on_result, on_reject, on_series_end, on_metrics, metrics_interval, keep_results, clock)``;
+  ``LiveEngine.from_config(cfg, *, detector=None, warmup=None, **kwargs)``
+- ``warmup(frame=None, *, batches=None) -> seconds``; ``process(frame, meta=None) -> LiveResult``
+- ``submit(frame_event, *, timeout=None) -> bool``; ``feed(event) -> list[Action]``; ``tick()``
+- ``get(timeout) -> LiveResult | None``; ``results(timeout)``; ``drain_results()``; ``wait_idle(timeout)``
+- ``counters()`` (= ``stats()``) ``-> dict``; ``series_history() -> list[dict]``; ``close(drain=True, timeout=None)``
+
+Callbacks run in the worker thread (``on_series_end`` and ``on_reject`` may also run in the thread that fed or
+closed): keep them short (hand the work to a sink's own queue); one that raises is counted ``callback_errors``.
+The worker also does the housekeeping (idle timeout, metrics) a few times a second; an engine used only through
+:meth:`~LiveEngine.process` has no worker: call :meth:`~LiveEngine.tick` or :meth:`~LiveEngine.counters` yourself.
 """
 from __future__ import annotations
 
@@ -229,6 +244,7 @@ class LiveEngine:
         self.example = example
         self.on_result, self.on_reject, self.on_series_end, self.on_metrics = (on_result, on_reject, on_series_end,
                                                                               on_metrics)
+        self.config: LiveConfig | None = None  # set by from_config
         self.tracker = SeriesTracker(idle_timeout=idle_timeout, adopt_orphans=adopt_orphans, clock=clock)
 
         self._lock = threading.Lock()  # counters, queue, series bookkeeping
@@ -289,8 +305,6 @@ class LiveEngine:
         if cfg.warmup if warmup is None else warmup:
             engine.warmup()
         return engine
-
-    config: LiveConfig | None = None
 
     # --- warm-up ------------------------------------------------------------------------------------------
     def warmup(self, frame: Any = None, *, batches: Sequence[int] | None = None) -> float:
@@ -407,8 +421,9 @@ class LiveEngine:
         return actions
 
     def get(self, timeout: float | None = None) -> LiveResult | None:
-        """The next result of a queued frame (results in completion order) → None after ``timeout`` seconds
-        without one, or once the engine is closed and every result was taken."""
+        """The next result of a queued frame (in completion order; failed frames too, with ``error`` set) → None
+        after ``timeout`` seconds without one, or once the engine is closed and every result was taken. Results
+        are kept until taken (pass ``keep_results=False`` when only callbacks consume them)."""
         try:
             r = self._results.get(timeout=timeout)
         except queue.Empty:
@@ -504,7 +519,7 @@ class LiveEngine:
             self._not_full.notify_all()
             ends = self._series_ready([it.series for it, _ in dropped])
         self._deliver(dropped, ends)
-        if self._worker is not None:
+        if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout)
         with self._feed_lock:
             actions = self.tracker.close("closed")
@@ -668,8 +683,6 @@ class LiveEngine:
     def _finish(self, s: SeriesCounters) -> dict[str, Any]:
         d = s.as_dict()
         self._history.append(d)
-        self._expected_closed += s.expected or 0
-        self._missed_closed += s.missed
         return d
 
     def _act(self, actions: list[Action]) -> None:
@@ -679,6 +692,8 @@ class LiveEngine:
             elif a.kind == "close" and a.series is not None:
                 with self._lock:
                     s = a.series
+                    self._expected_closed += s.expected or 0
+                    self._missed_closed += s.missed
                     ends = [self._finish(s)] if s.accounted >= s.received else []
                     if not ends:
                         self._pending_close[id(s)] = s
