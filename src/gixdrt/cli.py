@@ -759,9 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = add("replay", help="play frames as a DECTRIS detector stream (Stream V2 CBOR or V1) on a ZeroMQ PUSH socket",
-            description="Bind a PUSH socket as a detector does and send each file's frames as one series: a start "
-                        "message, one image message per frame, an end message. Sends block until a consumer takes "
-                        "them (nothing is dropped); with no consumer within --wait seconds it stops with an error.")
+            description="Bind a PUSH socket as a detector does and send the frames of FILES as one series (--repeat: "
+                        "several): a start message, one image message per frame, an end message. Sends block until "
+                        "a consumer takes them (nothing is dropped); with no consumer within --wait seconds it stops "
+                        "with an error.")
     p.add_argument("inputs", nargs="+", metavar="FILES",
                    help="frames: .tif, .npy stacks, .edf/.cbf (fabio), FILE.h5::/dataset, glob patterns")
     p.add_argument("--to", default=None, metavar="ENDPOINT",
