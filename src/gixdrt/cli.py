@@ -404,6 +404,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .live.replay import replay_files
+
+    to = args.to or ("tcp://*:31001" if args.format == "stream2" else "tcp://*:9999")
+
+    def bound(endpoint: str) -> None:
+        print(f"gixdrt replay: {args.format} on {endpoint}; waiting up to {args.wait:g} s for a consumer",
+              file=sys.stderr, flush=True)
+
+    summary = replay_files(args.inputs, to=to, rate=args.rate, format=args.format, compression=args.compression,
+                           series_id=args.series_id, repeat=args.repeat, start_timeout=args.wait,
+                           send_timeout=args.wait, on_bound=bound)
+    print(f"gixdrt replay: {summary.line()}")
+    return 0
+
+
 def _in_range(kind: type, lo: float, hi: float | None = None):
     """An argparse type: a number of ``kind`` in [lo, hi] (hi None: no upper bound; NaN refused), or a one-line
     error with the range."""
@@ -741,6 +757,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_in_range(int, 0, 1_000_000), default=3, help="untimed calls after the first (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = add("replay", help="play frames as a DECTRIS detector stream (Stream V2 CBOR or V1) on a ZeroMQ PUSH socket",
+            description="Bind a PUSH socket as a detector does and send the frames of FILES as one series (--repeat: "
+                        "several): a start message, one image message per frame, an end message. Sends block until "
+                        "a consumer takes them (nothing is dropped); with no consumer within --wait seconds it stops "
+                        "with an error.")
+    p.add_argument("inputs", nargs="+", metavar="FILES",
+                   help="frames: .tif, .npy stacks, .edf/.cbf (fabio), FILE.h5::/dataset, glob patterns")
+    p.add_argument("--to", default=None, metavar="ENDPOINT",
+                   help="where to bind (default tcp://*:31001 for stream2, tcp://*:9999 for stream1)")
+    p.add_argument("--rate", type=_in_range(float, 1e-3, 1e6), default=None, metavar="HZ",
+                   help="images per second (default: as fast as the consumer takes them)")
+    p.add_argument("--format", choices=["stream2", "stream1"], default="stream2",
+                   help="DECTRIS Stream V2 (CBOR, default) or V1 (legacy multipart JSON)")
+    p.add_argument("--compression", choices=["bslz4", "lz4", "none"], default="bslz4",
+                   help="image compression (default bslz4, as detectors send)")
+    p.add_argument("--series-id", type=_in_range(int, 0, 2**63 - 1), default=1, metavar="N",
+                   help="series number of the first series (default 1)")
+    p.add_argument("--repeat", type=_in_range(int, 1, 1_000_000), default=1, metavar="N",
+                   help="send the frames N times, as N series (default 1)")
+    p.add_argument("--wait", type=_in_range(float, 0.001, 86_400.0), default=10.0, metavar="S",
+                   help="seconds to wait for a consumer to connect, and for any later send (default 10)")
+    p.set_defaults(func=cmd_replay)
 
     p = add("doctor", help="print versions and which backends are available")
     p.set_defaults(func=cmd_doctor)
