@@ -110,11 +110,14 @@ def plot_tracks(table, path: str | Path, title: str | None = None) -> Path:
     if dropped.any():
         ax.plot(table.frame[dropped], y[dropped], ".", color="0.7", ms=2, label="dropped (short tracks)")
     ids = np.unique(table.track[~dropped])
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
     for i, track in enumerate(ids):
         rows = np.flatnonzero(table.track == track)
         rows = rows[np.argsort(table.frame[rows], kind="stable")]
-        ax.plot(table.frame[rows], y[rows], "-o", color=cmap(i % 20), ms=3, lw=1)
+        ax.plot(table.frame[rows], y[rows], "-o", color=cmap(i % 10), ms=3, lw=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("frame")
     ax.set_ylabel("|Q| (Å⁻¹)" if physical else "|Q| (polar column, px)")
     ax.set_title(title or f"{len(ids)} track(s), {len(table)} peak(s)")

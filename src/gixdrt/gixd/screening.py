@@ -258,7 +258,8 @@ class Screener:
         n_peaks = len(table)
         max_score = float(np.max(table.score)) if n_peaks else math.nan
         hit = self.config.is_hit(n_peaks, n_new, max_score)
-        keep = hit or bool(keep_draw(self.config.seed, frame_index)[0] < self.config.keep_misses)
+        keep_misses = self.config.keep_misses
+        keep = hit or (keep_misses > 0 and bool(keep_draw(self.config.seed, frame_index)[0] < keep_misses))
         if source is None:
             source = str(table.source[0]) if n_peaks else ""
         self.n_frames += 1

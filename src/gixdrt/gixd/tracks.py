@@ -122,8 +122,9 @@ class TrackLinker:
         new = out < 0
         out[new] = np.arange(self.n_tracks, self.n_tracks + int(new.sum()), dtype=np.int64)
         self.n_tracks += int(new.sum())
-        # open tracks after this frame: those continued or started here, and the unmatched ones still in reach
-        keep = alive & ~np.isin(self._ids, out)
+        # open tracks after this frame: those continued or started here, and the unmatched ones that may still
+        # continue into the next frame
+        keep = (self._last >= frame_index - self.max_gap) & ~np.isin(self._ids, out)
         self._ids = np.concatenate([self._ids[keep], out])
         self._last = np.concatenate([self._last[keep], np.full(k, frame_index, np.int64)])
         self._boxes = np.concatenate([self._boxes[keep], boxes])
