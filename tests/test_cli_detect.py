@@ -339,3 +339,124 @@ def test_gixi_compat_interrupted_leaves_nothing(small, tmp_path, monkeypatch):
                  "--gixi-compat", str(gixi), "--no-progress"]) == 130
     assert gixi.read_bytes() == b"previous"
     assert leftovers(tmp_path) == ["p.gixi.h5"]
+
+
+# --- tracks, hits and CXI output ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def repeated(small, tmp_path_factory):
+    """(config, 4-frame stack: one random frame three times, then another one, model)."""
+    cfg, frame, model = small
+    stack = np.load(frame)
+    path = tmp_path_factory.mktemp("repeated") / "frames.npy"
+    np.save(path, np.stack([stack[0], stack[0], stack[0], stack[1]]))
+    return cfg, path, model
+
+
+def test_detect_link_cxi_hits_plot(repeated, tmp_path, capsys):
+    """--link --min-track --cxi --hits --plot-tracks: every output consistent with the peak table."""
+    import h5py
+
+    from gixdrt.gixd.tracks import link_tracks, track_summary
+    from gixdrt.io import read_peaks
+
+    cfg, frames, model = repeated
+    out, cxi, hits, png = tmp_path / "p.h5", tmp_path / "p.cxi", tmp_path / "hits.lst", tmp_path / "tracks.png"
+    assert main(["detect", str(frames), "--config", str(cfg), "--model", str(model), "--out", str(out),
+                 "--score-threshold", "-1", "--max-detections", "3", "--no-progress", "--link", "--min-track", "2",
+                 "--cxi", str(cxi), "--hits", str(hits), "--min-peaks", "3", "--plot-tracks", str(png)]) == 0
+    printed = capsys.readouterr().out
+    table, meta = read_peaks(out)
+    assert table.linked and table.counts_per_frame(4).tolist() == [3, 3, 3, 3]
+    # the three identical frames: each peak one track over frames 0…2, ids by peak order
+    for f in range(3):
+        assert table.track[table.frame == f].tolist() == [0, 1, 2]
+    want = link_tracks(table.with_tracks(None), min_length=2)
+    assert table.track.tolist() == want.track.tolist()
+    summary = track_summary(table)
+    assert meta["tracks"]["track"].tolist() == summary.track.tolist()
+    assert meta["tracks"]["duration"].tolist() == summary.duration.tolist()
+    assert summary.first.tolist()[:3] == [0, 0, 0] and min(summary.duration) >= 2
+    assert meta["link_iou"] == 0.3 and meta["min_track"] == 2
+    dropped = len(np.unique(link_tracks(table.with_tracks(None)).track)) - len(summary)
+    assert f"tracks: {len(summary)} track(s) (link IoU ≥ 0.3; {dropped} shorter than 2 frames dropped" in printed
+    with h5py.File(cxi) as f:
+        g = f["/entry_1/result_1"]
+        assert g["nPeaks"][()].tolist() == [3, 3, 3, 3] and g["frame"][()].tolist() == [0, 1, 2, 3]
+        for i in range(4):
+            rows = table.select(table.frame == i)
+            assert g["peakTrack"][i, :3].tolist() == rows.track.tolist()
+            np.testing.assert_allclose(g["peakXPosRaw"][i, :3], (rows.x0 + rows.x1) / 2, rtol=1e-6)
+    assert hits.read_text() == "".join(f"{frames} //{i}\n" for i in range(4))
+    assert meta["frames"]["hit"].tolist() == [1, 1, 1, 1] and meta["screening"]["min_peaks"] == 3
+    assert "hits: 4 of 4 frame(s) (peaks ≥ 3)" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert leftovers(tmp_path) == ["hits.lst", "p.cxi", "p.h5", "tracks.png"]
+
+
+def test_detect_keep_misses_selects_cxi_frames(repeated, tmp_path, capsys):
+    import h5py
+
+    from gixdrt.gixd.screening import keep_draw
+    from gixdrt.io import read_peaks
+
+    cfg, frames, model = repeated
+    out, cxi, hits = tmp_path / "p.csv", tmp_path / "p.cxi", tmp_path / "hits.txt"
+    assert main(["detect", str(frames), "--config", str(cfg), "--model", str(model), "--out", str(out),
+                 "--score-threshold", "-1", "--max-detections", "3", "--no-progress", "--cxi", str(cxi),
+                 "--hits", str(hits), "--min-peaks", "4", "--keep-misses", "0.5"]) == 0
+    table, _ = read_peaks(out)
+    assert not table.linked and len(table) == 12  # the peak table keeps every frame
+    assert hits.read_text() == ""  # 3 peaks per frame: no hit
+    kept = np.flatnonzero(keep_draw(0, range(4)) < 0.5).tolist()
+    with h5py.File(cxi) as f:
+        g = f["/entry_1/result_1"]
+        assert g["frame"][()].tolist() == kept and g["hit"][()].tolist() == [0] * len(kept)
+        assert g["keptMiss"][()].tolist() == [1] * len(kept) and g.attrs["n_frames_seen"] == 4
+        assert g.attrs["n_misses"] == 4 and g.attrs["n_kept_misses"] == len(kept)
+    assert f"{len(kept)} of 4 miss(es) kept" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--min-track", "2"], "--min-track: needs --link"),
+    (["--plot-tracks", "t.png"], "--plot-tracks: needs --link"),
+    (["--link-iou", "0.5"], "--link-iou: needs --link"),
+    (["--min-peaks", "2"], "--min-peaks: needs --hits or --keep-misses"),
+    (["--keep-misses", "0.1", "--hits", "h.lst"], "--keep-misses: selects the frames of --cxi or --gixi-compat"),
+    (["--link", "--link-iou", "0"], "--link-iou: 0 is outside [0.01, 1.0]"),
+    (["--link", "--min-track", "0"], "--min-track: 0 is outside"),
+    (["--hits", "h.lst", "--min-peaks", "-1"], "--min-peaks: -1 is outside"),
+    (["--cxi", "c.cxi", "--keep-misses", "1.5"], "--keep-misses: 1.5 is outside [0.0, 1.0]"),
+    (["--cxi", "c.txt"], "--cxi c.txt: unsupported output format .txt"),
+    (["--hits", "h.csv"], "--hits h.csv: unsupported output format .csv"),
+    (["--link", "--plot-tracks", "t.pdf"], "--plot-tracks t.pdf: unsupported output format .pdf"),
+])
+def test_detect_new_options_checked(small, tmp_path, capsys, monkeypatch, args, expect):
+    cfg, frame, model = small
+    monkeypatch.chdir(tmp_path)
+    assert main(["detect", str(frame), "--config", str(cfg), "--model", str(model), "--out", "p.csv",
+                 "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gixdrt detect: error: {expect}") and len(err.strip().splitlines()) == 1, err
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("option, suffix", [("--cxi", ".h5"), ("--hits", ".lst"), ("--plot-tracks", ".png")])
+def test_detect_new_outputs_never_replace_an_input(small, tmp_path, capsys, option, suffix):
+    """An output that is an input (here the config, through a symbolic link) or another output is refused
+    before any frame is read."""
+    cfg, frame, model = small
+    link = tmp_path / f"cfg{suffix}"
+    link.symlink_to(cfg)
+    extra = ["--link"] if option == "--plot-tracks" else []
+    before = cfg.read_bytes()
+    assert main(["detect", str(frame), "--config", str(cfg), "--model", str(model), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress", *extra, option, str(link)]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {link}: is the input file {cfg} (through a symbolic link)" in err, err
+    assert cfg.read_bytes() == before and leftovers(tmp_path) == [link.name]
+    if option == "--cxi":
+        same = tmp_path / "p.h5"
+        assert main(["detect", str(frame), "--config", str(cfg), "--model", str(model), "--out", str(same),
+                     "--no-progress", "--cxi", str(same)]) == 2
+        assert "is the same file as --out" in capsys.readouterr().err
+        assert not same.exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -189,7 +190,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .geometry import load_config
     from .gixd.detector import PeakDetector
     from .gixd.pipeline import Pipeline
-    from .io import count_frames, iter_frames, write_peaks
+    from .io import count_frames, iter_frames
     from .io.atomic import check_distinct, check_output
     from .io.sources import input_files
     from .model import zoo
@@ -203,10 +204,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     inputs = [*files, *([args.config] if args.config else []), *args.mask]
     if args.mask and args.input != "raw":
         raise GixdrtError("--mask: masks apply to raw frames (--input raw)")
+    for option, needs in (("link_iou", "link"), ("min_track", "link"), ("plot_tracks", "link")):
+        if getattr(args, option) is not None and not getattr(args, needs):
+            raise GixdrtError(f"--{option.replace('_', '-')}: needs --link")
+    if args.keep_misses is not None and not (args.cxi or args.gixi_compat):
+        raise GixdrtError("--keep-misses: selects the frames of --cxi or --gixi-compat; give one of them")
+    screening = args.hits is not None or args.keep_misses is not None
+    if args.min_peaks is not None and not screening:
+        raise GixdrtError("--min-peaks: needs --hits or --keep-misses")
     out = check_output(args.out, inputs=inputs, suffixes=(".csv", ".h5", ".hdf5"))
-    if args.gixi_compat:
-        check_output(args.gixi_compat, inputs=inputs, option="--gixi-compat", suffixes=(".h5", ".hdf5"))
-        check_distinct({"--out": args.out, "--gixi-compat": args.gixi_compat})
+    extra = {"--gixi-compat": (args.gixi_compat, (".h5", ".hdf5")), "--cxi": (args.cxi, (".cxi", ".h5", ".hdf5")),
+             "--hits": (args.hits, (".lst", ".txt")), "--plot-tracks": (args.plot_tracks, (".png",))}
+    for option, (path, suffixes) in extra.items():
+        if path:
+            check_output(path, inputs=inputs, option=option, suffixes=suffixes)
+    check_distinct({"--out": args.out, **{option: path for option, (path, _) in extra.items() if path}})
     cfg = load_config(args.config) if args.config else None
     geometry = cfg.geometry if (cfg is not None and args.input == "raw") else None
     n_frames = count_frames(args.inputs, args.sum, expect_shape=geometry and geometry.frame_shape,
@@ -253,12 +265,23 @@ def cmd_detect(args: argparse.Namespace) -> int:
         gixi = GixiCompatWriter(Path(args.gixi_compat))
 
     masked = []  # per frame: the fraction of polar pixels that left out masked detector pixels, and holes filled
+    screener = flags = None
+    if screening:
+        from .gixd.screening import Screener, ScreeningConfig
+
+        screener = Screener(ScreeningConfig(min_peaks=1 if args.min_peaks is None else args.min_peaks,
+                                            keep_misses=args.keep_misses or 0.0))
+        flags = []
 
     def progress(result) -> None:
         nonlocal found
         found += len(result.table)
         masked.append((result.masked, result.filled))
-        if gixi is not None:
+        flag = None
+        if screener is not None:
+            flag = screener.add(result.frame, result.table, result.source)
+            flags.append(flag)
+        if gixi is not None and (flag is None or args.keep_misses is None or flag.keep):
             gixi.add(result.frame, result.source, result.table, result.polar)
         if bar is not None:
             bar.update(1)
@@ -266,39 +289,95 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        table = pipe.run(frames, progress=progress)
+        try:
+            table = pipe.run(frames, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        dt = time.perf_counter() - t0
+        metadata = {
+            "config": cfg,
+            "model_card": detector.card,
+            "model": args.model,
+            "backend": detector.backend,
+            "device": str(detector.device),
+            "input": args.input,
+            "sum": args.sum,
+            "inputs": [str(x) for x in args.inputs],
+            **detector.thresholds.to_dict(),
+        }
+        table, notes = _detect_outputs(args, out, table, n_frames, metadata, gixi, screener, flags)
     except BaseException as exc:
         if gixi is not None:
             gixi.__exit__(type(exc), exc, exc.__traceback__)
         raise
-    finally:
-        if bar is not None:
-            bar.close()
-    dt = time.perf_counter() - t0
-    metadata = {
-        "config": cfg,
-        "model_card": detector.card,
-        "model": args.model,
-        "backend": detector.backend,
-        "device": str(detector.device),
-        "input": args.input,
-        "sum": args.sum,
-        "inputs": [str(x) for x in args.inputs],
-        **detector.thresholds.to_dict(),
-    }
-    write_peaks(out, table, n_frames=n_frames, metadata=metadata)
-    if gixi is not None:
-        gixi.close()
-        print(f"gixi-compatible file ({gixi.frames} frame groups) → {gixi.path}", file=sys.stderr)
     done = len(np.unique(table.frame)) if len(table) else 0
     print(f"{len(table)} peak(s) in {n_frames} frame(s) ({done} with peaks), {dt:.2f} s "
           f"({n_frames / dt if dt > 0 else float('inf'):.2f} frames/s) → {out}")
+    for note in notes:
+        print(note)
     if masked and max(m for m, _ in masked) > 0:
         fractions = np.array([m for m, _ in masked])
         print(f"  masked: {100 * fractions.mean():.2f} % of the polar image sampled masked pixels on average "
               f"(at most {100 * fractions.max():.2f} % in one frame); {sum(f for _, f in masked)} polar pixel(s) "
               "with no valid sample filled along φ")
     return 0
+
+
+def _detect_outputs(args, out, table, n_frames: int, metadata: dict, gixi, screener, flags):
+    """``gixdrt detect``'s outputs after the run: tracks, the peak table, the gixi file, CXI, hits, the track plot.
+    Returns (the table as written, summary lines)."""
+    from .io import write_peaks
+
+    datasets = {}
+    notes = []
+    if args.link:
+        from .gixd.tracks import DEFAULT_IOU, drop_short_tracks, link_tracks, track_summary
+
+        iou = DEFAULT_IOU if args.link_iou is None else args.link_iou
+        min_track = args.min_track or 1
+        table = link_tracks(table, iou=iou)
+        n_all = len(track_summary(table))
+        table = drop_short_tracks(table, min_track)
+        summary = track_summary(table)
+        datasets["tracks"] = summary.to_records()
+        metadata.update(link_iou=iou, min_track=min_track)
+        notes.append(f"  tracks: {len(summary)} track(s) (link IoU ≥ {iou}"
+                     + (f"; {n_all - len(summary)} shorter than {min_track} frames dropped, their "
+                        f"{int((table.track < 0).sum())} peak(s) have track -1" if min_track > 1 else "") + ")")
+    frame_flags = None
+    if flags is not None:
+        from .gixd.screening import FrameFlags
+
+        frame_flags = FrameFlags.from_flags(flags)
+        datasets["frames"] = frame_flags.to_records()
+        metadata["screening"] = screener.config.to_dict()
+    write_peaks(out, table, n_frames=n_frames, metadata=metadata, datasets=datasets)
+    if gixi is not None:
+        gixi.close()
+        print(f"gixi-compatible file ({gixi.frames} frame groups) → {gixi.path}", file=sys.stderr)
+    if args.cxi:
+        from .io.cxi import write_cxi
+
+        write_cxi(args.cxi, table, n_frames, flags=frame_flags if args.keep_misses is not None else None,
+                  attrs={"model": str(args.model), "inputs": json.dumps([str(x) for x in args.inputs])})
+        kept = f", {int(frame_flags.keep.sum())} kept frame(s)" if args.keep_misses is not None else ""
+        notes.append(f"  cxi: {n_frames} frame(s){kept} → {args.cxi}")
+    if frame_flags is not None:
+        c = frame_flags.counts()
+        if args.hits:
+            from .gixd.screening import write_hits_list
+
+            write_hits_list(args.hits, frame_flags)
+        notes.append(f"  hits: {c['n_hits']} of {c['n_frames']} frame(s) ({screener.config.describe()})"
+                     + (f"; {c['n_kept_misses']} of {c['n_misses']} miss(es) kept" if args.keep_misses is not None
+                        else "") + (f" → {args.hits}" if args.hits else ""))
+    if args.plot_tracks:
+        from .plotting import plot_tracks
+
+        plot_tracks(table, args.plot_tracks)
+        notes.append(f"  track plot → {args.plot_tracks}")
+    return table, notes
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -649,6 +728,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the authors' per-frame-group HDF5 layout (normalized boxes, scores, polar image, "
                         "intensities) that their viewer opens")
     p.add_argument("--mask", action="append", default=[], metavar="FILE", help=MASK_HELP)
+    p.add_argument("--link", action="store_true",
+                   help="link peaks of consecutive frames into tracks (one to one by largest box IoU) and write a "
+                        "track column (+ /tracks in .h5 output)")
+    p.add_argument("--link-iou", type=_in_range(float, 0.01, 1.0), default=None, metavar="IOU",
+                   help="with --link: smallest box IoU that links peaks of consecutive frames (default 0.3)")
+    p.add_argument("--min-track", type=_in_range(int, 1, 1_000_000_000), default=None, metavar="K",
+                   help="with --link: tracks spanning fewer than K frames get track -1 (default 1: keep all)")
+    p.add_argument("--plot-tracks", metavar="PNG", help="with --link: plot each track's |Q| against frame")
+    p.add_argument("--cxi", metavar="FILE.cxi",
+                   help="also write a CXI-style peak list (/entry_1/result_1/nPeaks, peakXPosRaw, ...) as "
+                        "CrystFEL and OM read it")
+    p.add_argument("--hits", metavar="FILE.lst", help="screen the frames and list the hits (FILE //N per line)")
+    p.add_argument("--min-peaks", type=_in_range(int, 0, 100_000), default=None, metavar="N",
+                   help="with --hits or --keep-misses: a hit has at least N peaks (default 1)")
+    p.add_argument("--keep-misses", type=_in_range(float, 0.0, 1.0), default=None, metavar="FRACTION",
+                   help="hits only in --cxi and --gixi-compat: keep every hit and this random fraction of misses "
+                        "(seeded, flagged; the peak table keeps all frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
 

@@ -91,3 +91,40 @@ def plot_polar(
     out = _save(fig, Path(path))
     plt.close(fig)
     return out
+
+
+def plot_tracks(table, path: str | Path, title: str | None = None) -> Path:
+    """|Q| of linked peaks against frame (as the paper's Fig. 3d / 4b): one line with markers per track, coloured by
+    track id; peaks of dropped tracks (track −1) as small grey dots. Uses the ``q`` column (Å⁻¹), or the box centre
+    in polar columns when the table has no geometry. Written atomically.
+
+    table: a linked :class:`gixdrt.gixd.peaks.PeakTable` (ValueError otherwise).
+    """
+    if not table.linked:
+        raise ValueError("plot_tracks needs a linked peak table (link_tracks)")
+    plt = _figure()
+    physical = len(table) > 0 and bool(np.isfinite(table.q).any())
+    y = table.q if physical else (table.x0 + table.x1) / 2
+    fig, ax = plt.subplots(figsize=(8, 5))
+    dropped = table.track < 0
+    if dropped.any():
+        ax.plot(table.frame[dropped], y[dropped], ".", color="0.7", ms=2, label="dropped (short tracks)")
+    ids = np.unique(table.track[~dropped])
+    cmap = plt.get_cmap("tab10")
+    for i, track in enumerate(ids):
+        rows = np.flatnonzero(table.track == track)
+        rows = rows[np.argsort(table.frame[rows], kind="stable")]
+        ax.plot(table.frame[rows], y[rows], "-o", color=cmap(i % 10), ms=3, lw=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("frame")
+    ax.set_ylabel("|Q| (Å⁻¹)" if physical else "|Q| (polar column, px)")
+    ax.set_title(title or f"{len(ids)} track(s), {len(table)} peak(s)")
+    if dropped.any():
+        ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out

@@ -4,7 +4,8 @@
 - :mod:`~gixdrt.gixd.artifacts`: a model's card and graphs for every runtime (:class:`ModelGraphs`);
 - :mod:`~gixdrt.gixd.detector`: :class:`PeakDetector`, the plan on a backend;
 - :mod:`~gixdrt.gixd.pipeline`: :class:`Pipeline`, frames of a beamline config → peak tables;
-- :mod:`~gixdrt.gixd.preprocess` (remap and contrast on the host), :mod:`~gixdrt.gixd.peaks` (:class:`PeakTable`).
+- :mod:`~gixdrt.gixd.preprocess` (remap and contrast on the host), :mod:`~gixdrt.gixd.peaks` (:class:`PeakTable`);
+- :mod:`~gixdrt.gixd.tracks` (peaks linked across frames), :mod:`~gixdrt.gixd.screening` (hit flags).
 
 Attributes are imported lazily: ``import gixdrt.gixd`` loads nothing heavy.
 """
@@ -27,6 +28,12 @@ _EXPORTS = {
     "PeakTable": "peaks",
     "COLUMNS": "peaks",
     "box_sums": "peaks",
+    "TrackLinker": "tracks",
+    "link_tracks": "tracks",
+    "track_summary": "tracks",
+    "Screener": "screening",
+    "ScreeningConfig": "screening",
+    "screen": "screening",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,8 +1,9 @@
-"""Frame readers and streaming sources, the compressed-chunk decoder, peak-table writers, and the cache of the
-published assets."""
+"""Frame readers and streaming sources, the compressed-chunk decoder, peak-table writers, CXI peak lists, and the
+cache of the published assets."""
 from __future__ import annotations
 
 from .assets import PublishedAssets, cache_dir, fetch_published
+from .cxi import CxiWriter, write_cxi
 from .decode import ChunkError, decode_chunk, decode_chunks
 from .frames import read_frame, write_image
 from .sources import Frame, count_frames, iter_frames
@@ -10,6 +11,7 @@ from .writers import read_peaks, write_peaks
 
 __all__ = [
     "ChunkError",
+    "CxiWriter",
     "Frame",
     "PublishedAssets",
     "cache_dir",
@@ -20,6 +22,7 @@ __all__ = [
     "iter_frames",
     "read_frame",
     "read_peaks",
+    "write_cxi",
     "write_image",
     "write_peaks",
 ]

@@ -1,10 +1,12 @@
 """Peak-table files: CSV and HDF5, written atomically, and read back.
 
-- ``.csv``: a header with exactly the columns of :data:`gixdrt.gixd.peaks.COLUMNS`, one row per peak; floats as
-  Python's shortest round-trip repr, NaN as an empty field; ``source`` quoted by the csv module where needed.
-  A CSV carries no metadata.
+- ``.csv``: a header with exactly the columns of :data:`gixdrt.gixd.peaks.COLUMNS`, plus ``track`` when the table
+  is linked (:func:`gixdrt.gixd.tracks.link_tracks`), one row per peak; floats as Python's shortest round-trip
+  repr, NaN as an empty field; ``source`` quoted by the csv module where needed. A CSV carries no metadata.
 - ``.h5``/``.hdf5``: ``/peaks``, a compound dataset with the same fields (``source`` a variable-length UTF-8
-  string, ``frame``/``peak`` int64, the rest float64); ``/frame_counts``, int64[n_frames] peaks per frame;
+  string, ``frame``/``peak`` int64, ``track`` int64 only when linked, the rest float64); ``/frame_counts``,
+  int64[n_frames] peaks per frame; optional root compound datasets given as ``datasets`` (``gixdrt detect`` writes
+  ``/tracks``, the per-track summary, when linking and ``/frames``, the per-frame screening flags, when screening);
   ``/metadata``, a group whose attributes hold ``gixdrt_version``, ``created`` (ISO 8601, UTC), ``n_frames``,
   ``config`` (YAML text), ``model_card`` (JSON text) and the caller's ``metadata`` entries (strings and numbers
   as attributes, dicts and lists as JSON text listed in the ``json_keys`` attribute, arrays as datasets).
@@ -25,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from ..gixd.peaks import COLUMNS, PeakTable
+from ..gixd.peaks import COLUMNS, TRACK, PeakTable
 from .atomic import atomic_path
 
 __all__ = ["read_peaks", "write_peaks"]
 
-_INT_COLUMNS = ("frame", "peak")
+_INT_COLUMNS = ("frame", "peak", TRACK)
+_RESERVED = ("peaks", "frame_counts", "metadata")
 _H5_SUFFIXES = (".h5", ".hdf5")
 UNITS = {
     "q": "1/angstrom",
@@ -55,13 +58,21 @@ def _kind(path: Path) -> str:
 
 
 def write_peaks(
-    path: str | os.PathLike, table: PeakTable, *, n_frames: int, metadata: Mapping[str, Any] | None = None
+    path: str | os.PathLike,
+    table: PeakTable,
+    *,
+    n_frames: int,
+    metadata: Mapping[str, Any] | None = None,
+    datasets: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write ``table`` to ``path`` (.csv, .h5 or .hdf5), atomically. Returns the path.
 
     n_frames: number of (summed) frames processed, including those without peaks (HDF5 ``/frame_counts``).
     metadata (HDF5 only; ignored for CSV): ``config`` (a Config, a mapping, YAML text or a path to the YAML
     file), ``model_card`` (a mapping or JSON text) and any other entries (see the module docstring).
+    datasets (HDF5 only; ignored for CSV): {name: structured array} written as root compound datasets (object
+    fields as UTF-8 strings), e.g. ``{"tracks": track_summary(t).to_records()}``; names other than ``peaks``,
+    ``frame_counts`` and ``metadata``.
     """
     path = Path(path)
     kind = _kind(path)
@@ -77,7 +88,7 @@ def write_peaks(
         if kind == "csv":
             _write_csv(tmp, table)
         else:
-            _write_h5(tmp, table, n_frames, dict(metadata or {}), final=path)
+            _write_h5(tmp, table, n_frames, dict(metadata or {}), dict(datasets or {}), final=path)
     return path
 
 
@@ -91,7 +102,7 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 def _write_csv(path: Path, table: PeakTable) -> None:
     cols = []
-    for name in COLUMNS:
+    for name in table.names:
         col = getattr(table, name)
         if name in _INT_COLUMNS or name == "source":
             cols.append([str(v) for v in col.tolist()])
@@ -99,7 +110,7 @@ def _write_csv(path: Path, table: PeakTable) -> None:
             cols.append(_fmt(col))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        writer.writerow(table.names)
         writer.writerows(zip(*cols))
 
 
@@ -107,17 +118,22 @@ def _read_csv(path: Path) -> PeakTable:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None or tuple(header) != COLUMNS:
-            raise ValueError(f"{path}: not a gixdrt peak table: header {header} is not {list(COLUMNS)}")
+        if header is None or tuple(header) not in (COLUMNS, (*COLUMNS, TRACK)):
+            raise ValueError(f"{path}: not a gixdrt peak table: header {header} is not {list(COLUMNS)} "
+                             f"(+ {TRACK!r} when linked)")
+        names = tuple(header)
         rows = list(reader)
     for i, row in enumerate(rows):
-        if len(row) != len(COLUMNS):
-            raise ValueError(f"{path}: line {i + 2} has {len(row)} fields, expected {len(COLUMNS)}")
-    cols = list(zip(*rows)) if rows else [()] * len(COLUMNS)
+        if len(row) != len(names):
+            raise ValueError(f"{path}: line {i + 2} has {len(row)} fields, expected {len(names)}")
+    cols = list(zip(*rows)) if rows else [()] * len(names)
     data: dict[str, np.ndarray] = {}
-    for name, col in zip(COLUMNS, cols):
+    for name, col in zip(names, cols):
         if name in _INT_COLUMNS:
-            data[name] = np.array([int(v) for v in col], np.int64)
+            try:
+                data[name] = np.array([int(v) for v in col], np.int64)
+            except ValueError as exc:
+                raise ValueError(f"{path}: column {name}: {exc}") from None
         elif name == "source":
             data[name] = np.array(list(col), dtype=object)
         else:
@@ -155,11 +171,11 @@ def _config_text(config: Any) -> str:
     return yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
 
 
-def _h5_dtype():
+def _h5_dtype(names: tuple[str, ...]):
     import h5py
 
     fields = []
-    for name in COLUMNS:
+    for name in names:
         if name == "source":
             fields.append((name, h5py.string_dtype("utf-8")))
         elif name in _INT_COLUMNS:
@@ -169,20 +185,40 @@ def _h5_dtype():
     return np.dtype(fields)
 
 
-def _write_h5(path: Path, table: PeakTable, n_frames: int, metadata: dict[str, Any], *, final: Path) -> None:
+def _h5_records(array: np.ndarray) -> np.ndarray:
+    """A structured array with its object fields as h5py UTF-8 strings."""
+    import h5py
+
+    dtype = np.dtype([(name, h5py.string_dtype("utf-8") if array.dtype[name].kind == "O" else array.dtype[name])
+                      for name in array.dtype.names])
+    out = np.empty(array.shape, dtype)
+    for name in array.dtype.names:
+        out[name] = [str(v) for v in array[name].tolist()] if array.dtype[name].kind == "O" else array[name]
+    return out
+
+
+def _write_h5(path: Path, table: PeakTable, n_frames: int, metadata: dict[str, Any], datasets: dict[str, Any], *,
+              final: Path) -> None:
     import h5py
 
     from .. import __version__
 
-    rows = np.empty(len(table), _h5_dtype())
-    for name in COLUMNS:
+    for name, value in datasets.items():
+        if name in _RESERVED or not name or "/" in name:
+            raise ValueError(f"{final}: dataset name {name!r} is reserved or not a plain name")
+        if not isinstance(value, np.ndarray) or value.dtype.names is None:
+            raise ValueError(f"{final}: dataset {name!r} must be a structured array")
+    rows = np.empty(len(table), _h5_dtype(table.names))
+    for name in table.names:
         col = getattr(table, name)
         rows[name] = [str(v) for v in col.tolist()] if name == "source" else col
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("peaks", data=rows, **({"compression": "gzip", "chunks": True} if len(rows) else {}))
-        ds.attrs["columns"] = ",".join(COLUMNS)
+        ds.attrs["columns"] = ",".join(table.names)
         ds.attrs["units"] = json.dumps(UNITS)
         f.create_dataset("frame_counts", data=table.counts_per_frame(n_frames))
+        for name, value in datasets.items():
+            f.create_dataset(name, data=_h5_records(value))
         meta = f.create_group("metadata")
         meta.attrs["gixdrt_version"] = __version__
         meta.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -232,7 +268,7 @@ def _read_h5(path: Path) -> tuple[PeakTable, dict[str, Any]]:
         if missing:
             raise ValueError(f"{path}: /peaks lacks the fields {', '.join(missing)}")
         data = {}
-        for name in COLUMNS:
+        for name in (*COLUMNS, TRACK) if TRACK in (rows.dtype.names or ()) else COLUMNS:
             col = rows[name]
             data[name] = np.array([_attr(v) for v in col], dtype=object) if name == "source" else col
         meta: dict[str, Any] = {}
@@ -246,15 +282,31 @@ def _read_h5(path: Path) -> tuple[PeakTable, dict[str, Any]]:
             meta[key] = json.loads(meta[key])
         if "frame_counts" in f:
             meta["frame_counts"] = f["frame_counts"][()]
+        for key, item in f.items():
+            if key not in _RESERVED and isinstance(item, h5py.Dataset) and item.dtype.names is not None:
+                meta[key] = _decoded(item[()])
     return PeakTable(**data), meta
 
 
+def _decoded(records: np.ndarray) -> np.ndarray:
+    """A compound dataset read back: its string fields as Python str (object fields)."""
+    names = records.dtype.names
+    strings = [n for n in names if records.dtype[n].kind in "OS"]
+    if not strings:
+        return records
+    out = np.empty(records.shape, [(n, object if n in strings else records.dtype[n]) for n in names])
+    for n in names:
+        out[n] = [_attr(v) for v in records[n].tolist()] if n in strings else records[n]
+    return out
+
+
 def read_peaks(path: str | os.PathLike) -> tuple[PeakTable, dict[str, Any]]:
-    """Read a peak table written by :func:`write_peaks`.
+    """Read a peak table written by :func:`write_peaks` (linked when the file has a ``track`` column).
 
     Returns (table, metadata). For HDF5, metadata holds the ``/metadata`` entries (``config`` as YAML text,
-    ``model_card`` as JSON text, other dicts/lists decoded) plus ``frame_counts`` (int64[n_frames]); for CSV
-    it is empty.
+    ``model_card`` as JSON text, other dicts/lists decoded) plus ``frame_counts`` (int64[n_frames]) and each other
+    root compound dataset under its name (``tracks``, ``frames``: structured arrays, strings as str); for CSV it is
+    empty.
     """
     path = Path(path)
     kind = _kind(path)
