@@ -47,7 +47,7 @@ Synchronous use, no queue (e.g. inside an areaDetector/LImA-like callback)::
 API at a glance:
 
 - ``LiveEngine(processor, *, mode, queue_frames, queue_bytes, max_batch, latency_budget, idle_timeout,
-  on_result, on_reject, on_series_end, on_metrics, metrics_interval, keep_results, clock)``;
+  on_result, on_reject, on_series_start, on_series_end, on_metrics, metrics_interval, keep_results, clock)``;
   ``LiveEngine.from_config(cfg, *, detector=None, warmup=None, **kwargs)``
 - ``warmup(frame=None, *, batches=None) -> seconds``; ``process(frame, meta=None) -> LiveResult``
 - ``submit(frame_event, *, timeout=None) -> bool``; ``feed(event) -> list[Action]``; ``tick()``
@@ -126,19 +126,62 @@ class PipelineRunner:
     unique id), by one call of the pipeline for the whole batch. channel: the image channel to process (None:
     each frame's first). Not thread-safe (the engine serialises its calls)."""
 
+    #: series whose masks are kept (frames of an older series still queued when a new one opens find theirs)
+    KEEP_SERIES = 8
+
     def __init__(self, pipeline: Any, channel: str | None = None):
         self.pipeline = pipeline
         self.channel = channel
+        self.base_masks = getattr(pipeline, "masks", None)  # the config's mask (raw input), kept for every series
+        self._series_masks: dict[str, Any] = {}
+
+    def open_series(self, start: Any) -> None:
+        """A series starts: its ``pixel_mask`` (of the processed channel) and ``saturation_value`` join the
+        config's masks for its frames (raw input only)."""
+        if self.pipeline.input != "raw":
+            return
+        from ..io.masks import Masks
+
+        masks = self.base_masks if self.base_masks is not None else Masks()
+        channel = self.channel or (start.channels[0] if start.channels else "data")
+        pixel_mask = start.pixel_mask.get(channel) if start.pixel_mask else None
+        label = f"the start message of {start.series_unique_id}"
+        if pixel_mask is not None:
+            masks = masks.union(Masks((np.asarray(pixel_mask) != 0).astype(np.uint8), None, (f"pixel_mask of {label}",)))
+        if start.saturation_value is not None:
+            masks = masks.union(Masks(None, float(start.saturation_value), (f"saturation_value of {label}",)))
+        self._series_masks[start.series_unique_id] = masks
+        while len(self._series_masks) > self.KEEP_SERIES:
+            self._series_masks.pop(next(iter(self._series_masks)))
+
+    def masks_of(self, series_unique_id: str) -> Any:
+        """The masks that apply to a series' frames (the config's when the series brought none)."""
+        return self._series_masks.get(series_unique_id, self.base_masks)
 
     def __call__(self, frames: Sequence[FrameEvent]) -> list[Any]:
         from ..errors import FrameError
 
-        items = []
+        out: list[Any] = []
+        items: list[tuple[int, str, Any]] = []
+        uid = None
         for ev in frames:
             if self.channel is not None and self.channel not in ev.data:
                 raise FrameError(f"frame {ev.image_id} of {ev.series_unique_id or 'the series'} has no channel "
                                  f"{self.channel!r} (it has {', '.join(map(repr, ev.data)) or 'none'})")
+            if items and ev.series_unique_id != uid:  # one pipeline call per series: masks differ between series
+                out.extend(self._run(uid, items))
+                items = []
+            uid = ev.series_unique_id
             items.append((int(ev.image_id), ev.series_unique_id, ev.image(self.channel)))
+        if items:
+            out.extend(self._run(uid, items))
+        return out
+
+    def _run(self, uid: str | None, items: list[tuple[int, str, Any]]) -> list[Any]:
+        if self.pipeline.input == "raw" and self._series_masks:
+            masks = self.masks_of(uid or "")
+            if masks is not None:
+                self.pipeline.masks = masks
         return self.pipeline._detect_batch(items)
 
     def example_frame(self, dtype: Any = None) -> np.ndarray:
@@ -211,6 +254,7 @@ class LiveEngine:
                  on_result: Callable[[LiveResult], None] | None = None,
                  on_reject: Callable[[FrameEvent, str], None] | None = None,
                  on_series_end: Callable[[dict[str, Any]], None] | None = None,
+                 on_series_start: Callable[[Any], None] | None = None,
                  on_metrics: Callable[[dict[str, Any]], None] | None = None, metrics_interval: float = 1.0,
                  keep_results: bool = True, clock: Callable[[], float] = time.monotonic,
                  latency_window: int = 10_000, rate_window: float = 5.0, example: Any = None):
@@ -244,6 +288,7 @@ class LiveEngine:
         self.example = example
         self.on_result, self.on_reject, self.on_series_end, self.on_metrics = (on_result, on_reject, on_series_end,
                                                                               on_metrics)
+        self.on_series_start = on_series_start  # called with the SeriesStart of each series the tracker opens
         self.config: LiveConfig | None = None  # set by from_config
         self.tracker = SeriesTracker(idle_timeout=idle_timeout, adopt_orphans=adopt_orphans, clock=clock)
 
@@ -687,7 +732,14 @@ class LiveEngine:
 
     def _act(self, actions: list[Action]) -> None:
         for a in actions:
-            if a.kind == "frame":
+            if a.kind == "open":
+                opener = getattr(self.process_batch, "open_series", None)
+                if opener is not None:
+                    with self._run_lock:
+                        self._call(opener, a.event)
+                if self.on_series_start is not None:
+                    self._call(self.on_series_start, a.event)
+            elif a.kind == "frame":
                 self.submit(a.event, _series=a.series)  # type: ignore[arg-type]
             elif a.kind == "close" and a.series is not None:
                 with self._lock:
