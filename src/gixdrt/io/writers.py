@@ -30,7 +30,7 @@ import numpy as np
 from ..gixd.peaks import COLUMNS, TRACK, PeakTable
 from .atomic import atomic_path
 
-__all__ = ["read_peaks", "write_peaks"]
+__all__ = ["csv_rows", "h5_rows", "read_peaks", "write_h5_metadata", "write_peaks"]
 
 _INT_COLUMNS = ("frame", "peak", TRACK)
 _RESERVED = ("peaks", "frame_counts", "metadata")
@@ -100,7 +100,8 @@ def _fmt(values: np.ndarray) -> list[str]:
     return ["" if math.isnan(v) else repr(v) for v in values.tolist()]
 
 
-def _write_csv(path: Path, table: PeakTable) -> None:
+def csv_rows(table: PeakTable) -> list[tuple[str, ...]]:
+    """The CSV fields of ``table``'s rows (no header: ``table.names``), as :func:`write_peaks` writes them."""
     cols = []
     for name in table.names:
         col = getattr(table, name)
@@ -108,10 +109,14 @@ def _write_csv(path: Path, table: PeakTable) -> None:
             cols.append([str(v) for v in col.tolist()])
         else:
             cols.append(_fmt(col))
+    return list(zip(*cols))
+
+
+def _write_csv(path: Path, table: PeakTable) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(table.names)
-        writer.writerows(zip(*cols))
+        writer.writerows(csv_rows(table))
 
 
 def _read_csv(path: Path) -> PeakTable:
@@ -197,21 +202,25 @@ def _h5_records(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def h5_rows(table: PeakTable) -> np.ndarray:
+    """``table`` as the records of the ``/peaks`` compound dataset (``track`` included when linked)."""
+    rows = np.empty(len(table), _h5_dtype(table.names))
+    for name in table.names:
+        col = getattr(table, name)
+        rows[name] = [str(v) for v in col.tolist()] if name == "source" else col
+    return rows
+
+
 def _write_h5(path: Path, table: PeakTable, n_frames: int, metadata: dict[str, Any], datasets: dict[str, Any], *,
               final: Path) -> None:
     import h5py
-
-    from .. import __version__
 
     for name, value in datasets.items():
         if name in _RESERVED or not name or "/" in name:
             raise ValueError(f"{final}: dataset name {name!r} is reserved or not a plain name")
         if not isinstance(value, np.ndarray) or value.dtype.names is None:
             raise ValueError(f"{final}: dataset {name!r} must be a structured array")
-    rows = np.empty(len(table), _h5_dtype(table.names))
-    for name in table.names:
-        col = getattr(table, name)
-        rows[name] = [str(v) for v in col.tolist()] if name == "source" else col
+    rows = h5_rows(table)
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("peaks", data=rows, **({"compression": "gzip", "chunks": True} if len(rows) else {}))
         ds.attrs["columns"] = ",".join(table.names)
@@ -220,33 +229,42 @@ def _write_h5(path: Path, table: PeakTable, n_frames: int, metadata: dict[str, A
         for name, value in datasets.items():
             f.create_dataset(name, data=_h5_records(value))
         meta = f.create_group("metadata")
-        meta.attrs["gixdrt_version"] = __version__
-        meta.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_h5_metadata(meta, metadata, final=final)
         meta.attrs["n_frames"] = np.int64(n_frames)
-        json_keys: list[str] = []
-        for key, value in metadata.items():
-            key = str(key)
-            if key in ("json_keys", "gixdrt_version", "created", "n_frames"):
-                raise ValueError(f"{final}: metadata key {key!r} is reserved")
-            if value is None:
-                continue
-            if key == "config":
-                meta.attrs[key] = _config_text(value)
-            elif key == "model_card":
-                meta.attrs[key] = value if isinstance(value, str) else json.dumps(_plain(value))
-            elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-                meta.create_dataset(key, data=value)
-            elif isinstance(value, (str, bool, int, float, np.generic)):
-                meta.attrs[key] = value
-            elif isinstance(value, os.PathLike):
-                meta.attrs[key] = os.fspath(value)
-            elif isinstance(value, (Mapping, list, tuple)) or hasattr(value, "to_dict"):
-                meta.attrs[key] = json.dumps(_plain(value))
-                json_keys.append(key)
-            else:
-                raise ValueError(f"{final}: metadata {key!r}: cannot store a {type(value).__name__}")
-        if json_keys:
-            meta.attrs["json_keys"] = json.dumps(json_keys)
+
+
+def write_h5_metadata(meta, metadata: Mapping[str, Any], *, final: str | os.PathLike) -> None:
+    """Fill the ``/metadata`` group ``meta`` (an open h5py Group): ``gixdrt_version``, ``created`` and the
+    ``metadata`` entries (see the module docstring); ``n_frames`` is the caller's. ``final`` names the file in
+    errors."""
+    from .. import __version__
+
+    meta.attrs["gixdrt_version"] = __version__
+    meta.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    json_keys: list[str] = []
+    for key, value in metadata.items():
+        key = str(key)
+        if key in ("json_keys", "gixdrt_version", "created", "n_frames"):
+            raise ValueError(f"{final}: metadata key {key!r} is reserved")
+        if value is None:
+            continue
+        if key == "config":
+            meta.attrs[key] = _config_text(value)
+        elif key == "model_card":
+            meta.attrs[key] = value if isinstance(value, str) else json.dumps(_plain(value))
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            meta.create_dataset(key, data=value)
+        elif isinstance(value, (str, bool, int, float, np.generic)):
+            meta.attrs[key] = value
+        elif isinstance(value, os.PathLike):
+            meta.attrs[key] = os.fspath(value)
+        elif isinstance(value, (Mapping, list, tuple)) or hasattr(value, "to_dict"):
+            meta.attrs[key] = json.dumps(_plain(value))
+            json_keys.append(key)
+        else:
+            raise ValueError(f"{final}: metadata {key!r}: cannot store a {type(value).__name__}")
+    if json_keys:
+        meta.attrs["json_keys"] = json.dumps(json_keys)
 
 
 def _attr(value: Any) -> Any:
@@ -282,6 +300,8 @@ def _read_h5(path: Path) -> tuple[PeakTable, dict[str, Any]]:
             meta[key] = json.loads(meta[key])
         if "frame_counts" in f:
             meta["frame_counts"] = f["frame_counts"][()]
+        if "image_ids" in f:  # a live series' file: the image ids processed, in the order they came
+            meta["image_ids"] = f["image_ids"][()]
         for key, item in f.items():
             if key not in _RESERVED and isinstance(item, h5py.Dataset) and item.dtype.names is not None:
                 meta[key] = _decoded(item[()])
@@ -306,7 +326,8 @@ def read_peaks(path: str | os.PathLike) -> tuple[PeakTable, dict[str, Any]]:
     Returns (table, metadata). For HDF5, metadata holds the ``/metadata`` entries (``config`` as YAML text,
     ``model_card`` as JSON text, other dicts/lists decoded) plus ``frame_counts`` (int64[n_frames]) and each other
     root compound dataset under its name (``tracks``, ``frames``: structured arrays, strings as str); for CSV it is
-    empty.
+    empty. A live series' file (:class:`gixdrt.live.sinks.SeriesTableSink`) adds ``image_ids`` (int64, the image ids
+    processed) and its series entries (``series_unique_id``, ``end_reason``, ``counters``, ...).
     """
     path = Path(path)
     kind = _kind(path)
