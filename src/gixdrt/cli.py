@@ -186,9 +186,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_detector(args: argparse.Namespace, cfg):
+    """The PeakDetector of ``gixdrt detect`` and ``gixdrt watch``: --model, --backend, --device, --precision,
+    --threads, --max-detections, and the thresholds: the option, else the config's postprocessing_config, else the
+    model card's."""
+    from .gixd.detector import PeakDetector
+
+    pp = cfg.postprocessing if cfg is not None else None
+    with _naming(args, backend="auto", device=None, precision="fp32", threads=None):
+        return PeakDetector(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+            score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else None),
+            nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
+            max_detections=args.max_detections,
+        )
+
+
+def _detect_metadata(args: argparse.Namespace, cfg, detector) -> dict:
+    """The peak table's metadata of ``gixdrt detect`` and ``gixdrt watch``."""
+    return {
+        "config": cfg,
+        "model_card": detector.card,
+        "model": args.model,
+        "backend": detector.backend,
+        "device": str(detector.device),
+        "input": args.input,
+        **detector.thresholds.to_dict(),
+    }
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from .geometry import load_config
-    from .gixd.detector import PeakDetector
     from .gixd.pipeline import Pipeline
     from .io import count_frames, iter_frames
     from .io.atomic import check_distinct, check_output
@@ -232,19 +264,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise GixdrtError(f"{args.inputs[0]}: no frames" + (f" (fewer than --sum {args.sum})" if args.sum > 1 else ""))
     frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=geometry and geometry.frame_shape,
                          expect_note=geometry and geometry.frame_shape_note)
-    pp = cfg.postprocessing if cfg is not None else None
-    with _naming(args, backend="auto", device=None, precision="fp32", threads=None):
-        detector = PeakDetector(
-            args.model,
-            backend=args.backend,
-            device=args.device,
-            precision=args.precision,
-            threads=args.threads,
-            # the option, else the config's postprocessing_config, else the model card's
-            score_threshold=args.score_threshold if args.score_threshold is not None else (pp.score_level if pp else None),
-            nms_iou=args.nms_iou if args.nms_iou is not None else (pp.nms_level if pp else None),
-            max_detections=args.max_detections,
-        )
+    detector = _make_detector(args, cfg)
     pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=bool(args.gixi_compat), masks=masks)
     th = detector.thresholds
     print(f"gixdrt detect: {n_frames} frame(s), model {zoo.describe(args.model)}, backend {detector.describe()}, "
@@ -295,17 +315,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         dt = time.perf_counter() - t0
-        metadata = {
-            "config": cfg,
-            "model_card": detector.card,
-            "model": args.model,
-            "backend": detector.backend,
-            "device": str(detector.device),
-            "input": args.input,
-            "sum": args.sum,
-            "inputs": [str(x) for x in args.inputs],
-            **detector.thresholds.to_dict(),
-        }
+        metadata = {**_detect_metadata(args, cfg, detector), "sum": args.sum,
+                    "inputs": [str(x) for x in args.inputs]}
         table, notes = _detect_outputs(args, out, table, n_frames, metadata, gixi, screener, flags)
     except BaseException as exc:
         if gixi is not None:
@@ -378,6 +389,143 @@ def _detect_outputs(args, out, table, n_frames: int, metadata: dict, gixi, scree
         plot_tracks(table, args.plot_tracks)
         notes.append(f"  track plot → {args.plot_tracks}")
     return table, notes
+
+
+def _watch_name(rel: str) -> str:
+    """The part of a watched file's table name that names the file: its path in the folder without its suffix,
+    ``/`` as ``__`` (``sub/scan_001.h5`` → ``sub__scan_001``)."""
+    from pathlib import PurePosixPath
+
+    return PurePosixPath(rel).with_suffix("").as_posix().replace("/", "__")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .geometry import load_config
+    from .gixd.pipeline import Pipeline
+    from .io.atomic import check_distinct, check_output
+    from .io.masks import Masks, run_masks
+    from .io.sources import Frame
+    from .live.events import DecodeError, FrameEvent, SeriesEnd, SeriesStart
+    from .live.sinks import SeriesTableSink
+    from .live.watch import FolderWatch
+    from .model import zoo
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise GixdrtError(f"{directory}: " + ("not a directory" if directory.exists() else "no such directory"))
+    if args.input == "raw" and not args.config:
+        raise GixdrtError("--config: raw frames need the experiment geometry: pass --config CONFIG.yaml "
+                          "(or --input polar|processed)")
+    if args.mask and args.input != "raw":
+        raise GixdrtError("--mask: masks apply to raw frames (--input raw)")
+    inputs = [*([args.config] if args.config else []), *args.mask]
+    out = check_output(args.out, inputs=inputs, suffixes=(".csv", ".h5", ".hdf5"))
+    state = Path(args.state) if args.state else out.with_name(out.name + ".watch-state.json")
+    check_output(state, inputs=inputs, option="--state", suffixes=(".json",))
+    check_distinct({"--out": out, "--state": state})
+    cfg = load_config(args.config) if args.config else None
+    geometry = cfg.geometry if (cfg is not None and args.input == "raw") else None
+    base_masks = None
+    if geometry is not None:
+        base_masks = run_masks((), geometry.frame_shape, config_mask=cfg.mask, user_masks=args.mask)
+    sink = None
+    watch = FolderWatch(directory, pattern=args.pattern, recursive=args.recursive, settle=args.settle, poll=args.poll,
+                        state_file=state, dataset=args.dataset, until_idle=args.idle_exit, give_up=args.give_up,
+                        auto_commit=False, ignore=lambda path: sink is not None and sink.is_output(path),
+                        expect_shape=geometry and geometry.frame_shape, expect_note=geometry and geometry.frame_shape_note)
+    detector = _make_detector(args, cfg)
+    pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=False, masks=base_masks)
+    metadata = {**_detect_metadata(args, cfg, detector), "watch_directory": os.path.abspath(directory),
+                "watch_pattern": args.pattern}
+    earlier = [e["output"] for e in watch.finished if "output" in e]
+    sink = SeriesTableSink(out, metadata=metadata, reserved=earlier)
+    th = detector.thresholds
+    print(f"gixdrt watch: {directory} ({args.pattern}{', recursive' if args.recursive else ''}), model "
+          f"{zoo.describe(args.model)}, backend {detector.describe()}, thresholds score ≥ {th.score_threshold}, "
+          f"NMS IoU {th.nms_iou}; {len(watch.finished)} file(s) already done ({state}); Ctrl-C stops",
+          file=sys.stderr)
+    if base_masks is not None and not base_masks.empty:
+        print(f"gixdrt watch: masked: {base_masks.describe()} (and each HDF5 file's own pixel_mask)", file=sys.stderr)
+    totals = {"files": 0, "frames": 0, "peaks": 0, "decode_errors": 0}
+    current: list = []  # the series in progress: [SeriesStart]
+    t_run = time.perf_counter()
+
+    def warn(message: str) -> None:
+        print(f"gixdrt watch: warning: {message}", file=sys.stderr)
+
+    def summary() -> str:
+        return (f"{totals['files']} file(s), {totals['frames']} frame(s), {totals['peaks']} peak(s) in "
+                f"{time.perf_counter() - t_run:.1f} s; {watch.counters['unreadable']} unreadable file(s) skipped, "
+                f"{totals['decode_errors']} unreadable frame(s); state → {state}")
+
+    events = iter(watch)
+    try:
+        for event in events:
+            if isinstance(event, DecodeError):
+                warn(event.message)
+                continue
+            if not isinstance(event, SeriesStart):
+                continue
+            start = event
+            current[:] = [start]
+            final = sink.open_series(start, name=_watch_name(start.meta["path"]))
+            if base_masks is not None:
+                pixels = start.pixel_mask.get("data")
+                own = Masks(None if pixels is None else (pixels != 0).astype(np.uint8), start.saturation_value,
+                            (f"the detector mask of {start.source}",))
+                pipe.masks = base_masks.union(own)
+            ended: list[SeriesEnd] = []
+            decode_errors = 0
+
+            def frames():
+                nonlocal decode_errors
+                for e in events:
+                    if isinstance(e, FrameEvent):
+                        yield Frame(e.image_id, e.meta.get("source", start.source), e.image())
+                    elif isinstance(e, SeriesEnd):
+                        ended.append(e)
+                        return
+                    elif isinstance(e, DecodeError):
+                        decode_errors += 1
+                        warn(e.message)
+
+            t0 = time.perf_counter()
+            n = peaks = 0
+            for result in pipe.iter_results(frames()):
+                sink.add(start.series_unique_id, result.frame, result.table, source=result.source)
+                n += 1
+                peaks += len(result.table)
+            if not ended or ended[0].reason != "end":  # stopped in the middle of the file: redone on restart
+                sink.abort(start.series_unique_id)
+                break
+            counters = {"expected": start.number_of_images, "received": n + decode_errors, "processed": n,
+                        "decode_errors": decode_errors}
+            path = sink.close_series(ended[0], counters)
+            watch.commit(ended[0], {"output": os.fspath(path), "peaks": peaks})
+            current.clear()
+            dt = time.perf_counter() - t0
+            totals["files"] += 1
+            totals["frames"] += n
+            totals["peaks"] += peaks
+            totals["decode_errors"] += decode_errors
+            print(f"{start.source}: {n} frame(s), {peaks} peak(s), {dt:.2f} s "
+                  f"({n / dt if dt > 0 else float('inf'):.2f} frames/s) → {final}", flush=True)
+    except (KeyboardInterrupt, Terminated) as exc:
+        sink.abort()
+        events.close()
+        watch.close()
+        name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum).name
+        unfinished = f"; {current[0].source} was not finished: it is redone on restart" if current else ""
+        print(f"gixdrt watch: stopped by {name}: {summary()}{unfinished}", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + exc.signum
+    except BaseException:
+        sink.abort()
+        events.close()
+        watch.close()
+        raise
+    events.close()
+    print(summary())
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -670,6 +818,23 @@ MASK_HELP = ("bad pixels: an image of the detector's shape in any format read he
              "pixels masked always)")
 
 
+def _detector_options(p: argparse.ArgumentParser) -> None:
+    """The detector options of ``gixdrt detect`` and ``gixdrt watch`` (read by :func:`_make_detector`)."""
+    p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
+    p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
+                   help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
+    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
+    p.add_argument("--score-threshold", type=_in_range(float, -1.0, 1.0), default=None,
+                   help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")
+    p.add_argument("--nms-iou", type=_in_range(float, 0.0, 1.0), default=None,
+                   help="final NMS IoU (default: the config's, else the model card's: 0.1)")
+    p.add_argument("--max-detections", type=_in_range(int, 1, 100_000), default=None,
+                   help="at most this many peaks per frame (default: the model card's: 250)")
+
+
 class _Parser(argparse.ArgumentParser):
     """One line for a usage error: ``gixdrt <command>: error: <option>: <problem>`` (exit status 2)."""
 
@@ -708,19 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="geometry config (published gixi YAML); required for raw frames")
     p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
                    help="raw detector frames (default), polar images, or processed (contrast-enhanced) polar images")
-    p.add_argument("--model", default="default", help="published[:NAME], default, or a checkpoint path (default: default)")
-    p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
-                   help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
-    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
-    p.add_argument("--score-threshold", type=_in_range(float, -1.0, 1.0), default=None,
-                   help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")
-    p.add_argument("--nms-iou", type=_in_range(float, 0.0, 1.0), default=None,
-                   help="final NMS IoU (default: the config's, else the model card's: 0.1)")
-    p.add_argument("--max-detections", type=_in_range(int, 1, 100_000), default=None,
-                   help="at most this many peaks per frame (default: the model card's: 250)")
+    _detector_options(p)
     p.add_argument("--sum", type=_in_range(int, 1, 100_000), default=1, metavar="N", help="sum N consecutive frames (default 1)")
     p.add_argument("--batch", type=_in_range(int, 1, 4096), default=1, help="frames per detector call (default 1)")
     p.add_argument("--out", required=True, help="peak table: .csv or .h5")
@@ -747,6 +900,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "(seeded, flagged; the peak table keeps all frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
+
+    p = add("watch", help="process frame files as they appear in a folder → a peak table per file (resumable)",
+            description="Watch DIR for frame files matching --pattern and run the gixdrt detect pipeline on each "
+                        "file once it is complete (unchanged for --settle seconds and readable as a whole). Each file's "
+                        "peaks go to their own table, named from --out (run.h5 → run_<file>.h5), written when the "
+                        "file is done; one line per file, a summary at the end. The --state file records the "
+                        "finished files: run the same command again to resume (finished files are skipped, an "
+                        "unfinished one is redone). Ctrl-C or SIGTERM stops cleanly.")
+    p.add_argument("directory", metavar="DIR", help="the folder to watch")
+    p.add_argument("--pattern", default="*.h5", help="file-name pattern (default '*.h5'; e.g. 'scan_*.tif')")
+    p.add_argument("--recursive", action="store_true", help="also watch the subfolders")
+    p.add_argument("--dataset", default=None, metavar="/PATH",
+                   help="HDF5 dataset of the frames (default: the NeXus default or Eiger data links, as detect)")
+    p.add_argument("--config", help="geometry config (published gixi YAML); required for raw frames")
+    p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
+                   help="raw detector frames (default), polar images, or processed (contrast-enhanced) polar images")
+    _detector_options(p)
+    p.add_argument("--batch", type=_in_range(int, 1, 4096), default=1, help="frames per detector call (default 1)")
+    p.add_argument("--out", required=True, metavar="RUN.h5|RUN.csv",
+                   help="peak tables, one per file: RUN_<file>.h5 (or .csv) beside RUN, <file> the file's path in "
+                        "DIR without its suffix, / as __")
+    p.add_argument("--state", metavar="FILE.json", help="resume state (default: OUT.watch-state.json)")
+    p.add_argument("--idle-exit", type=_in_range(float, 0.0), default=None, metavar="S",
+                   help="stop after S seconds without a new or changing file (default: run until stopped)")
+    p.add_argument("--settle", type=_in_range(float, 0.0, 86400.0), default=1.0, metavar="S",
+                   help="a file must be unchanged this long before it is read (default 1 s; more than the writer's "
+                        "longest pause where HDF5 file locking is off)")
+    p.add_argument("--poll", type=_in_range(float, 0.01, 3600.0), default=0.5, metavar="S",
+                   help="seconds between scans of the folder (default 0.5)")
+    p.add_argument("--give-up", type=_in_range(float, 0.0, 86400.0), default=30.0, metavar="S",
+                   help="a complete-looking file that still does not open after S seconds is reported and skipped "
+                        "(default 30)")
+    p.add_argument("--mask", action="append", default=[], metavar="FILE", help=MASK_HELP)
+    p.set_defaults(func=cmd_watch)
 
     p = add("convert", help="published checkpoint → gixdrt's format (safetensors + model card)")
     p.add_argument("checkpoint", nargs="?", default="published", help="published[:NAME] (default) or a .h5 path")
