@@ -264,3 +264,15 @@ def test_stop_from_another_thread_while_idle(tmp_path):
     t0 = time.monotonic()
     assert list(watch) == []
     assert time.monotonic() - t0 < 2
+
+
+def test_recursive_watch_skips_hidden_folders(tmp_path):
+    for rel in ("top.npy", "sub/x.npy", ".hidden/y.npy", "sub/.z.npy"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / rel, stack(1, 0))
+    flat = run(FolderWatch(tmp_path, pattern="*.npy", until_idle=0.2, **FAST))
+    deep = run(FolderWatch(tmp_path, pattern="*.npy", recursive=True, until_idle=0.2, **FAST))
+    assert [e.meta["path"] for e in flat if isinstance(e, SeriesStart)] == ["top.npy"]
+    assert sorted(e.meta["path"] for e in deep if isinstance(e, SeriesStart)) == ["sub/x.npy", "top.npy"]
+    with pytest.raises(ValueError, match="no folders"):
+        FolderWatch(tmp_path, pattern="sub/*.npy")
