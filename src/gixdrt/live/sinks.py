@@ -8,8 +8,8 @@ series runs, renamed when it ends:
   ``A-Z a-z 0-9 . _ -`` (others become ``_``). A pattern holding ``{series}`` (``out/{series}/peaks.h5``) puts the
   name there instead. ``single=True`` writes the one series to ``out_pattern`` itself. A name already used by this
   sink (or listed in ``reserved``) gets ``-2``, ``-3``, ... appended, so a file never replaces another series'.
-- **While running**: rows are written to ``<final>.part`` in batches (every ``flush_frames`` frames or
-  ``flush_s`` seconds, and on :meth:`~SeriesTableSink.flush`). An HDF5 part file is opened with
+- **While running**: rows are written to ``<final>.part`` in batches (every ``flush_frames`` frames, or when a
+  frame is added ``flush_s`` seconds or more after the last write, and on :meth:`~SeriesTableSink.flush`). An HDF5 part file is opened with
   ``libver="latest"`` and switched to SWMR mode, its datasets resizable and chunked, so
   ``h5py.File(part, "r", swmr=True)`` reads the rows written so far (call ``refresh()`` on a dataset to see later
   ones). A CSV part file is its header and the rows written so far.
