@@ -79,7 +79,7 @@ def test_h5_series_readable_while_running_then_renamed(tmp_path):
         assert rows["frame"].tolist() == [0, 0, 0]
         assert [s.decode() for s in rows["source"]] == ["uid-1"] * 3
         assert np.array_equal(rows["q"], expected_table("uid-1", peaks).q)
-        assert f["frames"][()].tolist() == [0, 1]
+        assert f["image_ids"][()].tolist() == [0, 1]
         assert f["frame_counts"][()].tolist() == [3, 0]
         assert f["metadata"].attrs["series_unique_id"] == "uid-1"
         ds = f["peaks"]
@@ -94,7 +94,7 @@ def test_h5_series_readable_while_running_then_renamed(tmp_path):
     assert_same(table, expected_table("uid-1", {0: 3, 1: 0, 3: 2}))
     assert meta["counters"] == COUNTERS
     assert meta["end_reason"] == "end" and meta["n_frames"] == 4 and meta["processed_frames"] == 3
-    assert meta["frame_counts"].tolist() == [3, 0, 0, 2] and meta["frames"].tolist() == [0, 1, 3]
+    assert meta["frame_counts"].tolist() == [3, 0, 0, 2] and meta["image_ids"].tolist() == [0, 1, 3]
     assert meta["series_id"] == 1 and meta["number_of_images"] == 4 and meta["model"] == "m1"
     assert meta["series_source"] == "tcp://detector:31001"
     assert sink.written == [final]

@@ -21,7 +21,7 @@ series runs, renamed when it ends:
 
 HDF5 layout (read by :func:`gixdrt.io.read_peaks`): ``/peaks`` as :func:`gixdrt.io.write_peaks` writes it
 (``frame`` = the image id within the series), ``/frame_counts`` (int64, peaks per image id, up to the last id
-processed), ``/frames`` (int64, the image ids processed in the order they came), ``/metadata`` with the caller's
+processed), ``/image_ids`` (int64, the image ids processed in the order they came), ``/metadata`` with the caller's
 ``metadata`` and ``series_id``, ``series_unique_id``, ``series_name``, ``series_source``, ``number_of_images``
 (-1: unknown), and at the end ``n_frames``, ``processed_frames``, ``end_reason`` and ``counters`` (JSON, decoded
 by read_peaks). A CSV table carries no metadata: the same entries go to ``<final>.json`` beside it, written
@@ -216,7 +216,7 @@ class SeriesTableSink:
         ds.attrs["columns"] = ",".join(COLUMNS)
         ds.attrs["units"] = json.dumps(UNITS)
         f.create_dataset("frame_counts", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,))
-        f.create_dataset("frames", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,))
+        f.create_dataset("image_ids", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,))
         meta = f.create_group("metadata")
         write_h5_metadata(meta, {**self.metadata, **self._series_meta(s)}, final=s.final)
         f.swmr_mode = True  # from here on: no new objects or attributes, readers may open it with swmr=True
@@ -281,7 +281,7 @@ class SeriesTableSink:
                 ds[s.rows:] = rows
                 ds.flush()
             if len(ids):
-                ds = f["frames"]
+                ds = f["image_ids"]
                 ds.resize((s.frames_written + len(ids),))
                 ds[s.frames_written:] = ids
                 ds.flush()
