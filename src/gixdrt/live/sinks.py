@@ -19,6 +19,13 @@ series runs, renamed when it ends:
   complete one, with its reason: never dropped. :meth:`~SeriesTableSink.abort` (and leaving a ``with`` block on an
   exception) removes the part files instead: an error never leaves a half-written file.
 
+With the live engine (:class:`gixdrt.live.engine.LiveEngine`)::
+
+    sink = SeriesTableSink("run.h5", metadata={"model": "default"})
+    engine = LiveEngine(pipeline, on_series_start=sink.open_series,
+                        on_result=lambda r: r.ok and sink.add(r.series_unique_id, r.image_id, r.table),
+                        on_series_end=sink.close_series)   # its counters and end reason go into the file
+
 HDF5 layout (read by :func:`gixdrt.io.read_peaks`): ``/peaks`` as :func:`gixdrt.io.write_peaks` writes it
 (``frame`` = the image id within the series), ``/frame_counts`` (int64, peaks per image id, up to the last id
 processed), ``/image_ids`` (int64, the image ids processed in the order they came), ``/metadata`` with the caller's
@@ -304,14 +311,20 @@ class SeriesTableSink:
         s.pending, s.pending_ids, s.dirty = [], [], None
         s.last_flush = time.monotonic()
 
-    def close_series(self, series: str | SeriesEnd, counters: Mapping[str, Any] | None = None,
+    def close_series(self, series: str | SeriesEnd | Mapping[str, Any], counters: Mapping[str, Any] | None = None,
                      reason: str | None = None) -> Path:
-        """End a series: write its rows, ``counters`` and end ``reason`` (default: the SeriesEnd's, else "end"),
-        sync and rename the part file. Returns the final path."""
+        """End a series: write its rows, ``counters`` and end ``reason``, sync and rename the part file. Returns the
+        final path. ``series``: its unique id, its SeriesEnd (the reason), or the live engine's series counters
+        (a mapping with ``series_unique_id`` and ``end_reason``, used as the counters too); reason default "end"."""
         with self._lock:
-            uid = series.series_unique_id if isinstance(series, SeriesEnd) else str(series)
-            if reason is None:
-                reason = series.reason if isinstance(series, SeriesEnd) else "end"
+            if isinstance(series, Mapping):
+                uid = str(series["series_unique_id"])
+                counters = series if counters is None else counters
+                reason = reason or series.get("end_reason") or "end"
+            elif isinstance(series, SeriesEnd):
+                uid, reason = series.series_unique_id, reason or series.reason
+            else:
+                uid, reason = str(series), reason or "end"
             if reason not in END_REASONS:
                 raise ValueError(f"reason must be one of {END_REASONS}, got {reason!r}")
             s = self._get(uid)
