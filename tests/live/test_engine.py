@@ -566,3 +566,26 @@ def test_the_pipeline_adapter_equals_pipeline_detect(small_pipeline):
         eng.process(FrameEvent(7, "scan-7", 5, {"data": frames[0]}))
     assert eng.counters()["failed"] == 1
     assert eng.process(FrameEvent(7, "scan-7", 6, {"threshold_1": frames[1]})).table.boxes.shape == want[1].boxes.shape
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_a_series_end_is_reported_after_every_result_of_the_series(max_batch):
+    """The end may be fed while the series' last batch is still being processed: its report must still come after
+    that batch's results (a sink closes the series' file on it)."""
+    order = []
+
+    def slow(frames):
+        time.sleep(0.05)
+        return [ev.image_id for ev in frames]
+
+    engine = LiveEngine(slow, max_batch=max_batch, keep_results=False,
+                        on_result=lambda r: order.append(("result", r.image_id)),
+                        on_series_end=lambda d: order.append(("series_end", d["processed"])))
+    with engine:
+        engine.feed(SeriesStart(1, "u", number_of_images=3))
+        for i in range(3):
+            engine.feed(FrameEvent(1, "u", i, {"data": np.zeros((2, 2))}))
+        engine.feed(SeriesEnd(1, "u"))
+        assert engine.wait_idle(5)
+    assert order[-1] == ("series_end", 3)
+    assert sorted(order[:-1]) == [("result", 0), ("result", 1), ("result", 2)]

@@ -388,7 +388,8 @@ class LiveEngine:
             self._received(now)
             self._in_flight += 1
         item = _Item(frame, None, frame.received or now, now, 0)
-        [(result, exc)] = self._run([item])
+        [(result, exc)], settle = self._run([item])
+        self._settle(settle)
         if exc is not None:
             raise exc
         return result
@@ -644,22 +645,23 @@ class LiveEngine:
                 if n:
                     self._not_full.notify_all()
             if batch:
-                done = self._run(batch)
+                done, settle = self._run(batch)
                 results = [r for r, _ in done if r is not None]
                 for r in results:
                     if self.keep_results:
                         self._results.put(r)
                     if self.on_result is not None:
                         self._call(self.on_result, r)
+                self._settle(settle)
             if not self._stop:
                 try:
                     self.tick()
                 except Exception as exc:  # a callback's failure must not stop the worker
                     self._note_error(exc)
 
-    def _run(self, items: list[_Item]) -> list[tuple[LiveResult | None, BaseException | None]]:
-        """Process ``items`` (one call; on failure, one call per frame to find the failing ones), account each
-        → (result, exception) per item."""
+    def _run(self, items: list[_Item]) -> tuple[list[tuple[LiveResult | None, BaseException | None]], list]:
+        """Process ``items`` (one call; on failure, one call per frame to find the failing ones), count each
+        → ((result, exception) per item, what :meth:`_settle` counts in the series once the results are out)."""
         events = [it.event for it in items]
         outcomes: list[tuple[Any, BaseException | None, float]] = []
         with self._run_lock:
@@ -681,6 +683,7 @@ class LiveEngine:
                         except Exception as one:
                             outcomes.append((None, one, self.clock()))
         out: list[tuple[LiveResult | None, BaseException | None]] = []
+        settle: list[tuple[SeriesCounters | None, bool, bool]] = []
         with self._lock:
             self._c["batches"] += 1
             for it, (o, exc, t) in zip(items, outcomes):
@@ -694,27 +697,37 @@ class LiveEngine:
                     late = self.latency_budget is not None and lat > self.latency_budget
                     if late:
                         self._c["late"] += 1
-                    if s is not None:
-                        s.processed += 1
-                        s.late += late
+                    settle.append((s, True, late))
                 else:
                     self._c["failed"] += 1
                     if self._first_error is None:
                         self._first_error = _one_line(exc)
-                    if s is not None:
-                        s.failed += 1
+                    settle.append((s, False, False))
                 snap = {k: self._c[k] for k in _SNAPSHOT}
                 snap["queued"] = len(self._queue)
                 ev = it.event
                 r = LiveResult(ev.series_id, ev.series_unique_id, ev.image_id, o, lat, max(t_begin - it.queued_at, 0.0),
                                len(items), None if exc is None else _one_line(exc), snap, ev.meta)
                 out.append((r, exc))
-            self._in_flight -= len(items)
-            ends = self._series_ready([it.series for it in items])
+        return out, settle
+
+    def _settle(self, settle: list[tuple[SeriesCounters | None, bool, bool]]) -> None:
+        """After the results of the last :meth:`_run` were delivered: count them in their series, report the
+        series that are now fully accounted (so a series' end always comes after its last result), and wake
+        :meth:`wait_idle`."""
+        with self._lock:
+            for s, ok, late in settle:
+                if s is not None:
+                    if ok:
+                        s.processed += 1
+                        s.late += late
+                    else:
+                        s.failed += 1
+            self._in_flight -= len(settle)
+            ends = self._series_ready([s for s, _, _ in settle])
             if not self._queue and not self._in_flight:
                 self._idle.notify_all()
         self._deliver([], ends)
-        return out
 
     def _series_ready(self, touched: list[SeriesCounters | None]) -> list[dict[str, Any]]:
         """Under the lock: the ended series among ``touched`` whose frames are now all accounted → their dicts."""
