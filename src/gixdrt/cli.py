@@ -528,6 +528,128 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_status(prefix: str):
+    """A status callback: one line refreshed in place on a terminal, a line every 10 s in a log."""
+    from .live.session import status_line
+
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(counters: dict) -> None:
+        now = time.monotonic()
+        if tty:
+            print(f"\r{prefix}: {status_line(counters)}\x1b[K", end="", file=sys.stderr, flush=True)
+        elif now - last[0] >= 10.0:
+            last[0] = now
+            print(f"{prefix}: {status_line(counters)}", file=sys.stderr, flush=True)
+
+    def end() -> None:
+        if tty:
+            print(file=sys.stderr)
+
+    return show, end
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from .geometry import load_config
+    from .gixd.pipeline import Pipeline
+    from .gixd.screening import ScreeningConfig
+    from .io.atomic import check_distinct, check_output
+    from .io.masks import run_masks
+    from .live.engine import pipeline_runner
+    from .live.session import LiveSession
+    from .live.sinks import ResultPublisher, SeriesTableSink
+    from .live.zmqsource import StreamSource
+    from .model import zoo
+
+    if args.input == "raw" and not args.config:
+        raise GixdrtError("--config: raw frames need the experiment geometry: pass --config CONFIG.yaml "
+                          "(or --input polar|processed)")
+    if args.mask and args.input != "raw":
+        raise GixdrtError("--mask: masks apply to raw frames (--input raw)")
+    if args.link_iou is not None and not args.link:
+        raise GixdrtError("--link-iou: only with --link")
+    inputs = [*([args.config] if args.config else []), *args.mask]
+    out = check_output(args.out, inputs=inputs, suffixes=(".csv", ".h5", ".hdf5"))
+    outputs = {"--out": out}
+    if args.cxi:
+        outputs["--cxi"] = check_output(args.cxi, inputs=inputs, option="--cxi", suffixes=(".cxi", ".h5"))
+    if args.hits:
+        outputs["--hits"] = check_output(args.hits, inputs=inputs, option="--hits", suffixes=(".lst", ".txt"))
+    check_distinct(outputs)
+    cfg = load_config(args.config) if args.config else None
+    geometry = cfg.geometry if (cfg is not None and args.input == "raw") else None
+    masks = None
+    if geometry is not None:
+        masks = run_masks((), geometry.frame_shape, config_mask=cfg.mask, user_masks=args.mask)
+    detector = _make_detector(args, cfg)
+    pipe = Pipeline(cfg, detector, input=args.input, batch=args.batch, keep_polar=False, masks=masks)
+    runner = pipeline_runner(pipe, args.channel)
+    single = args.series == 1
+    sink = SeriesTableSink(out, metadata={**_detect_metadata(args, cfg, detector), "endpoint": args.endpoint,
+                                          "mode": args.mode},
+                           single=single, linked=args.link)
+    publisher = None
+    if args.publish or args.push:
+        with _naming(args, publish=None, push=None):
+            publisher = ResultPublisher(push=args.push, pub=args.publish, model=str(args.model),
+                                        min_peaks_for_hit=args.min_peaks)
+    screening = ScreeningConfig(min_peaks=args.min_peaks)
+    show, end_status = _live_status("gixdrt stream")
+    shape = geometry.frame_shape if geometry is not None else None
+
+    def on_series(report) -> None:
+        end_status()
+        print(report.line(), flush=True)
+
+    session = LiveSession(runner, sink=sink, publisher=publisher, link=args.link,
+                          link_iou=args.link_iou if args.link_iou is not None else 0.3, screening=screening,
+                          cxi=os.fspath(outputs["--cxi"]) if args.cxi else None,
+                          hits=os.fspath(outputs["--hits"]) if args.hits else None, on_series=on_series,
+                          on_status=show, mode=args.mode, queue_frames=args.queue, max_batch=args.batch,
+                          latency_budget=args.latency_budget, idle_timeout=args.series_timeout)
+    if shape is not None:
+        def check_start(start) -> None:
+            if start.image_shape is not None and tuple(start.image_shape) != tuple(shape):
+                print(f"gixdrt stream: warning: series {start.series_unique_id}: images of "
+                      f"{start.image_shape[0]}×{start.image_shape[1]} do not match {geometry.frame_shape_note}; "
+                      f"its frames will fail", file=sys.stderr, flush=True)
+        session.on_start = check_start
+    t_warm = session.engine.warmup() if args.warmup else 0.0
+    th = detector.thresholds
+    print(f"gixdrt stream: {args.endpoint} ({args.format}), {args.mode} delivery, model {zoo.describe(args.model)}, "
+          f"backend {detector.describe()}, thresholds score ≥ {th.score_threshold}, NMS IoU {th.nms_iou}"
+          + (f"; warmed up in {t_warm:.2f} s" if args.warmup else "")
+          + (f"; results on {', '.join(e for e in (publisher.push_endpoint, publisher.pub_endpoint) if e)}"
+             if publisher is not None else "") + "; Ctrl-C stops", file=sys.stderr, flush=True)
+    if masks is not None and not masks.empty:
+        print(f"gixdrt stream: masked: {masks.describe()} (and each series' own pixel_mask)", file=sys.stderr)
+    stopped = None
+    source = StreamSource(args.endpoint, format=args.format, timeout=0.25, decode_threads=args.decode_threads)
+    try:
+        with source:
+            counters = session.run(source, resume=True, series=args.series, idle_exit=args.timeout)
+    except (KeyboardInterrupt, Terminated) as exc:
+        stopped = exc
+        counters = session.engine.counters()
+    finally:
+        end_status()
+        if publisher is not None:
+            publisher.close()
+    from .live.session import status_line
+
+    how = "" if stopped is None else (" (stopped by " + ("SIGINT" if isinstance(stopped, KeyboardInterrupt)
+                                                         else signal.Signals(stopped.signum).name) + ")")
+    print(f"gixdrt stream: {len(session.reports)} series{how}; {status_line(counters)}; "
+          f"{source.received} messages ({source.received_bytes / 1e6:.1f} MB)", file=sys.stderr)
+    if not session.reports and stopped is None:
+        print(f"gixdrt stream: warning: no series from {args.endpoint}"
+              + (f" in {args.timeout:g} s" if args.timeout is not None else ""), file=sys.stderr)
+    if stopped is not None:
+        return 130 if isinstance(stopped, KeyboardInterrupt) else 128 + stopped.signum
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .io import cache_dir, fetch_published
     from .model import convert_published
@@ -900,6 +1022,55 @@ def build_parser() -> argparse.ArgumentParser:
                         "(seeded, flagged; the peak table keeps all frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
+
+    p = add("stream", help="detect peaks in a live DECTRIS stream (SIMPLON v2 CBOR or v1 JSON) → a peak table per series",
+            description="Connect to a detector's stream (gixdrt must be its only consumer: a PUSH socket hands each "
+                        "message to one puller), run the detect pipeline on every frame and write one peak table "
+                        "per series, readable while it runs (HDF5 in SWMR mode) and renamed from .part at the "
+                        "series' end with its counters: expected, received, processed, rejected, missed, late, "
+                        "decode errors. A live status line shows rate, latency, queue and drops.")
+    p.add_argument("endpoint", metavar="ENDPOINT", help="the detector's stream, e.g. tcp://dcu:31001 (v2) or "
+                                                         "tcp://dcu:9999 (v1)")
+    p.add_argument("--format", choices=["auto", "stream2", "stream1"], default="auto",
+                   help="message format (default auto: told from each message)")
+    p.add_argument("--config", help="geometry config (published gixi YAML); required for raw frames")
+    p.add_argument("--input", choices=["raw", "polar", "processed"], default="raw",
+                   help="raw detector frames (default), polar images, or processed polar images")
+    p.add_argument("--channel", default=None, help="the image channel to process (default: each frame's first)")
+    p.add_argument("--mask", action="append", default=[], metavar="FILE", help=MASK_HELP)
+    _detector_options(p)
+    p.add_argument("--out", required=True, metavar="RUN.h5|RUN.csv",
+                   help="peak tables: RUN_<series_id>.h5 per series (RUN.h5 itself with --series 1)")
+    p.add_argument("--mode", choices=["lossless", "monitor"], default="lossless",
+                   help="lossless: never drop, slow the stream down when behind (default); monitor: newest wins, "
+                        "every dropped frame counted")
+    p.add_argument("--queue", type=_in_range(int, 1, 1_000_000), default=64, metavar="N",
+                   help="frames queued between the stream and the detector (default 64)")
+    p.add_argument("--batch", type=_in_range(int, 1, 4096), default=4, metavar="B",
+                   help="at most B frames per detector call when behind; 1 when idle (default 4)")
+    p.add_argument("--latency-budget", type=_in_range(float, 0.0), default=None, metavar="S",
+                   help="frames slower than S seconds from arrival to result are counted late")
+    p.add_argument("--decode-threads", type=_in_range(int, 1, 256), default=None, metavar="N",
+                   help="threads decompressing frames (default: every core)")
+    p.add_argument("--publish", default=None, metavar="tcp://*:PORT",
+                   help="publish a result message per frame on a PUB socket (viewers: never slows processing)")
+    p.add_argument("--push", default=None, metavar="tcp://*:PORT",
+                   help="send a result message per frame on a PUSH socket (lossless consumers)")
+    p.add_argument("--series", type=_in_range(int, 1, 1_000_000), default=None, metavar="N",
+                   help="exit after N series have ended (complete or not; each is reported)")
+    p.add_argument("--timeout", type=_in_range(float, 0.0), default=None, metavar="S",
+                   help="exit after S seconds without a message (default: run until stopped)")
+    p.add_argument("--series-timeout", type=_in_range(float, 0.0), default=30.0, metavar="S",
+                   help="a series with no frame for S seconds and no end message ends as incomplete (default 30)")
+    p.add_argument("--link", action="store_true", help="link peaks of consecutive frames into tracks (track column)")
+    p.add_argument("--link-iou", type=_in_range(float, 0.0, 1.0), default=None, help="IoU to link peaks (default 0.3)")
+    p.add_argument("--min-peaks", type=_in_range(int, 0, 100_000), default=1, metavar="N",
+                   help="a frame with at least N peaks is a hit (default 1)")
+    p.add_argument("--cxi", default=None, metavar="RUN.cxi", help="also a CXI peak file per series (CrystFEL/OM layout)")
+    p.add_argument("--hits", default=None, metavar="RUN.lst", help="also a list of the hit frames per series")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="do not run a dummy frame before connecting")
+    p.set_defaults(func=cmd_stream)
 
     p = add("watch", help="process frame files as they appear in a folder → a peak table per file (resumable)",
             description="Watch DIR for frame files matching --pattern and run the gixdrt detect pipeline on each "

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from ..gixd.peaks import COLUMNS, PeakTable
+from ..gixd.peaks import COLUMNS, TRACK, PeakTable
 from .events import END_REASONS, SeriesEnd, SeriesStart
 
 __all__ = ["ResultPublisher", "SeriesTableSink", "decode_result", "series_path"]
@@ -117,13 +117,16 @@ class SeriesTableSink:
     the HDF5 ``/metadata`` group (``config``, ``model_card``, … as :func:`gixdrt.io.write_peaks` takes them) and
     the CSV sidecar; single: write the one series to ``out_pattern`` itself (a second series is a ValueError);
     reserved: final paths not to use (e.g. written by an earlier run); flush_frames / flush_s: write the buffered
-    rows every so many frames or seconds (whichever first). Thread-safe.
+    rows every so many frames or seconds (whichever first); linked: the tables carry a ``track`` column (peaks
+    linked into tracks, :class:`gixdrt.gixd.tracks.TrackLinker`), written as the last column. Thread-safe.
     """
 
     def __init__(self, out_pattern: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
                  single: bool = False, reserved: Iterable[str | os.PathLike] = (), flush_frames: int = 64,
-                 flush_s: float = 0.5):
+                 flush_s: float = 0.5, linked: bool = False):
         self.out_pattern = os.fspath(out_pattern)
+        self.linked = bool(linked)
+        self.names = (*COLUMNS, TRACK) if self.linked else COLUMNS
         self.kind = _kind(Path(self.out_pattern.replace("{series}", "x")))
         self.metadata = dict(metadata or {})
         clash = sorted(set(map(str, self.metadata)) & {*SERIES_KEYS, "json_keys", "gixdrt_version", "created"})
@@ -192,7 +195,7 @@ class SeriesTableSink:
                 else:
                     s.handle = open(part, "w", newline="", encoding="utf-8")
                     s.writer = csv.writer(s.handle, lineterminator="\n")
-                    s.writer.writerow(COLUMNS)
+                    s.writer.writerow(self.names)
                     s.handle.flush()
             except BaseException:
                 self._discard(s)
@@ -218,9 +221,9 @@ class SeriesTableSink:
 
         f = h5py.File(s.part, "w", libver="latest")
         s.handle = f
-        ds = f.create_dataset("peaks", shape=(0,), maxshape=(None,), dtype=_h5_dtype(COLUMNS), chunks=(1024,),
+        ds = f.create_dataset("peaks", shape=(0,), maxshape=(None,), dtype=_h5_dtype(self.names), chunks=(1024,),
                               compression="gzip")
-        ds.attrs["columns"] = ",".join(COLUMNS)
+        ds.attrs["columns"] = ",".join(self.names)
         ds.attrs["units"] = json.dumps(UNITS)
         f.create_dataset("frame_counts", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,))
         f.create_dataset("image_ids", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,))
@@ -250,7 +253,12 @@ class SeriesTableSink:
                 raise ValueError(f"image_id must be ≥ 0, got {image_id}")
             n = len(table)
             if n:
-                cols = {name: getattr(table, name) for name in COLUMNS}  # a track column is not kept
+                cols = {name: getattr(table, name) for name in COLUMNS}
+                if self.linked:
+                    if not table.linked:
+                        raise ValueError(f"series {series_unique_id!r}: this sink writes tracks but the table of "
+                                         f"image {image_id} has no track column")
+                    cols[TRACK] = table.track
                 cols["frame"] = np.full(n, image_id, np.int64)
                 cols["source"] = np.full(n, s.start.series_unique_id if source is None else source, dtype=object)
                 s.pending.append(PeakTable(**cols))
@@ -275,7 +283,7 @@ class SeriesTableSink:
                 self._flush(self._get(uid))
 
     def _flush(self, s: _Series) -> None:
-        table = PeakTable.concat(s.pending) if s.pending else PeakTable.empty()
+        table = PeakTable.concat(s.pending) if s.pending else PeakTable.empty(linked=self.linked)
         ids = np.asarray(s.pending_ids, np.int64)
         if s.kind == "h5":
             from ..io.writers import h5_rows
