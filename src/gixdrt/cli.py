@@ -110,7 +110,73 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_live(args: argparse.Namespace) -> int:
+    """``gixdrt demo --live``: the real frame replayed N times as a DECTRIS stream on loopback through the live
+    engine: rates, latency, drops."""
+    from .geometry import load_config
+    from .gixd.detector import PeakDetector
+    from .gixd.pipeline import Pipeline
+    from .io import fetch_published, read_frame
+    from .io.atomic import check_output
+    from .io.writers import read_peaks
+    from .live.engine import pipeline_runner
+    from .live.loopback import run_loopback
+    from .live.session import status_line
+    from .live.sinks import SeriesTableSink
+    from .model import zoo
+    from .testing import match_rings, published_ring_q
+
+    outdir = check_output(args.out_dir, option="--out-dir", directory=True)
+    assets = fetch_published()
+    cfg = load_config(assets.config)
+    frame = read_frame(assets.frame)
+    cfg.geometry.check_frame_shape(frame.shape, assets.frame)
+    detector = PeakDetector(args.model, score_threshold=cfg.postprocessing.score_level,
+                            nms_iou=cfg.postprocessing.nms_level)
+    pipe = Pipeline(cfg, detector, batch=args.batch, keep_polar=False)
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / "live-peaks.h5"
+    sink = SeriesTableSink(out, single=True, metadata={"model": args.model, "backend": detector.backend})
+    show, end_status = _live_status("gixdrt demo --live")
+    print(f"gixdrt demo --live: the published frame ({frame.shape[0]}×{frame.shape[1]} {frame.dtype}) replayed "
+          f"{args.live} times as a DECTRIS stream v2 (bslz4) on loopback"
+          + (f" at {args.rate:g} frames/s" if args.rate else ", as fast as it can be sent")
+          + f", {args.mode} delivery, model {zoo.describe(args.model)} on {detector.describe()}, batch ≤ {args.batch}",
+          file=sys.stderr, flush=True)
+    try:
+        run = run_loopback([frame] * args.live, pipeline_runner(pipe), rate=args.rate, mode=args.mode,
+                           max_batch=args.batch, sink=sink, on_status=show)
+    finally:
+        end_status()
+    c = run.counters
+    table, meta = read_peaks(out)
+    per_frame = np.bincount(table.frame, minlength=args.live) if len(table) else np.zeros(args.live, int)
+    processed = np.asarray(meta.get("image_ids", []), np.int64)
+    rings = [match_rings(table.q[table.frame == i], published_ring_q(cfg.geometry.q_max))["found"] for i in processed]
+    lat = run.latencies
+    print(f"gixdrt {__version__} demo --live")
+    if run.replay is not None:
+        print(f"  replay     {run.replay.line()}")
+    print(f"  processed  {c['processed']} of {c['received']} received ({c['rejected']} rejected, {c['missed']} missed, "
+          f"{c['failed']} failed, {c['decode_errors']} decode errors) in {run.seconds:.2f} s: "
+          f"{run.rate:.2f} frames/s")
+    if len(lat):
+        print(f"  latency    arrival → peaks: p50 {1e3 * np.percentile(lat, 50):.0f} ms, "
+              f"p99 {1e3 * np.percentile(lat, 99):.0f} ms, max {1e3 * lat.max():.0f} ms")
+    if rings:
+        def span(lo: int, hi: int) -> str:
+            return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+        print(f"  peaks      {span(int(per_frame[processed].min()), int(per_frame[processed].max()))} per frame; "
+              f"{span(min(rings), max(rings))} of the published model's 12 rings found in each processed frame")
+    print(f"  counters   {status_line(c)}")
+    print(f"  wrote      {out.resolve()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.live:
+        return _demo_live(args)
     from .geometry import load_config, polar_map
     from .gixd.preprocess import Preprocessor
     from .io import fetch_published, read_frame
@@ -1117,6 +1183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=kernel_impls, default=None,
                    help="the preprocessing kernels' implementation (default: cpu, the compiled kernels)")
     p.add_argument("--model", default="default", help="detector model (default: default)")
+    p.add_argument("--live", type=_in_range(int, 1, 1_000_000), nargs="?", const=100, default=None, metavar="N",
+                   help="replay the frame N times (default 100) as a DECTRIS stream on loopback through the live "
+                        "engine and report rate, latency and drops")
+    p.add_argument("--rate", type=_in_range(float, 0.001, 1e6), default=None, metavar="HZ",
+                   help="--live: frames per second sent (default: as fast as possible)")
+    p.add_argument("--mode", choices=["lossless", "monitor"], default="lossless",
+                   help="--live: delivery mode (default lossless)")
+    p.add_argument("--batch", type=_in_range(int, 1, 256), default=4, metavar="B",
+                   help="--live: at most B frames per detector call when behind (default 4)")
     p.set_defaults(func=cmd_demo)
 
     p = add("simulate", help="simulated polar GIXD images with ground-truth boxes → .npz")

@@ -173,3 +173,14 @@ def test_two_series_with_tracks_hits_cxi_and_result_messages(tmp_path, small_con
         (2, i) for i in range(4)]
     ends = [m for m in received if m["type"] == "series_end"]
     assert [(m["series_id"], m["counters"]["processed"]) for m in ends] == [(1, 6), (2, 4)]
+
+
+def test_demo_live_replays_the_real_frame_through_the_stream(tmp_path, published_assets, capsys):
+    code = main(["demo", "--live", "3", "--out-dir", str(tmp_path / "demo")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "processed  3 of 3 received (0 rejected, 0 missed, 0 failed, 0 decode errors)" in captured.out
+    assert "12 of the published model's 12 rings found in each processed frame" in captured.out
+    table, meta = read_peaks(tmp_path / "demo" / "live-peaks.h5")
+    assert np.array_equal(np.bincount(table.frame), [12, 12, 12])
+    assert meta["counters"]["processed"] == 3 and meta["end_reason"] == "end"
