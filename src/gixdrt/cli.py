@@ -121,12 +121,14 @@ def _demo_live(args: argparse.Namespace) -> int:
     from .io.writers import read_peaks
     from .live.engine import pipeline_runner
     from .live.loopback import run_loopback
+    from .live.memory import reuse_frame_memory
     from .live.session import status_line
     from .live.sinks import SeriesTableSink
     from .model import zoo
     from .testing import match_rings, published_ring_q
 
     outdir = check_output(args.out_dir, option="--out-dir", directory=True)
+    reuse_frame_memory()
     assets = fetch_published()
     cfg = load_config(assets.config)
     frame = read_frame(assets.frame)
@@ -625,6 +627,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .live.engine import pipeline_runner
     from .live.session import LiveSession
     from .live.sinks import ResultPublisher, SeriesTableSink
+    from .live.memory import reuse_frame_memory
     from .live.zmqsource import StreamSource
     from .model import zoo
 
@@ -633,6 +636,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                           "(or --input polar|processed)")
     if args.mask and args.input != "raw":
         raise GixdrtError("--mask: masks apply to raw frames (--input raw)")
+    reuse_frame_memory()
     if args.link_iou is not None and not args.link:
         raise GixdrtError("--link-iou: only with --link")
     inputs = [*([args.config] if args.config else []), *args.mask]
