@@ -6,7 +6,6 @@ import threading
 
 import h5py
 import numpy as np
-import pytest
 import zmq
 
 from gixdrt.cli import main
@@ -16,19 +15,6 @@ from gixdrt.live.replay import Replayer
 from gixdrt.live.sinks import decode_result
 
 DETECT_OPTS = ["--score-threshold", "-1", "--max-detections", "3"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A randomly initialised detector saved in gixdrt's format (no assets needed)."""
-    import torch
-
-    from gixdrt.model import GixdDetector, save_model
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("model") / "random-model"
-    save_model(GixdDetector(), d)
-    return d
 
 
 def frames_of(n, seed=0, dtype=np.uint16):

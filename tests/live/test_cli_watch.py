@@ -15,19 +15,6 @@ WATCH_FAST = ["--idle-exit", "0.3", "--settle", "0.05", "--poll", "0.05"]
 DETECT_OPTS = ["--score-threshold", "-1", "--max-detections", "3"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A randomly initialised detector saved in gixdrt's format (no assets needed)."""
-    import torch
-
-    from gixdrt.model import GixdDetector, save_model
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("model") / "random-model"
-    save_model(GixdDetector(), d)
-    return d
-
-
 def make_frames(directory, names, seed=0):
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -29,30 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels.reference.boxes import iou_matrix as box_iou
 from .peaks import PeakTable
 
 __all__ = ["DEFAULT_IOU", "TrackLinker", "TrackSummary", "box_iou", "drop_short_tracks", "link_tracks", "track_summary"]
 
 #: the paper's linking threshold ("an arbitrarily chosen value IoU = 0.3; the results are not sensitive to it")
 DEFAULT_IOU = 0.3
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a float[K, 4] × b float[M, 4], (x0, y0, x1, y1) → float64[K, M].
-
-    Continuous areas (x1 − x0)·(y1 − y0), no "+1"; a pair whose union is 0 or not finite has IoU 0.
-    """
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-        area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-        iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-        ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-        inter = iw * ih
-        union = area_a[:, None] + area_b[None, :] - inter
-        out = np.where(np.isfinite(union) & (union > 0), inter / union, 0.0)
-    return np.where(np.isfinite(out), out, 0.0)
 
 
 def _check_iou(iou: float) -> float:

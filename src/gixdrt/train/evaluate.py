@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.reference.boxes import iou_matrix as box_iou
+
 __all__ = [
     "PAPER",
     "EvalResult",
@@ -59,20 +61,6 @@ NMS_IOU = 0.1
 
 # --------------------------------------------------------------------------------------------------------------
 # matching
-
-
-def box_iou(a: Any, b: Any) -> np.ndarray:
-    """IoU of boxes (x0, y0, x1, y1) a [K, 4] × b [M, 4] → [K, M] (continuous areas, (x1 − x0)·(y1 − y0))."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
 
 
 def _components(possible: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

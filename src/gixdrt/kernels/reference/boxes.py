@@ -121,6 +121,25 @@ def iou(box, others) -> np.ndarray:
         return inter / (area + areas - inter)
 
 
+def iou_matrix(a, b) -> np.ndarray:
+    """IoU of every box of ``a`` [K, 4] with every box of ``b`` [M, 4], (x0, y0, x1, y1) → float64[K, M].
+
+    Continuous areas (x1 − x0)·(y1 − y0), no "+1" (as :func:`iou`); negative widths count as 0; a pair whose union
+    is 0 or not finite has IoU 0 (for matching and linking, where a degenerate box matches nothing).
+    """
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+        area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+        iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+        ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+        inter = iw * ih
+        union = area_a[:, None] + area_b[None, :] - inter
+        out = np.where(np.isfinite(union) & (union > 0), inter / union, 0.0)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
 def nms(boxes, scores, iou_threshold: float, dtype=np.float32, *, groups=None, max_out: int | None = None) -> np.ndarray:
     """Greedy NMS of one image → int64 indices of the kept boxes by decreasing score.
 
