@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import GixdrtError
 
-__all__ = ["OutputError", "atomic_path", "check_distinct", "check_output", "protect", "protected_input", "same_file"]
+__all__ = ["OutputError", "atomic_path", "check_distinct", "check_output", "protect", "protected_input", "same_file", "split_spec"]
 
 
 class OutputError(GixdrtError, ValueError):
@@ -35,6 +35,16 @@ def _key(path: str | os.PathLike) -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``'file.h5::/path/data'`` → ``('file.h5', '/path/data')``; a plain path → ``(path, None)``."""
+    if "::" not in spec:
+        return spec, None
+    path, _, dataset = spec.partition("::")
+    if not dataset:
+        return path, None
+    return path, dataset if dataset.startswith("/") else "/" + dataset
 
 
 def protect(path: str | os.PathLike) -> None:
@@ -66,8 +76,6 @@ def protected_input(path: str | os.PathLike) -> str | None:
 
 
 def _input_path(spec: str | os.PathLike) -> str:
-    from .readers import split_spec
-
     return split_spec(os.fspath(spec))[0]
 
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import FrameError
 from . import decode
+from .atomic import split_spec
 
 __all__ = [
     "MAX_FRAME_PIXELS",
@@ -92,16 +93,6 @@ _MAX_MESSAGE = 300  # characters of a library's error message quoted in a FrameE
 # -------------------------------------------------------------------------------------------------
 # Inputs: specs, files, formats
 # -------------------------------------------------------------------------------------------------
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """``'file.h5::/path/data'`` → ``('file.h5', '/path/data')``; a plain path → ``(path, None)``."""
-    if "::" not in spec:
-        return spec, None
-    path, _, dataset = spec.partition("::")
-    if not dataset:
-        return path, None
-    return path, dataset if dataset.startswith("/") else "/" + dataset
-
-
 _SPECIAL_FILES = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISSOCK, "a socket"),
