@@ -448,14 +448,20 @@ class PowderSimulator:
         tthmap = np.empty((h, w), np.float32)
         _render(geo, h, w, 0.0, dgrid, iso, np.ascontiguousarray(tex_prof), np.ascontiguousarray(tex_tab),
                 _u(rng, cfg.polarization), powder, tthmap)
-        info["exposure"] = exposure
 
         # ---- detector parameters (needed by the spot amplitudes and the mask threshold) ----
         gain = _lu(rng, cfg.gain)
         offset = _u(rng, cfg.offset)
         read = _lu(rng, cfg.read_noise)
+        # no saturated powder: the mean background stays below a quarter of the full scale and the brightest ring
+        # below 80 % of it (only spots saturate)
+        cap = min(0.25 * (cfg.full_scale - offset) / gain,
+                  0.8 * (cfg.full_scale - offset) / gain * exposure / max(float(powder.max()), 1e-30))
+        if exposure > cap:
+            powder *= np.float32(cap / exposure)
+            exposure = cap
         read_ph2 = (read / gain) ** 2
-        info.update(gain=gain, offset=offset, read_noise=read)
+        info.update(gain=gain, offset=offset, read_noise=read, exposure=exposure)
 
         # ---- detector mask and beam stop shadow ----
         dmask = np.zeros((h, w), np.uint8)
@@ -537,9 +543,9 @@ class PowderSimulator:
         img += noise * np.float32(read)
         np.rint(img, out=img)
         np.clip(img, 0.0, cfg.full_scale, out=img)
-        img[(dmask & MASK_GAP) != 0] = 0.0
         img.ravel()[dead] = 0.0
         img.ravel()[hot] = np.rint(cfg.full_scale * rng.uniform(0.5, 1.0, len(hot))).astype(np.float32)
+        img[(dmask & MASK_GAP) != 0] = 0.0  # gaps last: no signal there whatever else was drawn
         info["saturated"] = int(np.count_nonzero(img >= cfg.full_scale))
         info["spot_pixels"] = int(np.count_nonzero(spots))
         return PowderFrame(index=int(index), image=img, spots=spots, detector_mask=dmask, geometry=geom, info=info,
