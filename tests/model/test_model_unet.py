@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gixdrt.model.unet import PAPER_PARAMETER_COUNTS, UNet, UNetConfig, pad_to_multiple, spot_probability  # noqa: E402
+from gixdrt.model.unet import PAPER_PARAMETER_COUNTS, UNet, UNetConfig, pad_to_multiple, spot_probability
 
 
 @pytest.mark.parametrize("depth, count", [(2, 6_562), (3, 29_650), (4, 121_394), (5, 487_154)])

@@ -69,9 +69,13 @@ def _frames(n, size, seed, config=None):
     return [sim.frame(i, aux=True) for i in range(n)]
 
 
-@pytest.mark.parametrize("variant", ["float32", "ties", "uint16", "float64-nan", "extra-mask"])
+VARIANTS = ["float32", "ties", "uint16", "float64-nan", "extra-mask", "fractional", "wide-span", "int64"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_equals_reference(variant):
-    rng = np.random.default_rng(["float32", "ties", "uint16", "float64-nan", "extra-mask"].index(variant))
+    # integer values take the histogram path, "fractional" and "wide-span" the selection path
+    rng = np.random.default_rng(VARIANTS.index(variant))
     flagged = 0
     for f in _frames(3, (256, 320), seed=21):
         g = f.geometry
@@ -85,6 +89,12 @@ def test_fast_equals_reference(variant):
             img = img.astype(np.float64)
             img.ravel()[rng.choice(img.size, 500, replace=False)] = np.nan
             img.ravel()[rng.choice(img.size, 50, replace=False)] = np.inf
+        elif variant == "fractional":
+            img = (img / np.float32(3.7)).astype(np.float32)
+        elif variant == "wide-span":
+            img = img.astype(np.float64) * 1000.0
+        elif variant == "int64":
+            img = img.astype(np.int64) - 100
         elif variant == "extra-mask":
             mask[rng.random(mask.shape) < 0.2] = 3
         tth = g.tth()
@@ -111,7 +121,7 @@ def test_tth_range_limits_the_search():
 
 
 def test_errors():
-    img, tth, mask = _hand_frame()
+    img, tth, _ = _hand_frame()
     index = RingIndex.build(tth, distance=1.0, pixel=1.0)
     with pytest.raises(ValueError, match="shape"):
         pixel_mask_search(img[:2], index)

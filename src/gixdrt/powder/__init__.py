@@ -24,6 +24,17 @@ _EXPORTS = {
     "pixel_mask_search": "classical",
     "pixel_mask_search_reference": "classical",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CALIBRANTS",
+    "Phase",
+    "PowderGeometry",
+    "RingIndex",
+    "d_spacings",
+    "pixel_mask_search",
+    "pixel_mask_search_reference",
+    "random_phase",
+    "read_poni",
+    "ring_ids",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)

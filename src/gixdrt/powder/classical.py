@@ -19,8 +19,10 @@ gives identical masks):
    masked: that is the method as described, kept as is.
 
 The fast version needs a :class:`RingIndex` built once per geometry and detector mask (the pixels of each ring in
-one array, ring by ring); per frame it only gathers the values and runs two selections per ring (Numba, parallel
-over rings).
+one array, ring by ring). Per frame it gathers each ring's values (Numba, parallel over rings) and finds the two order
+statistics exactly: for integer values spanning at most 4·n + 1024 (detector ADU, as almost every ring has) from a
+histogram (the median from cumulative counts, the MAD by walking outwards from the median, where deviations grow
+monotonically on both sides), otherwise by selection (Hoare partitioning) on the values themselves.
 """
 from __future__ import annotations
 
@@ -226,10 +228,67 @@ def _median_inplace(a, n):
     return (lower + upper) / 2.0
 
 
+@njit(cache=True, nogil=True)
+def _rank_in_hist(hist, nb, rank):
+    """Bin index holding the value of 0-based ``rank`` in sorted order (counts in hist[:nb])."""
+    c = 0
+    for b in range(nb):
+        c += hist[b]
+        if c > rank:
+            return b
+    return nb - 1
+
+
+@njit(cache=True, nogil=True)
+def _hist_median_mad(hist, nb, vmin, n):
+    """Median and MAD of integer values counted in hist (value = vmin + bin), exactly as sorting would give:
+    the median from the cumulative counts, the MAD by walking outwards from the median (deviations grow
+    monotonically on each side), both as the mean of the two middle ranks for even n."""
+    k = n // 2
+    upper = vmin + _rank_in_hist(hist, nb, k)
+    if n % 2 == 1:
+        med = np.float64(upper)
+    else:
+        med = (np.float64(vmin + _rank_in_hist(hist, nb, k - 1)) + np.float64(upper)) / 2.0
+    # left: bins with value ≤ med (walking down), right: value > med (walking up)
+    left = int(math.floor(med - vmin))
+    right = left + 1
+    seen = 0
+    lower_dev = -1.0
+    dev_k = -1.0
+    want_lower = n % 2 == 0
+    while True:
+        take_left = False
+        if left >= 0 and right < nb:
+            take_left = abs(np.float64(vmin + left) - med) <= abs(np.float64(vmin + right) - med)
+        elif left >= 0:
+            take_left = True
+        if take_left:
+            cnt = hist[left]
+            d = abs(np.float64(vmin + left) - med)
+            left -= 1
+        else:
+            cnt = hist[right]
+            d = abs(np.float64(vmin + right) - med)
+            right += 1
+        if cnt == 0:
+            continue
+        if want_lower and lower_dev < 0.0 and seen + cnt > k - 1:
+            lower_dev = d
+        if seen + cnt > k:
+            dev_k = d
+            break
+        seen += cnt
+    if want_lower:
+        return med, (lower_dev + dev_k) / 2.0
+    return med, dev_k
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _search(image, pixels, ptr, k_mad, min_pixels, out):
-    """Per ring: gather the finite values (in the image's own dtype, so the median's selection compares the exact
-    values), median and MAD in float64, flag |I − med| > k_mad·mad."""
+    """Per ring: gather the finite values; median and MAD in float64 (a histogram for integer values of a narrow
+    span, else selection on the values themselves); flag |I − med| > k_mad·mad. Both paths give the exact order
+    statistics, hence the reference's values."""
     n_rings = ptr.size - 1
     for r in prange(n_rings):
         s = ptr[r]
@@ -238,33 +297,53 @@ def _search(image, pixels, ptr, k_mad, min_pixels, out):
         if m < min_pixels:
             continue
         vals = np.empty(m, image.dtype)
-        work = np.empty(m, image.dtype)
-        dev = np.empty(m, np.float64)
         idx = np.empty(m, pixels.dtype)
         n = 0
+        integral = True
+        vmin = np.inf
+        vmax = -np.inf
         for q in range(s, e):
             p = pixels[q]
             v = image[p]
-            if math.isfinite(v):
+            fv = np.float64(v)
+            if math.isfinite(fv):
                 vals[n] = v
-                work[n] = v
                 idx[n] = p
                 n += 1
+                if fv < vmin:
+                    vmin = fv
+                if fv > vmax:
+                    vmax = fv
+                if fv != math.floor(fv):
+                    integral = False
         if n < min_pixels:
             continue
-        k = n // 2
-        upper = np.float64(_select(work, n, k))
-        if n % 2 == 1:
-            med = upper
+        span = vmax - vmin
+        if integral and span <= 4.0 * n + 1024.0 and abs(vmin) < 2.0**52 and abs(vmax) < 2.0**52:
+            nb = int(span) + 1
+            hist = np.zeros(nb, np.int64)
+            base = np.int64(vmin)
+            for q in range(n):
+                hist[np.int64(np.float64(vals[q])) - base] += 1
+            med, mad = _hist_median_mad(hist, nb, base, n)
         else:
-            lower = work[0]
-            for i in range(1, k):
-                if work[i] > lower:
-                    lower = work[i]
-            med = (np.float64(lower) + upper) / 2.0
-        for q in range(n):
-            dev[q] = abs(np.float64(vals[q]) - med)
-        mad = _median_inplace(dev, n)
+            work = np.empty(n, image.dtype)
+            for q in range(n):
+                work[q] = vals[q]
+            k = n // 2
+            upper = np.float64(_select(work, n, k))
+            if n % 2 == 1:
+                med = upper
+            else:
+                lower = work[0]
+                for i in range(1, k):
+                    if work[i] > lower:
+                        lower = work[i]
+                med = (np.float64(lower) + upper) / 2.0
+            dev = np.empty(n, np.float64)
+            for q in range(n):
+                dev[q] = abs(np.float64(vals[q]) - med)
+            mad = _median_inplace(dev, n)
         thr = k_mad * mad
         for q in range(n):
             if abs(np.float64(vals[q]) - med) > thr:
@@ -293,7 +372,10 @@ def pixel_mask_search(
     flat = np.ascontiguousarray(image).reshape(-1)
     if flat.dtype.kind not in "fiu" or flat.dtype.itemsize > 8:
         raise ValueError(f"image must be a real-valued numeric array, got dtype {flat.dtype}")
-    if flat.dtype.kind == "f" and flat.dtype != np.float32:
-        flat = flat.astype(np.float64, copy=False)
+    # two compiled variants only: float32 holds 8/16-bit integers exactly; everything else as the specification
+    # converts it (float64)
+    if flat.dtype != np.float32:
+        exact32 = flat.dtype.kind in "iu" and flat.dtype.itemsize <= 2
+        flat = flat.astype(np.float32 if exact32 else np.float64)
     _search(flat, index.pixels, index.ptr, float(n_mad * MAD_SCALE), int(min_pixels), out.reshape(-1))
     return out
