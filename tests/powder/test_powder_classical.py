@@ -136,8 +136,8 @@ def test_errors():
 def test_quality_on_generated_frames(config, seed):
     """Strong spot pixels (adding > 10σ of the powder-only noise) are found; few other pixels are flagged.
 
-    Measured (8 frames of 1024², seeds 11 / 12): pooled strong-pixel recall 0.97 / 0.97, all-spot recall 0.84 /
-    0.87, false-positive fraction per frame ≤ 0.013 (mean 0.006); the bounds below leave a margin. The method
+    Measured (8 frames of 1024², seeds 11 / 12): pooled strong-pixel recall 0.971 / 0.966, all-spot recall 0.84 /
+    0.85, false-positive fraction per frame ≤ 0.013 (mean 0.0053 / 0.0057); the bounds below leave a margin. The method
     loses spots on textured rings, which is the weakness the U-Net addresses."""
     hits = strong_n = all_hits = all_n = 0
     fps = []

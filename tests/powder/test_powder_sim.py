@@ -162,3 +162,19 @@ def test_varied_parameters(frames):
     assert len({tuple(f.info["phases"]) for f in frames}) >= 3
     assert max(f.info["n_textured"] for f in frames) > 0
     assert math.log10(max(f.info["exposure"] for f in frames) / min(f.info["exposure"] for f in frames)) > 1
+
+
+@pytest.mark.parametrize("shape", ["gauss", "arc", "cluster"])
+def test_spot_patch_is_large_enough(shape):
+    """A smooth spot falls below one photon (the ground truth's floor) before its patch ends, however bright."""
+    from gixdrt.sim.powder import _add_spot
+
+    cfg = PowderSimConfig(spot_size=(15.0, 15.0), spot_aspect=(1.0, 1.0))
+    for seed in range(3):
+        spot = np.zeros((600, 600), np.float32)
+        _add_spot(np.random.default_rng(seed), cfg, spot, 300.3, 299.6, 1e7, shape, 0.4)
+        rows = np.flatnonzero(spot.any(axis=1))
+        cols = np.flatnonzero(spot.any(axis=0))
+        assert spot.max() == pytest.approx(1e7, rel=1e-6)
+        edge = np.concatenate([spot[rows[0]], spot[rows[-1]], spot[:, cols[0]], spot[:, cols[-1]]])
+        assert edge.max() < 1.0

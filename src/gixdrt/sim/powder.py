@@ -558,7 +558,9 @@ def _add_spot(rng: np.random.Generator, cfg: PowderSimConfig, spot: np.ndarray, 
     h, w = spot.shape
     size = _lu(rng, cfg.spot_size)
     sig = size / 2.3548
-    half = int(math.ceil(3.5 * sig + 2))
+    # the patch reaches where a Gaussian of this peak falls below 1 photon (the ground truth needs ≥ 1): a bright
+    # spot's mask is never cut by the patch edge; +2.5σ for the sub-blob offsets of "cluster"
+    half = min(int(math.ceil(sig * (math.sqrt(2.0 * math.log(max(peak, math.e))) + 2.5) + 2)), 400)
     y0, y1 = max(int(sy) - half, 0), min(int(sy) + half + 2, h)
     x0, x1 = max(int(sx) - half, 0), min(int(sx) + half + 2, w)
     if y1 <= y0 or x1 <= x0:
