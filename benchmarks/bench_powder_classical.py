@@ -9,6 +9,7 @@ Prints a table and writes JSON under benchmarks/results/ (powder-classical-cpu.j
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
         print(f"{'pixel_mask_search, ' + t + ' thread(s)':<44} {st['median_ms']:8.1f}ms {st['p99_ms']:8.1f}ms")
     print(f"{'NumPy specification (once)':<44} {ref_s * 1e3:8.1f}ms")
     print(f"identical masks: {results['classical_2880x2880']['identical_to_reference']}")
-    payload = {"benchmark": "powder-classical", "environment": environment(), "results": results}
+    env = environment()
+    env["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]  # other processes on a shared machine
+    payload = {"benchmark": "powder-classical", "environment": env, "results": results}
     path = save("powder-classical-cpu", payload, args.out)
     print(f"wrote {path}")
     return 0

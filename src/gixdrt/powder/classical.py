@@ -160,7 +160,8 @@ class RingIndex:
         flat = ids.ravel()
         pos = np.flatnonzero(flat >= 0)
         r = flat[pos]
-        order = np.argsort(r, kind="stable")
+        # stable: pixels keep their raster order within a ring (memory locality); 16-bit keys sort by radix, O(P)
+        order = np.argsort(r.astype(np.int16) if r.size and r.max() < 2**15 else r, kind="stable")
         pixels = pos[order].astype(np.int32 if ids.size < 2**31 else np.int64)
         n_rings = int(r.max()) + 1 if r.size else 0
         counts = np.bincount(r, minlength=n_rings)
