@@ -7,7 +7,8 @@
 >>> simulate_to_file(1000, seed=1, out="set.npz")  # streamed to disk (tqdm bar); load_npz("set.npz")
 
 See :mod:`gixdrt.sim.core` for the steps and the labelling rules and :class:`SimConfig` for the
-distributions.
+distributions. Powder XRD frames with ground-truth spot masks (the powder pipeline's data) come from
+:mod:`gixdrt.sim.powder` (``PowderSimulator``), imported on its own.
 """
 from .config import SimConfig
 from .core import PEAK_FIELDS, SimBatch, SimDataset, SimSample, Simulator, image_rng, simulate

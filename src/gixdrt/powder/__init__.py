@@ -1,0 +1,40 @@
+"""The powder pipeline: geometry in pyFAI's PONI convention, calibrant rings, the classical spot mask (GSAS-II's
+pixel mask search) and, later, the U-Net plan and masked azimuthal integration.
+
+>>> from gixdrt.powder import PowderGeometry, RingIndex, pixel_mask_search
+>>> geom = PowderGeometry.from_poni("detector.poni")
+>>> index = RingIndex.build(geom.tth(), distance=geom.dist, pixel=geom.pixel1, mask=detector_mask)   # once
+>>> spots = pixel_mask_search(frame, index)          # bool[H, W], True = spot pixel (excluded)
+
+Nothing here imports PyTorch or pyFAI.
+"""
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "PowderGeometry": "geometry",
+    "read_poni": "geometry",
+    "CALIBRANTS": "calibrants",
+    "Phase": "calibrants",
+    "d_spacings": "calibrants",
+    "random_phase": "calibrants",
+    "RingIndex": "classical",
+    "ring_ids": "classical",
+    "pixel_mask_search": "classical",
+    "pixel_mask_search_reference": "classical",
+}
+__all__ = [
+    "CALIBRANTS",
+    "Phase",
+    "PowderGeometry",
+    "RingIndex",
+    "d_spacings",
+    "pixel_mask_search",
+    "pixel_mask_search_reference",
+    "random_phase",
+    "read_poni",
+    "ring_ids",
+]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), __all__)
