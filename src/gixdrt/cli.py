@@ -625,9 +625,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .io.atomic import check_distinct, check_output
     from .io.masks import run_masks
     from .live.engine import pipeline_runner
+    from .live.memory import reuse_frame_memory
     from .live.session import LiveSession
     from .live.sinks import ResultPublisher, SeriesTableSink
-    from .live.memory import reuse_frame_memory
     from .live.zmqsource import StreamSource
     from .model import zoo
 

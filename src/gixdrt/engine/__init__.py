@@ -15,7 +15,10 @@ The engine knows no model: a model is a plan plus its graph artifacts (the GIXD 
 from __future__ import annotations
 
 from .._lazy import lazy_exports
-from .base import EngineUnavailableError, Runner, TensorMeta, cuda_gpu
+from .base import EngineUnavailableError as EngineUnavailableError  # re-exported
+from .base import Runner as Runner
+from .base import TensorMeta as TensorMeta
+from .base import cuda_gpu as cuda_gpu
 
 _LAZY = {
     "Plan": "plan",
