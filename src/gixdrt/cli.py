@@ -1102,8 +1102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a Dask cluster: local:N starts N worker processes here, tcp://HOST:8786 joins a "
                         "running scheduler (pip install 'gixdrt[dask]'); the same output as without, resumable "
                         "(see README: Reprocessing on a cluster)")
-    p.add_argument("--unit", metavar="file|frames:K", default=None,
-                   help="with --cluster: work unit, one input file (default) or at most K frames of a file")
+    p.add_argument("--unit", metavar="file|files:K|frames:K", default=None,
+                   help="with --cluster: work unit, one input file (default), K files, or at most K frames of a file")
     p.add_argument("--retries", type=_in_range(int, 0, 100), default=None, metavar="N",
                    help="with --cluster: times a failing unit is retried before it is reported (default 2)")
     p.add_argument("--fresh", action="store_true",

@@ -195,7 +195,7 @@ def test_cluster_options_refused_in_one_line(tmp_path, small_config, model_dir, 
     cases = [(["--cluster", "somewhere"], "--cluster somewhere: expected local:N or a scheduler address"),
              (["--unit", "frames:2"], "--unit: needs --cluster"),
              (["--fresh"], "--fresh: needs --cluster"),
-             (["--cluster", "local:2", "--unit", "lines:2"], "--unit lines:2: expected file or frames:K"),
+             (["--cluster", "local:2", "--unit", "lines:2"], "--unit lines:2: expected file, files:K or frames:K"),
              (["--cluster", "local:2", "--gixi-compat", str(tmp_path / "g.h5")], "--gixi-compat: not available")]
     for extra, message in cases:
         assert main(detect_args(inputs, tmp_path / "o.h5", small_config, model_dir, *extra)) == 2

@@ -30,6 +30,9 @@ def test_plan_units_cover_every_frame_once_in_order():
     assert units[3].pieces == ((files[1], 0, 0, 2),)
     whole, _ = plan_units(files, [[5], [2], [4]])
     assert [(u.first_frame, u.n_frames) for u in whole] == [(0, 5), (5, 2), (7, 4)]
+    pairs, _ = plan_units(files, [[5], [2], [4]], files_per_unit=2)
+    assert [(u.first_frame, u.n_frames) for u in pairs] == [(0, 7), (7, 4)]
+    assert pairs[0].pieces == ((files[0], 0, 0, 5), (files[1], 0, 0, 2))
 
 
 def test_plan_units_sum_groups_cross_files_like_the_serial_run():
@@ -45,18 +48,21 @@ def test_plan_units_sum_groups_cross_files_like_the_serial_run():
 
 
 def test_parse_unit():
-    assert parse_unit("file") is None and parse_unit("frames:25") == 25
-    for bad in ("frames:0", "frames", "lines:3", "frames:-1"):
+    assert parse_unit("file") == {"files_per_unit": 1, "frames_per_unit": None}
+    assert parse_unit("frames:25") == {"files_per_unit": 1, "frames_per_unit": 25}
+    assert parse_unit("files:40") == {"files_per_unit": 40, "frames_per_unit": None}
+    for bad in ("frames:0", "frames", "lines:3", "frames:-1", "files:0", "file:2"):
         with pytest.raises(GixdrtError, match="--unit"):
             parse_unit(bad)
 
 
+@pytest.mark.parametrize("unit", [{"frames_per_unit": 1}, {"files_per_unit": 2}])
 @pytest.mark.parametrize("sum_n", [1, 5])
-def test_units_read_the_frames_iter_frames_reads(inputs, sum_n):
+def test_units_read_the_frames_iter_frames_reads(inputs, sum_n, unit):
     from gixdrt.io.sources import iter_pieces
 
     files = resolve_inputs(inputs)  # 3 + 7 + 1 + 1 frames: groups of 5 cross the first file's end, 2 left over
-    units, left = plan_units(files, stack_sizes(files), sum_n=sum_n, frames_per_unit=1)
+    units, left = plan_units(files, stack_sizes(files), sum_n=sum_n, **unit)
     assert left == (2 if sum_n == 5 else 0)
     got = [fr for u in units for fr in iter_pieces(u.pieces, sum_n=sum_n, first_index=u.first_frame)]
     with pytest.warns(UserWarning, match="left over") if sum_n == 5 else _nothing():

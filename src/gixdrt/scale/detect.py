@@ -94,11 +94,11 @@ def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks,
     from .worker import ENGINE_KEYS, make_settings
 
     unit_spec = args.unit or "file"
-    per_unit = parse_unit(unit_spec)
+    per_unit = parse_unit(unit_spec)  # plan_units' keyword arguments
     files = resolve_inputs(args.inputs)
     sizes = stack_sizes(files, expect_shape=geometry and geometry.frame_shape,
                         expect_note=geometry and geometry.frame_shape_note)
-    units, leftover = plan_units(files, sizes, sum_n=args.sum, frames_per_unit=per_unit)
+    units, leftover = plan_units(files, sizes, sum_n=args.sum, **per_unit)
     if sum(u.n_frames for u in units) != n_frames:  # cannot happen: both count the same headers
         raise GixdrtError(f"planned {sum(u.n_frames for u in units)} frames in units, the inputs hold {n_frames}")
     if leftover:

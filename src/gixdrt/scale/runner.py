@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,8 +114,10 @@ def connect(cluster: str, *, gpu: bool = False):
         import os
 
         n = n or os.cpu_count() or 1
-        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                             resources={"GPU": 1} if gpu else None, silence_logs=logging.CRITICAL)
+        with warnings.catch_warnings():  # the scheduler's HTTP routes take another port when 8787 is taken: fine
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                 resources={"GPU": 1} if gpu else None, silence_logs=logging.CRITICAL)
         client = Client(local)
 
         def close() -> None:

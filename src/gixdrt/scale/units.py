@@ -7,7 +7,8 @@ all units concatenated in unit order equal the table of a serial run (``frame`` 
 Unit kinds (``--unit``):
 
 - ``file``: one unit per input file (all the stacks of the file);
-- ``frames:K``: each file cut into units of at most K (summed) frames; a unit never spans two files.
+- ``files:K``: K consecutive input files per unit (folders of single-frame files: fewer, larger units);
+- ``frames:K``: each file cut into units of at most K (summed) frames; such a unit never spans two files.
 
 With ``sum_n > 1`` a group of frames may cross a file boundary; it belongs to the unit of the file where it starts
 and that unit reads the first frames of the next file too, so the groups equal the serial run's.
@@ -24,7 +25,7 @@ from ..io.sources import InputFile
 
 __all__ = ["WorkUnit", "parse_unit", "plan_units"]
 
-_FRAMES = re.compile(r"frames:(\d+)")
+_UNIT = re.compile(r"(frames|files):(\d+)")
 
 
 @dataclass(frozen=True)
@@ -59,23 +60,28 @@ class WorkUnit:
         return seen
 
 
-def parse_unit(text: str) -> int | None:
-    """``--unit``: ``file`` → None, ``frames:K`` (K ≥ 1) → K. Raises GixdrtError naming the option."""
+def parse_unit(text: str) -> dict[str, int | None]:
+    """``--unit``: ``file`` → {"files_per_unit": 1, "frames_per_unit": None}, ``files:K`` → K files per unit,
+    ``frames:K`` → at most K frames per unit (K ≥ 1): keyword arguments of :func:`plan_units`. Raises GixdrtError
+    naming the option."""
     if text == "file":
-        return None
-    m = _FRAMES.fullmatch(text)
-    if not m or int(m[1]) < 1:
-        raise GixdrtError(f"--unit {text}: expected file or frames:K with K ≥ 1 (frames per unit)")
-    return int(m[1])
+        return {"files_per_unit": 1, "frames_per_unit": None}
+    m = _UNIT.fullmatch(text)
+    if not m or int(m[2]) < 1:
+        raise GixdrtError(f"--unit {text}: expected file, files:K or frames:K with K ≥ 1")
+    if m[1] == "files":
+        return {"files_per_unit": int(m[2]), "frames_per_unit": None}
+    return {"files_per_unit": 1, "frames_per_unit": int(m[2])}
 
 
 def plan_units(files: Sequence[InputFile], stacks: Sequence[Sequence[Stack | int]], *, sum_n: int = 1,
-               frames_per_unit: int | None = None) -> tuple[list[WorkUnit], int]:
+               frames_per_unit: int | None = None, files_per_unit: int = 1) -> tuple[list[WorkUnit], int]:
     """Cut the run over ``files`` into units.
 
     stacks: for each file, its stacks (or their frame counts), from the headers
     (:func:`gixdrt.io.sources.stack_sizes`). sum_n: frames summed into one (as ``--sum``).
-    frames_per_unit: K of ``frames:K`` (at most K summed frames per unit), None: one unit per file.
+    frames_per_unit: K of ``frames:K`` (at most K summed frames per unit, each unit inside one file), None: whole
+    files, ``files_per_unit`` consecutive files per unit (``file``: 1, ``files:K``: K).
     Returns (units in run order, raw frames left over at the end that make no whole group of sum_n; the serial run
     drops them with a warning).
     """
@@ -95,11 +101,13 @@ def plan_units(files: Sequence[InputFile], stacks: Sequence[Sequence[Stack | int
     total = pos
     groups = total // sum_n
     leftover = total - groups * sum_n
-    # the groups starting in each file: [first group, end group)
+    # the groups starting in each file (or run of files_per_unit files): [first group, end group)
+    step_files = 1 if frames_per_unit is not None else max(int(files_per_unit), 1)
     bounds = []
-    for f in range(len(files)):
+    for f in range(0, len(files), step_files):
         lo = -(-file_start[f] // sum_n)
-        hi = -(-(file_start[f + 1] if f + 1 < len(files) else total) // sum_n)
+        end = f + step_files
+        hi = -(-(file_start[end] if end < len(files) else total) // sum_n)
         bounds.append((lo, min(hi, groups)))
     units: list[WorkUnit] = []
     for lo, hi in bounds:
