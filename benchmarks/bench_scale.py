@@ -155,7 +155,7 @@ class Cluster:
         self.cluster.close()
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +173,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for i, v in enumerate(rates):
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
     ax.set_ylabel("frames/s (2048×2048, default model)")
-    ax.set_title("gixdrt detect --cluster on 2 cores (dashed: N × 1 worker)", fontsize=9)
+    ax.set_title(f"gixdrt detect --cluster on {os.cpu_count()} cores (dashed: N × 1 worker){note}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -260,7 +260,8 @@ def main(argv=None) -> int:
                "environment": {**environment(), "load_before": load_before, "load_after": load_after, "cpu": cpu},
                "results": rows, "summary": summary}
     path = save("scale-cpu", payload, args.out)
-    plot(rows, (args.out or path).with_suffix(".png"))
+    plot(rows, (args.out or path).with_suffix(".png"),
+         f"\nother processes took {cpu['other_processes_mean_cores']} cores on average")
     print(summary)
     print(f"→ {path}")
     return 0

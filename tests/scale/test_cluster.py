@@ -137,6 +137,7 @@ def test_interrupted_run_resumes_only_the_missing_units(tmp_path, cluster, input
     finally:
         _set_delay(client, None)
     assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "unit(s) finished are kept in" in err and "the same command resumes" in err
     assert not out.exists()
     before = json.loads(manifest.read_text())["done"]
     assert 1 <= len(before) < 8  # 3 + 7 frames in units of 2 (2, 1, 2, 2, 2, 1) + 2 single frames = 8 units

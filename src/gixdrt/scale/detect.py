@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import sys
 import warnings
@@ -89,7 +90,7 @@ def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks,
     from ..io.sources import resolve_inputs, stack_sizes
     from ..model import zoo
     from .manifest import Manifest, model_fingerprint, sha256_file
-    from .runner import connect, run_units
+    from .runner import check_cluster, connect, run_units
     from .units import parse_unit, plan_units
     from .worker import ENGINE_KEYS, make_settings
 
@@ -111,14 +112,19 @@ def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks,
     check_output(parts, inputs=inputs, option="--out (its parts folder)", directory=True)
 
     mask_path = parts / "mask.npy"
+    threads = args.threads
+    n_local = check_cluster(args.cluster)
+    if threads is None and args.cluster.startswith("local"):  # N workers share this machine's cores
+        threads = max(1, (os.cpu_count() or 1) // (n_local or os.cpu_count() or 1))
     settings = make_settings(
-        model=args.model, backend=args.backend, device=args.device, precision=args.precision, threads=args.threads,
+        model=args.model, backend=args.backend, device=args.device, precision=args.precision, threads=threads,
         score_threshold=args.score_threshold, nms_iou=args.nms_iou, max_detections=args.max_detections,
         config=args.config, input=args.input, batch=args.batch, sum_n=args.sum,
         mask=mask_path if (masks is not None and masks.pixels is not None) else None,
         saturation=None if masks is None else masks.saturation, parts=parts)
     fingerprint = {
-        "settings": {k: settings[k] for k in (*ENGINE_KEYS, "sum") if k not in ("mask", "config")},
+        # threads change the speed, not the results: a run may resume on another cluster
+        "settings": {k: settings[k] for k in (*ENGINE_KEYS, "sum") if k not in ("mask", "config", "threads")},
         "model": model_fingerprint(settings["model"]),
         "config_sha256": sha256_file(args.config) if args.config else None,
         "mask_sha256": _mask_digest(masks),
@@ -163,6 +169,13 @@ def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks,
         try:
             report = run_units(client, todo, settings, manifest=manifest, on_done=on_done,
                                retries=2 if args.retries is None else args.retries)
+        except BaseException:  # Ctrl-C, SIGTERM, a lost scheduler: what is finished stays for the next run
+            if bar is not None:
+                bar.close()
+            if manifest.done:
+                print(f"gixdrt detect: {len(manifest.done)} of {len(units)} unit(s) finished are kept in {parts} "
+                      f"({manifest_path}); the same command resumes", file=sys.stderr)
+            raise
         finally:
             if bar is not None:
                 bar.close()
