@@ -60,6 +60,15 @@ def test_same_table_as_serial(tmp_path, cluster, inputs, small_config, model_dir
     assert len([line for line in captured.out.splitlines() if "frames/s while busy" in line]) == 2  # per worker
 
 
+def test_local_cluster_started_by_the_command(tmp_path, inputs, small_config, model_dir, serial, capsys):
+    """--cluster local:2 starts (and stops) its own 2 worker processes."""
+    out = tmp_path / "run.h5"
+    assert main(detect_args(inputs, out, small_config, model_dir, "--link", "--cluster", "local:2",
+                            "--unit", "files:2")) == 0
+    assert_same_table(read_peaks(out), serial, linked=True)
+    assert "cluster: 2 unit(s), 12 frame(s)" in capsys.readouterr().out
+
+
 def test_sum_and_hits_as_serial(tmp_path, cluster, inputs, small_config, model_dir, capsys):
     """--sum 5 groups cross the first file's end; hits and the CXI file come from the merged table."""
     outs = {}
