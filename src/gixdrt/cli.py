@@ -300,6 +300,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
                           "(or --input polar|processed)")
     if args.gixi_compat and args.input == "processed":
         raise GixdrtError("--gixi-compat: stores the polar image: use --input raw or polar")
+    from .scale.detect import refuse_options
+
+    refuse_options(args)  # --cluster with options it cannot serve, and --unit/--retries/--fresh without it
     files = input_files(args.inputs)  # every input exists and has a known format; nothing read yet
     inputs = [*files, *([args.config] if args.config else []), *args.mask]
     if args.mask and args.input != "raw":
@@ -330,6 +333,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         masks = run_masks(args.inputs, geometry.frame_shape, config_mask=cfg.mask, user_masks=args.mask)
     if n_frames == 0:
         raise GixdrtError(f"{args.inputs[0]}: no frames" + (f" (fewer than --sum {args.sum})" if args.sum > 1 else ""))
+    if args.cluster is not None:
+        from .scale.detect import detect_on_cluster
+
+        return detect_on_cluster(args, out, cfg, geometry, masks, n_frames)
     frames = iter_frames(args.inputs, sum_n=args.sum, expect_shape=geometry and geometry.frame_shape,
                          expect_note=geometry and geometry.frame_shape_note)
     detector = _make_detector(args, cfg)
@@ -1091,6 +1098,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hits only in --cxi and --gixi-compat: keep every hit and this random fraction of misses "
                         "(seeded, flagged; the peak table keeps all frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cluster", metavar="local:N|ADDRESS", default=None,
+                   help="run on a Dask cluster: local:N starts N worker processes here, tcp://HOST:8786 joins a "
+                        "running scheduler (pip install 'gixdrt[dask]'); the same output as without, resumable "
+                        "(see README: Reprocessing on a cluster)")
+    p.add_argument("--unit", metavar="file|files:K|frames:K", default=None,
+                   help="with --cluster: work unit, one input file (default), K files, or at most K frames of a file")
+    p.add_argument("--retries", type=_in_range(int, 0, 100), default=None, metavar="N",
+                   help="with --cluster: times a failing unit is retried before it is reported (default 2)")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --cluster: discard the finished units of an earlier unfinished run of this output "
+                        "(default: resume it)")
     p.set_defaults(func=cmd_detect)
 
     p = add("stream", help="detect peaks in a live DECTRIS stream (SIMPLON v2 CBOR or v1 JSON) → a peak table per series",

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import FrameError
 from .readers import H5_BLOCK_BYTES, SUPPORTED_DTYPES, Stack, check_file, format_of, reader_for, split_spec
 
-__all__ = ["Frame", "count_frames", "input_files", "iter_frames"]
+__all__ = ["Frame", "InputFile", "count_frames", "input_files", "iter_frames", "iter_pieces", "resolve_inputs",
+           "stack_sizes"]
 
 # Upper bound of one HDF5 read: a block of whole chunk rows, but never more than this many bytes.
 _H5_BLOCK_BYTES = H5_BLOCK_BYTES
@@ -52,7 +53,9 @@ class Frame:
 
 
 @dataclass(frozen=True)
-class _Input:
+class InputFile:
+    """One input file as resolved from the inputs given (globs expanded; see :func:`resolve_inputs`)."""
+
     path: Path
     label: str  # the path as given (or as the glob returned it)
     kind: str  # 'tiff', 'npy', 'h5' or 'fabio'
@@ -66,14 +69,14 @@ def _natural_key(name: str) -> list:
     return [(0, int(tok), tok) if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name)]
 
 
-def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[_Input]:
+def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[InputFile]:
     """Expand globs and check that every file exists, is readable and has a known format (none is opened)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     specs = [os.fspath(s) for s in inputs]
     if not specs:
         raise FrameError("no input files given")
-    resolved: list[_Input] = []
+    resolved: list[InputFile] = []
     for spec in specs:
         path_str, dataset = split_spec(spec)
         if not os.path.lexists(path_str) and _GLOB_MAGIC.search(path_str):
@@ -88,8 +91,14 @@ def _resolve(inputs: Sequence[str] | str | os.PathLike) -> list[_Input]:
             kind = format_of(path, match)
             if dataset is not None and kind != "h5":
                 raise FrameError(f"'::{dataset}' names an HDF5 dataset but this is not an HDF5 file", path=match)
-            resolved.append(_Input(path=path, label=match, kind=kind, dataset=dataset))
+            resolved.append(InputFile(path=path, label=match, kind=kind, dataset=dataset))
     return resolved
+
+
+def resolve_inputs(inputs: Sequence[str] | str | os.PathLike) -> list[InputFile]:
+    """The input files ``inputs`` name, in order (globs expanded), each checked to exist with a known format; none
+    is opened. Picklable: a worker process can read a range of frames of one with :func:`iter_pieces`."""
+    return _resolve(inputs)
 
 
 def input_files(inputs: Sequence[str] | str | os.PathLike) -> list[Path]:
@@ -97,7 +106,7 @@ def input_files(inputs: Sequence[str] | str | os.PathLike) -> list[Path]:
     return [inp.path for inp in _resolve(inputs)]
 
 
-def _reader(inp: _Input, expect: tuple[int, ...] | None = None, note: str | None = None):
+def _reader(inp: InputFile, expect: tuple[int, ...] | None = None, note: str | None = None):
     return reader_for(inp.path, label=inp.label, dataset=inp.dataset, expect_shape=expect, block_bytes=_H5_BLOCK_BYTES,
                       expect_note=note)
 
@@ -123,6 +132,18 @@ def count_frames(inputs: Sequence[str], sum_n: int = 1, *, expect_shape: tuple[i
         with _reader(inp, expect, expect_note) as reader:
             total += sum(stack.n for stack in reader.stacks)
     return total // sum_n
+
+
+def stack_sizes(files: Sequence[InputFile], *, expect_shape: tuple[int, int] | None = None,
+                expect_note: str | None = None) -> list[list[int]]:
+    """Frames in each stack of each of ``files`` (from :func:`resolve_inputs`), from the headers (no pixel data
+    read), checked against ``expect_shape`` as :func:`count_frames` does."""
+    expect = None if expect_shape is None else tuple(int(n) for n in expect_shape)
+    sizes = []
+    for inp in files:
+        with _reader(inp, expect, expect_note) as reader:
+            sizes.append([stack.n for stack in reader.stacks])
+    return sizes
 
 
 def _label(pieces: list[list]) -> str:
@@ -169,10 +190,43 @@ def iter_frames(
     sum_n = _check_sum(sum_n)
     expect = None if expect_shape is None else tuple(int(n) for n in expect_shape)
     resolved = _resolve(inputs)
-    return _iterate(resolved, sum_n, expect, expect_note)
+    return _iterate(_walk(resolved, expect, expect_note), sum_n)
 
 
-def _walk(resolved: list[_Input], expect: tuple[int, ...] | None,
+def iter_pieces(
+    pieces: Sequence[tuple[InputFile, int, int, int]], *, sum_n: int = 1, first_index: int = 0,
+    expect_shape: tuple[int, int] | None = None, expect_note: str | None = None,
+) -> Iterator[Frame]:
+    """Yield the frames of a part of the inputs, as :func:`iter_frames` yields them for the whole.
+
+    pieces: runs of consecutive frames ``(input, stack, start, stop)``: frames ``start…stop-1`` of stack ``stack``
+    (index into the reader's stacks) of ``input`` (from :func:`resolve_inputs`), in the order of the whole run;
+    only those frames are read. sum_n: group size as in :func:`iter_frames` (the pieces must hold whole groups).
+    first_index: the (summed) frame index of the first frame yielded. Labels equal :func:`iter_frames`'s.
+    """
+    sum_n = _check_sum(sum_n)
+    expect = None if expect_shape is None else tuple(int(n) for n in expect_shape)
+    return _iterate(_walk_pieces(list(pieces), expect, expect_note), sum_n, int(first_index))
+
+
+def _walk_pieces(pieces: list[tuple[InputFile, int, int, int]], expect: tuple[int, ...] | None,
+                 note: str | None) -> Iterator[tuple[Stack, int, np.ndarray]]:
+    """Like :func:`_walk` for the frames of ``pieces``; consecutive pieces of one input share one open reader."""
+    i = 0
+    while i < len(pieces):
+        inp = pieces[i][0]
+        j = i
+        while j < len(pieces) and pieces[j][0] == inp:
+            j += 1
+        with _reader(inp, expect, note) as reader:
+            for _, k, start, stop in pieces[i:j]:
+                stack = reader.stacks[k]
+                for offset, frame in enumerate(reader.frames(k, start, stop)):
+                    yield stack, start + offset, frame
+        i = j
+
+
+def _walk(resolved: list[InputFile], expect: tuple[int, ...] | None,
           note: str | None = None) -> Iterator[tuple[Stack, int, np.ndarray]]:
     """(stack, index inside the stack, [H, W] frame) for every frame of every input, one file open at a time."""
     for inp in resolved:
@@ -182,13 +236,11 @@ def _walk(resolved: list[_Input], expect: tuple[int, ...] | None,
                     yield stack, i, frame
 
 
-def _iterate(resolved: list[_Input], sum_n: int, expect: tuple[int, ...] | None,
-             note: str | None = None) -> Iterator[Frame]:
-    index = 0
+def _iterate(walk: Iterator[tuple[Stack, int, np.ndarray]], sum_n: int, index: int = 0) -> Iterator[Frame]:
     group: list[np.ndarray] = []
     group_labels: list[str] = []
     pieces: list[list] = []  # runs of consecutive frames of one part: [label, stacked, start, stop]
-    for part, i, frame in _walk(resolved, expect, note):
+    for part, i, frame in walk:
         label = part.frame_label(i)  # the reader has checked the frame against expect (header and frame)
         if sum_n == 1:
             yield Frame(index, label, frame)
