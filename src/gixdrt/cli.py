@@ -1023,8 +1023,9 @@ def _detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="exported graphs' precision (onnxruntime; box arithmetic stays fp32)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="exported graphs' precision (box arithmetic stays fp32; int8: the dense graph quantised, "
+                        "onnxruntime only)")
     p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
     p.add_argument("--score-threshold", type=_in_range(float, -1.0, 1.0), default=None,
                    help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")

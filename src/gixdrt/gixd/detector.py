@@ -70,7 +70,9 @@ class PeakDetector:
         CPU, PyTorch; logged) or one of ``"tensorrt"``, ``"torch-cuda"``, ``"onnxruntime"``, ``"torch"``; a named
         backend that cannot run here raises :class:`gixdrt.engine.EngineUnavailableError` with the reason.
     device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None lets the backend choose.
-    precision: ``"fp32"`` or ``"fp16"`` (graphs; box arithmetic stays fp32). threads: ONNX Runtime's CPU threads.
+    precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (graphs; box arithmetic stays fp32; int8: the dense graph
+        quantised with Q/DQ, onnxruntime only, see :mod:`gixdrt.export.quantize`). threads: ONNX Runtime's CPU
+        threads.
     cache: where exported graphs are kept (True: the user cache; a directory; False: a temporary one).
     score_threshold, nms_iou, max_detections: override the model card's (0.6, 0.1, 250 for the published model).
     ``last_timings``: seconds per stage (:data:`gixdrt.model.config.STAGES`, plus ``polar`` and ``contrast`` for
