@@ -217,12 +217,12 @@ class Runtime:
                  engine_cache: Path | None = None, workspace_gib: float = 4.0):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
-        if backend == "torch" and precision != "fp32":
-            raise ValueError(f"precision {precision} is for onnxruntime, torch-cuda and tensorrt; the torch backend "
-                             "runs fp32 (the reference)")
         if precision == "int8" and backend != "onnxruntime":
             raise ValueError(f"precision int8 runs on onnxruntime (its Q/DQ graph passes TensorRT's op check, but "
                              f"gixdrt does not build int8 engines yet); {backend} runs fp32 or fp16")
+        if backend == "torch" and precision != "fp32":
+            raise ValueError(f"precision {precision} is for onnxruntime, torch-cuda and tensorrt; the torch backend "
+                             "runs fp32 (the reference)")
         kind, _ = parse_device(device)
         if backend == "torch-cuda" and kind != "cuda":
             raise EngineUnavailableError("torch-cuda runs on a CUDA GPU only (use onnxruntime or torch on the CPU)")

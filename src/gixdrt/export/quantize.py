@@ -193,7 +193,11 @@ def cpu_int8(graph: str | os.PathLike | Any) -> bytes:
     import onnx
     from onnx import numpy_helper
 
-    model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(os.fspath(graph))
+    if isinstance(graph, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(graph)  # the caller's graph stays as it is
+    else:
+        model = onnx.load(os.fspath(graph))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     _fold_relus(model, inits)

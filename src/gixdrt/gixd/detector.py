@@ -83,6 +83,8 @@ class PeakDetector:
                  precision: str = "fp32", threads: int | None = None, cache: Any = True,
                  score_threshold: float | None = None, nms_iou: float | None = None,
                  max_detections: int | None = None):
+        if precision == "int8" and backend == "auto":
+            backend = "onnxruntime"  # the one runtime that runs the int8 graph
         self.backend, self.device = choose(backend, device)
         self.runtime = Runtime(self.backend, self.device, precision, threads=threads)
         self.graphs = ModelGraphs.open(model, cache=cache)
