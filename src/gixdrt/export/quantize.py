@@ -11,7 +11,8 @@ What :func:`quantize_dense` makes (``precision="int8"``):
 - BatchNorm is folded first (ONNX Runtime's basic graph optimisation: BN into the convolutions, the fp16 weight
   Casts into float32 initialisers), so that the folded weights are what gets quantised.
 - calibration: :class:`Calibration` (method, simulated images, the published real frame's contrast image).
-  MinMax was chosen by measured accuracy (see benchmarks/README.md).
+  Percentile (99.999) with the RPN's output convolutions left in fp32 was chosen by measured accuracy
+  (benchmarks/results/int8-eval.json: MinMax, Entropy, Percentile, and which convolutions stay fp32).
 
 On x86 CPUs ONNX Runtime runs int8 convolutions fast with unsigned activations and signed weights (VNNI), and
 slowly with signed activations: :func:`cpu_int8` shifts every activation Q/DQ pair from int8 (zero point 0)
@@ -25,8 +26,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUANT_VERSION", "Calibration", "calibration_images", "cpu_int8", "qdq_summary", "quantize_dense",
+__all__ = ["QUANT_VERSION", "RPN_OUTPUTS", "Calibration", "calibration_images", "cpu_int8", "qdq_summary", "quantize_dense",
            "static_int8"]
 
 #: bump when the quantised graphs change, so cached ones are rebuilt
 QUANT_VERSION = 1
 _METHODS = ("MinMax", "Entropy", "Percentile")
+#: the RPN's output convolutions (objectness logits and box deltas, 64 → 2 and 64 → 8 channels on each level): left
+#: in fp32 by default, which measurably keeps the detected rate (benchmarks/results/int8-eval.json)
+RPN_OUTPUTS = tuple(f"/rpn_head/{k}{s}/Conv" for k in ("cls_logits", "bbox_pred") for s in ("", "_1", "_2"))
 
 
 @dataclass(frozen=True)
@@ -49,16 +53,17 @@ class Calibration:
     method: ONNX Runtime's calibration (``MinMax``, ``Entropy`` or ``Percentile``); sim_images: simulated
     images (:class:`gixdrt.sim.Simulator`, seed ``sim_seed``, size ``sim_size`` H×W px); real_frame: add the
     published real frame's contrast image (512×1024); percentile: for ``Percentile``; exclude: names of nodes
-    left in fp32 (none by default).
+    left in fp32 (default: the RPN's output convolutions, :data:`RPN_OUTPUTS`). The defaults were chosen by
+    measured accuracy (benchmarks/results/int8-eval.json).
     """
 
-    method: str = "MinMax"
+    method: str = "Percentile"
     sim_images: int = 32
     sim_seed: int = 20261206
     sim_size: tuple[int, int] = (512, 1024)
     real_frame: bool = True
     percentile: float = 99.999
-    exclude: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = RPN_OUTPUTS
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -97,11 +102,20 @@ def calibration_images(cal: Calibration) -> list[np.ndarray]:
 
 
 class _Reader:
-    """ONNX Runtime calibration data reader over float32[H, W] images, one image per call."""
+    """ONNX Runtime calibration data reader over float32[H, W] images, one image per call. ``set_range`` and
+    ``__len__`` let the calibrator collect a few images at a time (its ``CalibStridedMinMax``), so the
+    intermediate tensors of only that many images are held at once (all 33 at 512×1024: about 17 GB)."""
 
-    def __init__(self, images: Iterable[np.ndarray], input_name: str = "images"):
-        self._it = iter(images)
+    def __init__(self, images: Sequence[np.ndarray], input_name: str = "images"):
+        self.images = list(images)
         self.input_name = input_name
+        self._it = iter(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.images[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self._it, None)
@@ -149,7 +163,7 @@ def quantize_dense(src: str | os.PathLike, dst: str | os.PathLike, *, calibratio
         folded = Path(tmp) / "folded.onnx"
         _fold_for_quantisation(src, folded)
         out = Path(tmp) / "int8.onnx"
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1}
         if cal.method == "Percentile":
             extra["CalibPercentile"] = cal.percentile
         root = logging.getLogger()
