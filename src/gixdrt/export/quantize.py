@@ -21,10 +21,12 @@ loads the graph. The head graph (about 1 GFLOP against the dense graph's 87) sta
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -170,12 +172,13 @@ def quantize_dense(src: str | os.PathLike, dst: str | os.PathLike, *, calibratio
         level = root.level
         root.setLevel(max(level, logging.ERROR))  # the quantiser's advice to "pre-process" (we fold BN ourselves)
         try:
-            quantize_static(
-                os.fspath(folded), os.fspath(out), _Reader(images), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, cal.method), nodes_to_exclude=list(cal.exclude),
-                extra_options=extra,
-            )
+            with contextlib.redirect_stdout(sys.stderr):  # the calibrator prints its progress
+                quantize_static(
+                    os.fspath(folded), os.fspath(out), _Reader(images), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, cal.method), nodes_to_exclude=list(cal.exclude),
+                    extra_options=extra,
+                )
         finally:
             root.setLevel(level)
         model = onnx.load(os.fspath(out))
