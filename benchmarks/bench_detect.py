@@ -6,6 +6,7 @@ to the peak table. Every backend that runs here (torch and onnxruntime on the CP
 tensorrt too with a GPU), each through the same plan.
 
     python benchmarks/bench_detect.py [--runs 20] [--model default] [--backends torch onnxruntime]
+                                      [--precisions fp32 int8] [--threads 2]
 
 Prints a table and writes JSON under benchmarks/results/ (``detect-cpu.json``, ``detect-cpu-cuda.json``).
 """
@@ -23,15 +24,16 @@ CHOICES = (("torch", "cpu"), ("onnxruntime", "cpu"), ("torch-cuda", "cuda"), ("o
            ("tensorrt", "cuda"))
 
 
-def bench_backend(backend: str, device: str, frame, cfg, model_spec: str, runs: int) -> dict:
+def bench_backend(backend: str, device: str, frame, cfg, model_spec: str, runs: int, precision: str = "fp32",
+                  threads: int | None = None) -> dict:
     from gixdrt.bench import summarize
     from gixdrt.geometry import polar_map
     from gixdrt.gixd import PeakDetector, Pipeline, RawInput
 
-    det = PeakDetector(model_spec, backend=backend, device=device)
+    det = PeakDetector(model_spec, backend=backend, device=device, precision=precision, threads=threads)
     raw = RawInput(polar_map(cfg.geometry), frame.dtype.name)
     stack = frame[None, None]
-    out: dict = {"backend": backend, "device": device, "kernels": det.kernels.name}
+    out: dict = {"backend": backend, "device": device, "precision": precision, "kernels": det.kernels.name}
     for _ in range(2):  # warm-up: sessions, graphs, kernels
         det.run(stack, input="raw", raw=raw, contrast=cfg.contrast, timed=True)
     per_stage: dict[str, list[float]] = {}
@@ -53,6 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
     ap.add_argument("--model", default="default", help="model name or path (default: default)")
     ap.add_argument("--backends", nargs="+", default=None, help="backends to time (default: all that run here)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+                    help="precisions to time, each where its backend runs it (default: fp32; torch: fp32 only)")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
 
@@ -72,10 +77,14 @@ def main(argv=None) -> int:
         if why is not None:
             print(f"skipping {backend} on {device}: {why}")
             continue
-        t0 = time.perf_counter()
-        key = f"{backend}/{device}"
-        results["backends"][key] = bench_backend(backend, device, frame, cfg, args.model, args.runs)
-        results["backends"][key]["bench_seconds"] = time.perf_counter() - t0
+        for precision in args.precisions:
+            if (precision != "fp32" and backend == "torch") or (precision == "int8" and backend != "onnxruntime"):
+                continue
+            t0 = time.perf_counter()
+            key = f"{backend}/{device}" + ("" if precision == "fp32" else f"/{precision}")
+            results["backends"][key] = bench_backend(backend, device, frame, cfg, args.model, args.runs, precision,
+                                                     args.threads)
+            results["backends"][key]["bench_seconds"] = time.perf_counter() - t0
     results["environment"] = environment()
 
     for key, r in results["backends"].items():

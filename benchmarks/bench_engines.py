@@ -1,6 +1,7 @@
 """Detector engines side by side on the published real frame: latency, frames/s, stages and peak memory.
 
-Engines (``gixdrt.bench.ENGINES``): ``torch``, ``onnxruntime`` (fp32) and ``onnxruntime-fp16`` on the CPU;
+Engines (``gixdrt.bench.ENGINES``): ``torch``, ``onnxruntime`` (fp32), ``onnxruntime-fp16`` and ``onnxruntime-int8``
+(the dense graph quantised, :mod:`gixdrt.export.quantize`) on the CPU;
 ``torch-cuda``, ``onnxruntime-cuda``, ``onnxruntime-cuda-fp16`` and ``tensorrt`` on a GPU. An engine that
 cannot run here is listed as "unavailable: <reason>". Input: the published real frame preprocessed to its
 512×1024 contrast image; batch B is B copies. Batch sizes: 1 and 8 on the CPU, 1, 8, 32 and 64 on a GPU
@@ -21,7 +22,8 @@ the load of a shared machine falls on both alike; the result holds both and thei
 
 Prints a Markdown table, writes JSON (default benchmarks/results/engines-cpu.json, engines-cpu-cuda.json
 when GPU engines ran) and the table into benchmarks/README.md between ``<!-- engines:begin -->`` and
-``<!-- engines:end -->``. Also the speed-up of ONNX Runtime over PyTorch at batch 1 (CPU goal: ≥ 1.5×).
+``<!-- engines:end -->``. Also the speed-up of ONNX Runtime over PyTorch at batch 1 (CPU goal: ≥ 1.5×), and of each
+reduced precision over fp32 on the same runtime.
 """
 from __future__ import annotations
 
@@ -173,6 +175,10 @@ def speedups(results: dict) -> dict:
             a, b = _ok(results, name, int(batch)), _ok(results, base, int(batch))
             if a and b:
                 out.setdefault(f"{name}/{base}", {})[batch] = a["frames_per_s"] / b["frames_per_s"]
+            fp32 = "onnxruntime" if entry["device"] == "cpu" else "onnxruntime-cuda"
+            c = _ok(results, fp32, int(batch))
+            if entry["precision"] != "fp32" and a and c:  # reduced precision over fp32, same runtime
+                out.setdefault(f"{name}/{fp32}", {})[batch] = a["frames_per_s"] / c["frames_per_s"]
     ratio = out.get("onnxruntime/torch", {}).get("1")
     out["cpu_goal"] = {"what": "onnxruntime (fp32, CPU) frames/s over torch's at batch 1", "goal": CPU_GOAL,
                        "speedup": ratio, "met": None if ratio is None else ratio >= CPU_GOAL}

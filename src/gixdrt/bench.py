@@ -63,6 +63,7 @@ ENGINES: dict[str, tuple[str, str, str]] = {
     "torch": ("torch", "cpu", "fp32"),
     "onnxruntime": ("onnxruntime", "cpu", "fp32"),
     "onnxruntime-fp16": ("onnxruntime", "cpu", "fp16"),
+    "onnxruntime-int8": ("onnxruntime", "cpu", "int8"),
     "torch-cuda": ("torch-cuda", "cuda", "fp32"),
     "torch-cuda-fp16": ("torch-cuda", "cuda", "fp16"),
     "onnxruntime-cuda": ("onnxruntime", "cuda", "fp32"),

@@ -40,7 +40,7 @@ __all__ = ["PRECISIONS", "PREFERENCE", "GraphSource", "Runtime", "available_back
 #: TensorRT engines have to beat) and before ONNX Runtime's CUDA provider; on a CPU-only machine ``auto`` ends
 #: at ONNX Runtime on the CPU.
 PREFERENCE = ("tensorrt", "torch-cuda", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 _CHOICES = (("tensorrt", "cuda"), ("torch-cuda", "cuda"), ("onnxruntime", "cuda"), ("onnxruntime", "cpu"),
             ("torch", "cpu"))
 #: backends that run on a GPU only: a named one without a device goes to CUDA
@@ -196,6 +196,15 @@ def choose(backend: str = "auto", device: str | None = None) -> tuple[str, str]:
     return backend, device or kind
 
 
+def _cpu_int8(path: Path) -> bytes:
+    """The int8 graph at ``path`` as ONNX Runtime's CPU provider runs it fastest (:func:`gixdrt.export.quantize.cpu_int8`)."""
+    if not _has("onnx"):
+        raise EngineUnavailableError("precision int8 on the CPU needs the onnx package (pip install onnx)")
+    from ..export.quantize import cpu_int8
+
+    return cpu_int8(path)
+
+
 class Runtime:
     """One backend on one device and precision: opens runners for a :class:`GraphSource`'s graphs and holds the
     kernel set. See the module docstring for what each backend uses.
@@ -207,7 +216,10 @@ class Runtime:
     def __init__(self, backend: str, device: str, precision: str = "fp32", *, threads: int | None = None,
                  engine_cache: Path | None = None, workspace_gib: float = 4.0):
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; expected fp32 or fp16")
+            raise ValueError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
+        if precision == "int8" and backend != "onnxruntime":
+            raise ValueError(f"precision int8 runs on onnxruntime (its Q/DQ graph passes TensorRT's op check, but "
+                             f"gixdrt does not build int8 engines yet); {backend} runs fp32 or fp16")
         if backend == "torch" and precision != "fp32":
             raise ValueError(f"precision {precision} is for onnxruntime, torch-cuda and tensorrt; the torch backend "
                              "runs fp32 (the reference)")
@@ -245,8 +257,11 @@ class Runtime:
             from .onnxrt import OnnxRuntimeRunner
 
             path, dims = source.onnx(artifact, precision=self.precision, shapes=shapes, static=False)
+            source_graph: Any = path
+            if self.precision == "int8" and graph == "dense" and parse_device(self.device)[0] == "cpu":
+                source_graph = _cpu_int8(path)  # uint8 activations: ONNX Runtime's fast int8 convolutions on x86
             # no spinning: kernels run between the graphs and need the cores the idle pool would spin on
-            return OnnxRuntimeRunner(path, device=self.device, threads=self.threads, spin=False, dims=dims)
+            return OnnxRuntimeRunner(source_graph, device=self.device, threads=self.threads, spin=False, dims=dims)
         if self.backend in ("torch", "torch-cuda"):
             from .pyt import TorchRunner
 

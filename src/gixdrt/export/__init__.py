@@ -39,6 +39,12 @@ _EXPORTS = {
     "DATA_DEPENDENT_OPS": "check",
     "TRT_OPSETS": "check",
     "PLUGIN_OPS": "check",
+    "Calibration": "quantize",
+    "quantize_dense": "quantize",
+    "static_int8": "quantize",
+    "cpu_int8": "quantize",
+    "qdq_summary": "quantize",
+    "QUANT_VERSION": "quantize",
 }
 
 __all__ = sorted(_EXPORTS)

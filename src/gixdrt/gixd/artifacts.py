@@ -41,6 +41,8 @@ __all__ = ["GRAPHS", "ModelGraphs", "graph_cache_dir"]
 
 #: the ONNX files a model directory ships (gixdrt's own format), by graph
 GRAPHS = {"dense": "dense.onnx", "head": "head.onnx"}
+#: the int8 dense graph a model directory may ship too (recorded in its card as ``graphs.dense_int8``)
+INT8_DENSE = "dense-int8.onnx"
 #: the manifest written beside exported graphs (card fields the runtime needs)
 MANIFEST = "graphs.json"
 
@@ -72,6 +74,7 @@ class ModelGraphs:
     loader: Callable[[], Any] | None = field(default=None, repr=False)  # → GixdDetector (needs PyTorch)
     cache: Path | None = None
     roi_scale: tuple[float, float] | None = None
+    calibration: Any = None  # gixdrt.export.quantize.Calibration of the int8 graph (None: the default settings)
     _model: Any = field(default=None, repr=False)
 
     # --- opening ------------------------------------------------------------------------------------
@@ -235,6 +238,8 @@ class ModelGraphs:
         if backend == "onnxruntime" and precision == "fp32" and self.shipped is not None:
             return False
         folder = self.folder(create=False)
+        if precision == "int8" and backend == "onnxruntime":
+            return self._shipped_int8() is None and not (folder / self._int8_name()).is_file()
         if backend == "tensorrt":
             return not any(folder.glob(f"*-{precision}.onnx"))
         return not all((folder / f"{g}-{precision}.onnx").is_file() for g in GRAPHS)
@@ -263,6 +268,10 @@ class ModelGraphs:
             raise ValueError(f"unknown graph {artifact!r}")
         if artifact == "head_pooled":
             static = True
+        if precision == "int8":
+            if artifact != "dense":  # only the dense graph is quantised (the head is 1 GFLOP of the 88)
+                return self.onnx(artifact, precision="fp32", shapes=shapes, static=static)
+            return self._int8_dense(shapes, static)
         if not static and precision == "fp32" and self.shipped is not None:
             return self.shipped / GRAPHS[artifact], self.dims(artifact, shapes or {})
         if static:
@@ -282,6 +291,60 @@ class ModelGraphs:
         if not path.is_file():
             self._export(artifact, path, precision=precision, shapes=shapes if static else None)
         return path, ({} if static else self.dims(artifact, shapes or {}))
+
+    # --- int8 -----------------------------------------------------------------------------------------
+    def _calibration(self):
+        from ..export.quantize import Calibration
+
+        return self.calibration if self.calibration is not None else Calibration()
+
+    def _int8_name(self) -> str:
+        return f"dense-int8-{self._calibration().key()}.onnx"
+
+    def _shipped_int8(self) -> Path | None:
+        """The shipped int8 dense graph when the card records one calibrated with the settings asked for."""
+        if self.shipped is None or not (self.shipped / INT8_DENSE).is_file():
+            return None
+        entry = ((self.card or {}).get("graphs") or {}).get("dense_int8") or {}
+        return self.shipped / INT8_DENSE if entry.get("calibration_key") == self._calibration().key() else None
+
+    def _int8_dense(self, shapes, static: bool) -> tuple[Path, dict[str, int]]:
+        """The int8 dense graph: shipped, cached, or quantised now from the fp32 graph (calibration: a minute)."""
+        path = self._shipped_int8()
+        if path is None:
+            path = self.folder() / self._int8_name()
+            if not path.is_file():
+                self._quantize(path)
+        if not static:
+            return path, self.dims("dense", shapes or {})
+        if shapes is None:
+            raise ValueError("a static graph needs the input shapes")
+        from ..export.quantize import static_int8
+
+        n, _, h, w = shapes["images"]
+        fixed = self.folder() / f"dense-{h}x{w}-b{n}-int8-{self._calibration().key()}.onnx"
+        if not fixed.is_file():
+            static_int8(path, fixed, self.dims("dense", shapes))
+        return fixed, {}
+
+    def _quantize(self, path: Path) -> None:
+        import sys
+
+        from ..export.quantize import quantize_dense
+
+        cal = self._calibration()
+        if self.shipped is not None:
+            src = self.shipped / GRAPHS["dense"]
+        else:
+            src = self.folder() / "dense-fp32.onnx"
+            if not src.is_file():
+                self._export("dense", src, precision="fp32", shapes=None)
+        n = cal.sim_images + int(cal.real_frame)
+        print(f"gixdrt: quantising the dense graph of {self.name} to int8 (calibrating on {n} images, "
+              f"{cal.method}); once, cached in {path.parent}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        quantize_dense(src, path, calibration=cal)
+        log.info("quantised %s in %.1f s", path.name, time.perf_counter() - t0)
 
     def _export(self, artifact: str, path: Path, *, precision: str, shapes) -> None:
         self._require_torch(f"export its {artifact} graph")

@@ -70,8 +70,11 @@ class PeakDetector:
         CPU, PyTorch; logged) or one of ``"tensorrt"``, ``"torch-cuda"``, ``"onnxruntime"``, ``"torch"``; a named
         backend that cannot run here raises :class:`gixdrt.engine.EngineUnavailableError` with the reason.
     device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None lets the backend choose.
-    precision: ``"fp32"`` or ``"fp16"`` (graphs; box arithmetic stays fp32). threads: ONNX Runtime's CPU threads.
+    precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (graphs; box arithmetic stays fp32; int8: the dense graph
+        quantised with Q/DQ, onnxruntime only, see :mod:`gixdrt.export.quantize`). threads: ONNX Runtime's CPU
+        threads.
     cache: where exported graphs are kept (True: the user cache; a directory; False: a temporary one).
+    calibration: the int8 graph's :class:`gixdrt.export.quantize.Calibration` (None: the default settings).
     score_threshold, nms_iou, max_detections: override the model card's (0.6, 0.1, 250 for the published model).
     ``last_timings``: seconds per stage (:data:`gixdrt.model.config.STAGES`, plus ``polar`` and ``contrast`` for
     raw input) of the last call; measured on the host, and on a GPU only with ``timed=True`` (it synchronises).
@@ -80,10 +83,13 @@ class PeakDetector:
     def __init__(self, model: Any = "default", *, backend: str = "auto", device: str | None = None,
                  precision: str = "fp32", threads: int | None = None, cache: Any = True,
                  score_threshold: float | None = None, nms_iou: float | None = None,
-                 max_detections: int | None = None):
+                 max_detections: int | None = None, calibration: Any = None):
+        if precision == "int8" and backend == "auto":
+            backend = "onnxruntime"  # the one runtime that runs the int8 graph
         self.backend, self.device = choose(backend, device)
         self.runtime = Runtime(self.backend, self.device, precision, threads=threads)
         self.graphs = ModelGraphs.open(model, cache=cache)
+        self.graphs.calibration = calibration
         self.thresholds = self.graphs.thresholds.replace(score_threshold=score_threshold, nms_iou=nms_iou,
                                                          max_detections=max_detections)
         self.precision = precision

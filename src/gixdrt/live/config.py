@@ -34,7 +34,7 @@ CURRENT_VERSION = 1
 MODES = ("lossless", "monitor")
 
 _INPUTS = ("raw", "polar", "processed")
-_PRECISIONS = ("fp32", "fp16")
+_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _v0_to_v1(d: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +116,7 @@ class LiveConfig:
         content inline as a mapping; required for ``input="raw"``. input: ``raw``, ``polar`` or ``processed``.
     model: ``default``, ``published[:NAME]`` or a path. backend: ``auto`` or a backend name
         (:data:`gixdrt.engine.PREFERENCE`). device: ``cpu``, ``cuda``, ``cuda:N`` or None (chosen with the
-        backend). precision: ``fp32`` / ``fp16``. threads: ONNX Runtime CPU threads (None: one per core).
+        backend). precision: ``fp32`` / ``fp16`` / ``int8`` (onnxruntime). threads: ONNX Runtime CPU threads (None: one per core).
     score_threshold [-1, 1], nms_iou [0, 1], max_detections [1, 100000]: the detector's overrides (None: the
         model's). channel: which image channel of a frame to process (None: the first).
     mode: ``lossless`` or ``monitor`` (see :data:`MODES`). queue_frames [1, 1 000 000]: queued frames at most.
