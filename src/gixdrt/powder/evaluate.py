@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STRENGTH_BINS", "classical_method", "evaluate_methods", "frame_spots", "main_evaluate_powder",
-           "pixel_counts", "spot_recall", "summarize", "unet_method"]
+__all__ = ["STRENGTH_BINS", "choose_setting", "classical_method", "evaluate_methods", "frame_spots",
+           "main_evaluate_powder", "pixel_counts", "spot_recall", "summarize", "threshold_sweep", "unet_method"]
 
 STRENGTH_BINS = (("weak", 0.0, 10.0), ("medium", 10.0, 100.0), ("strong", 100.0, float("inf")))
 ON_RING, BRIGHT_RING = 1.5, 3.0
@@ -222,3 +222,51 @@ def main_evaluate_powder(model: str = "default", *, n: int = 24, seed: int = 777
         with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return report
+
+
+def threshold_sweep(model: Any = "default", *, n: int = 12, seed: int = 4242, size: int = 1024,
+                    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                    min_sizes: tuple[int, ...] = (0, 2, 3, 5), config: Any = None) -> dict[str, Any]:
+    """Pixel recall and false positives per frame of the U-Net for every (threshold, min_size), and of the classical
+    mask, on frames 0 … n − 1 of a validation seed (not an evaluation one): the network runs once per frame, the
+    masks are made from its log-odds with the plan's own kernels."""
+    from ..kernels.cpu.powder import remove_small_components
+    from ..kernels.reference.powder import logit
+    from ..sim.powder import PowderSimConfig, PowderSimulator
+    from .plan import PowderMasker
+
+    sim = PowderSimulator(config or PowderSimConfig(), seed=seed, size=(int(size), int(size)))
+    classical = classical_method()
+    acc = {(t, k): np.zeros(4, np.int64) for t in thresholds for k in min_sizes}
+    acc_c = np.zeros(4, np.int64)
+    for i in range(n):
+        f = sim.frame(i)
+        valid = f.detector_mask == 0
+        masker = PowderMasker(model, detector_mask=f.detector_mask, threshold=0.5, min_size=0)
+        lo = masker.run(f.image)["log_odds"]
+        masker.close()
+        c = pixel_counts(classical(f), f.spots, valid)
+        acc_c += [c["tp"], c["fp"], c["fn"], c["tn"]]
+        for t in thresholds:
+            raw = (lo.astype(np.float64) > logit(t)) & valid
+            for k in min_sizes:
+                pred = raw if k <= 1 else remove_small_components(raw[None], out=np.zeros((1, *raw.shape), bool),
+                                                                  min_size=k)[0]
+                c = pixel_counts(pred, f.spots, valid)
+                acc[(t, k)] += [c["tp"], c["fp"], c["fn"], c["tn"]]
+
+    def row(a):
+        tp, fp, fn, _ = (int(v) for v in a)
+        return {"recall": tp / max(tp + fn, 1), "fp_per_frame": fp / n, "precision": tp / max(tp + fp, 1)}
+
+    return {"seed": seed, "frames": n, "size": int(size), "classical": row(acc_c),
+            "unet": [{"threshold": t, "min_size": k, **row(a)} for (t, k), a in acc.items()]}
+
+
+def choose_setting(sweep: dict[str, Any], fp_fraction: float = 0.5) -> dict[str, Any]:
+    """The (threshold, min_size) of highest recall whose false positives per frame stay ≤ ``fp_fraction`` × the
+    classical mask's on the same frames (ties: fewer false positives)."""
+    budget = fp_fraction * sweep["classical"]["fp_per_frame"]
+    ok = [r for r in sweep["unet"] if r["fp_per_frame"] <= budget]
+    pool = ok or sorted(sweep["unet"], key=lambda r: r["fp_per_frame"])[:1]
+    return max(pool, key=lambda r: (r["recall"], -r["fp_per_frame"]))
