@@ -126,3 +126,19 @@ def test_card_and_settings(model_dir):
         load_card(model_dir.parent / "nothing")
     with pytest.raises(ValueError, match="threshold"):
         MaskSettings(threshold=1.0)
+
+
+def test_plan_runs_through_the_device_kernel_set_check_mode(model_dir, frame):
+    from gixdrt.engine import DeviceKernels, Executor
+
+    img, mask = frame
+    settings = MaskSettings(tile=96, halo=24, threshold=0.45, min_size=3)
+    plan = powder_plan(*img.shape, mask=mask, settings=settings)
+    lay = tile_layout(*img.shape, multiple=4, tile=96, halo=24)
+    inner = TorchRunner(load_unet(model_dir), {"x": (np.float32, (1, 1, *lay.tile))}, ["logits"])
+    kernels = DeviceKernels("cpu")  # torch tensors as buffers, the host kernels on views of them
+    out = Executor(plan, {"unet": ChunkedRunner(inner, lay.count)}, kernels).run({"frames": torch.from_numpy(img[None])})
+    spots, log_odds = kernels.to_host([out["spots"], out["log_odds"]])
+    want = PowderMasker(model_dir, runtime="torch", detector_mask=mask, tile=0).run(img)
+    np.testing.assert_allclose(log_odds[0], want["log_odds"], rtol=1e-4, atol=5e-4)
+    assert spots[0].any() and not spots[0][mask != 0].any()

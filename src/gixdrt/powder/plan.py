@@ -210,6 +210,7 @@ class PowderMasker:
                 self._module = load_unet(model)
             self.model_dir = model_dir(model)
         self.card = card
+        settings = {k: v for k, v in settings.items() if v is not None}
         self.settings = MaskSettings.from_card(card, **settings) if card else MaskSettings(**settings)
         self.kernels = HostKernels(kernels)
         self._executors: dict[tuple, Any] = {}
