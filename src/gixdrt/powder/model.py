@@ -138,6 +138,9 @@ def save_unet(model, directory: str | os.PathLike, *, normalization: dict[str, A
     stored = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in state.items()}
     tmp = d / (WEIGHTS_NAME + ".part")
     save_file(stored, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as any other file written here (the writer may make it private)
     os.replace(tmp, d / WEIGHTS_NAME)
     m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()})
     tmp = d / (ONNX_NAME + ".part")
