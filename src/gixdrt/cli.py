@@ -830,6 +830,131 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def cmd_train_powder(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from .io.atomic import check_output
+    from .powder.train import PowderTrainConfig, train_powder
+
+    run_dir = Path(args.run_dir)
+    if not args.resume:
+        check_output(run_dir, option="--run-dir", directory=True)
+    cfg = None
+    if args.config:
+        text = Path(args.config).read_text(encoding="utf-8")
+        if args.config.endswith(".json"):
+            data = _json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise GixdrtError(f"{args.config}: a training config must be a mapping of PowderTrainConfig fields")
+        cfg = PowderTrainConfig.from_dict(data)
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "seed", "threads") if getattr(args, k) is not None}
+    if overrides:
+        if args.resume and cfg is None:
+            saved = run_dir / "config.json"
+            if not saved.is_file():
+                raise GixdrtError(f"{run_dir}: no config.json to resume from")
+            cfg = PowderTrainConfig.from_dict(_json.loads(saved.read_text(encoding="utf-8")))
+        cfg = PowderTrainConfig.from_dict({**(cfg or PowderTrainConfig()).to_dict(), **overrides})
+    try:
+        result = train_powder(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        raise GixdrtError(str(exc)) from None
+    model = result.model_dir or "(not saved: stopped before the last step)"
+    print(f"trained {result.steps} steps in {result.wall_s:.0f} s → {result.run_dir}; model {model}; "
+          f"mean loss of the last steps {result.last_loss:.4g}")
+    return 0
+
+
+def cmd_evaluate_powder(args: argparse.Namespace) -> int:
+    from .io.atomic import check_output
+    from .powder.evaluate import main_evaluate_powder
+
+    if args.out:
+        check_output(args.out, option="--out", suffixes=(".json",))
+    try:
+        report = main_evaluate_powder(args.model, n=args.n, seed=args.seed, size=args.size, shifted=args.shifted,
+                                      out=args.out, threshold=args.threshold, min_size=args.min_size,
+                                      progress=not args.no_progress)
+    except ValueError as exc:
+        raise GixdrtError(str(exc)) from None
+    for name, m in report["methods"].items():
+        sr = m["spot_recall"]
+        strong = sr.get("strong_bright_ring", {}).get("recall")
+        print(f"{name:<10} pixel recall {m['pixel_recall']:.4f}  precision {m['pixel_precision']:.4f}  "
+              f"FP px/frame {m['fp_pixels_per_frame']:.0f}  spot recall {sr['all']['recall']:.4f}  "
+              f"strong on bright rings {'n/a' if strong is None else f'{strong:.4f}'}  "
+              f"{m['seconds_per_frame']:.2f} s/frame")
+    if report.get("fp_ratio_unet_over_classical") is not None:
+        print(f"false positives U-Net / classical: {report['fp_ratio_unet_over_classical']:.3f}")
+    if args.out:
+        print(f"report → {args.out}")
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io import read_frame
+    from .io.atomic import atomic_path, check_output
+    from .powder.geometry import PowderGeometry
+
+    out = check_output(args.out, inputs=args.frames, option="--out", suffixes=(".npy", ".h5", ".hdf5"))
+    methods = ["unet", "classical"] if args.method == "both" else [args.method]
+    if len(methods) > 1 and out.suffix == ".npy":
+        raise GixdrtError(f"--out {out}: --method both needs an HDF5 output (.h5), one dataset per method")
+    frames = []
+    for spec in args.frames:
+        data = np.asarray(read_frame(spec))
+        frames.extend(data if data.ndim == 3 else [data])
+    shape = frames[0].shape
+    if any(f.shape != shape for f in frames):
+        raise GixdrtError("FRAMES: all frames must have the same shape")
+    mask = None
+    for spec in args.mask:
+        m = np.asarray(read_frame(spec))
+        if m.shape != shape:
+            raise GixdrtError(f"--mask {spec}: shape {m.shape} differs from the frames' {shape}")
+        mask = (m != 0) if mask is None else (mask | (m != 0))
+    results = {}
+    if "unet" in methods:
+        from .powder.plan import PowderMasker
+
+        masker = PowderMasker(args.model, detector_mask=mask, threads=args.threads, threshold=args.threshold,
+                              min_size=args.min_size)
+        results["unet"] = np.stack([masker(f) for f in frames])
+        masker.close()
+    if "classical" in methods:
+        if not args.poni:
+            raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
+        from .powder.classical import RingIndex, pixel_mask_search
+
+        geom = PowderGeometry.from_poni(args.poni, shape=shape)
+        index = RingIndex.from_geometry(geom, None if mask is None else mask.astype(np.uint8))
+        results["classical"] = np.stack([pixel_mask_search(f, index) for f in frames])
+    with atomic_path(out) as tmp:
+        if out.suffix == ".npy":
+            np.save(tmp, results[methods[0]])
+        else:
+            import h5py
+
+            with h5py.File(tmp, "w") as h5:
+                for name, value in results.items():
+                    ds = h5.create_dataset(f"spots_{name}", data=value.astype(np.uint8), compression="gzip",
+                                           chunks=(1, *shape))
+                    ds.attrs["meaning"] = "1 = spot pixel (exclude from integration), one image per input frame"
+                h5.attrs["frames"] = [str(s) for s in args.frames]
+    for name, value in results.items():
+        print(f"{name}: {int(value.sum())} spot pixels in {len(frames)} frame(s) "
+              f"({value.mean() * 100:.3f} % of the pixels)")
+    print(f"masks → {out}")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .live.replay import replay_files
 
@@ -1241,6 +1366,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), help="override the seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = add("train-powder", help="train the powder spot-masking U-Net on generated frames")
+    p.add_argument("--run-dir", required=True, help="run directory (checkpoints, losses.csv, model/)")
+    p.add_argument("--config", help="YAML or JSON with PowderTrainConfig fields (default: the built-in recipe)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
+    p.add_argument("--steps", type=_in_range(int, 1), help="override the number of steps")
+    p.add_argument("--batch-size", type=_in_range(int, 1, 4096), help="override the batch size")
+    p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), help="override the seed")
+    p.add_argument("--threads", type=_in_range(int, 1, 1024), help="PyTorch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_train_powder)
+
+    p = add("evaluate-powder", help="U-Net and classical spot masks side by side on generated powder frames")
+    p.add_argument("--model", default="default", help="powder model name or directory (default: default)")
+    p.add_argument("--n", type=_in_range(int, 1, 100_000), default=24, help="frames (default 24)")
+    p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), default=777, help="seed of the set (default 777)")
+    p.add_argument("--size", type=_in_range(int, 64, 16384), default=1024, help="frame side in px (default 1024)")
+    p.add_argument("--shifted", action="store_true", help="the shifted generator settings (other calibrants, wider ranges)")
+    p.add_argument("--threshold", type=_in_range(float, 1e-6, 1 - 1e-6), help="P(spot) threshold (default: the card's)")
+    p.add_argument("--min-size", type=_in_range(int, 0, 1_000_000), help="drop smaller components (default: the card's)")
+    p.add_argument("--out", help="report (.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_evaluate_powder)
+
+    p = add("mask", help="spot masks of powder frames (U-Net, classical pixel mask search, or both)")
+    p.add_argument("frames", nargs="+", metavar="FRAMES", help="frames or stacks (.tif, .npy, .edf/.cbf, FILE.h5::/dataset)")
+    p.add_argument("--out", required=True, help="masks: .npy (one method, bool[N, H, W]) or .h5 (spots_<method> datasets)")
+    p.add_argument("--method", choices=["unet", "classical", "both"], default="unet", help="default unet")
+    p.add_argument("--poni", help="pyFAI PONI file of the detector (needed by the classical method)")
+    p.add_argument("--model", default="default", help="powder model name or directory (default: default)")
+    p.add_argument("--mask", action="append", default=[], metavar="FILE",
+                   help="detector mask image, nonzero = excluded (repeatable); never masked as spots")
+    p.add_argument("--threshold", type=_in_range(float, 1e-6, 1 - 1e-6), help="P(spot) threshold (default: the card's)")
+    p.add_argument("--min-size", type=_in_range(int, 0, 1_000_000), help="drop smaller components (default: the card's)")
+    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads")
+    p.set_defaults(func=cmd_mask)
 
     p = add("evaluate", help="the paper's evaluation on a simulated set; several models side by side")
     p.add_argument("--model", nargs="+", default=["default"], help="model names or paths (default: default)")

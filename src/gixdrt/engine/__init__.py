@@ -4,7 +4,8 @@
 - :mod:`~gixdrt.engine.executor`: :class:`Executor` (runs any plan);
 - runners, one lifecycle (``activate()``, ``infer(feed) -> dict``, ``deactivate()``, or a ``with`` block):
   :class:`OnnxRuntimeRunner`, :class:`TensorRTRunner` (engines from :func:`build_engine`, checked against their
-  sidecar by :func:`check_sidecar`), :class:`TorchRunner`;
+  sidecar by :func:`check_sidecar`), :class:`TorchRunner`, and :class:`ChunkedRunner` (a large batch a few items at
+  a time);
 - :mod:`~gixdrt.engine.kernelsets`: :class:`HostKernels` (NumPy/C++), :class:`DeviceKernels` (CUDA, one stream);
 - :mod:`~gixdrt.engine.backends`: :class:`Runtime` (a backend = a runner kind + a kernel set, on a device),
   :func:`backend_status`, :data:`PREFERENCE`, :func:`available_backends`.
@@ -36,6 +37,7 @@ _LAZY = {
     "available_backends": "backends",
     "choose": "backends",
     "TorchRunner": "pyt",
+    "ChunkedRunner": "chunked",
     "OnnxRuntimeRunner": "onnxrt",
     "session_from_onnx": "onnxrt",
     "onnxruntime_devices": "onnxrt",

@@ -275,3 +275,15 @@ for _op in ("gather_rows", "make_rois", "box_sums", "frame_constant", "masked_co
 for _op in ("polar_remap_batch", "fill_holes_batch", "contrast_batch"):
     for _impl in ("reference", "cpu", "cuda"):
         register(_op, _impl, f"gixdrt.kernels.batched:{_op}_{_impl}")
+
+# The powder U-Net plan's kernels (gixdrt.powder.plan): normalisation, spot mask and small-component removal with a
+# Numba CPU version; the tile moves run their NumPy reference on the host.
+from .registry import numba_unavailable_reason as _numba_probe  # noqa: E402
+
+for _op in ("powder_normalize", "spot_mask", "remove_small_components"):
+    register(_op, "reference", f"gixdrt.kernels.reference.powder:{_op}")
+    register(_op, "cpu", f"gixdrt.kernels.cpu.powder:{_op}", probe=_numba_probe)
+    register(_op, "cuda", f"gixdrt.kernels.cuda.powder:{_op}")
+for _op in ("extract_tiles", "stitch_logits"):
+    register(_op, "reference", f"gixdrt.kernels.reference.powder:{_op}")
+    register(_op, "cuda", f"gixdrt.kernels.cuda.powder:{_op}")

@@ -1,12 +1,14 @@
 """The powder pipeline: geometry in pyFAI's PONI convention, calibrant rings, the classical spot mask (GSAS-II's
-pixel mask search) and, later, the U-Net plan and masked azimuthal integration.
+pixel mask search), the U-Net spot mask as a plan of the engine (:mod:`.plan`, :class:`PowderMasker`), its models
+(:mod:`.model`), training (:mod:`.train`) and evaluation (:mod:`.evaluate`); masked azimuthal integration later.
 
 >>> from gixdrt.powder import PowderGeometry, RingIndex, pixel_mask_search
 >>> geom = PowderGeometry.from_poni("detector.poni")
 >>> index = RingIndex.build(geom.tth(), distance=geom.dist, pixel=geom.pixel1, mask=detector_mask)   # once
 >>> spots = pixel_mask_search(frame, index)          # bool[H, W], True = spot pixel (excluded)
 
-Nothing here imports PyTorch or pyFAI.
+Importing this package imports neither PyTorch nor pyFAI (the U-Net plan runs on ONNX Runtime; training and
+``runtime="torch"`` need PyTorch).
 """
 from __future__ import annotations
 
@@ -23,15 +25,21 @@ _EXPORTS = {
     "ring_ids": "classical",
     "pixel_mask_search": "classical",
     "pixel_mask_search_reference": "classical",
+    "PowderMasker": "plan",
+    "MaskSettings": "plan",
+    "powder_plan": "plan",
 }
 __all__ = [
     "CALIBRANTS",
+    "MaskSettings",
     "Phase",
     "PowderGeometry",
+    "PowderMasker",
     "RingIndex",
     "d_spacings",
     "pixel_mask_search",
     "pixel_mask_search_reference",
+    "powder_plan",
     "random_phase",
     "read_poni",
     "ring_ids",

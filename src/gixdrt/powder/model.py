@@ -1,0 +1,164 @@
+"""Powder U-Net models on disk and by name: a directory with ``model.safetensors`` (weights, float16 or float32),
+``model.json`` (the card) and ``unet.onnx`` (the graph, float32, dynamic N/H/W, for ONNX Runtime without PyTorch).
+
+- ``default``: the model shipped in the package (``gixdrt/powder/weights/default``), when there is one;
+- any other name under ``gixdrt/powder/weights/``; or a path to such a directory (or its ``model.json``).
+
+The card (JSON): ``format`` (``gixdrt-powder-unet``), ``format_version``, ``architecture`` (the
+:class:`~gixdrt.model.unet.UNetConfig`), ``normalization`` (the parameters of the ``powder_normalize`` kernel),
+``mask`` (threshold on P(spot), minimum component size, connectivity), ``storage_dtype``, ``sha256`` of the weights
+and of the graph, and free ``training`` / ``evaluation`` sections.
+
+>>> from gixdrt.powder.model import load_card, load_unet, onnx_graph
+>>> card = load_card("default"); model = load_unet("default")     # torch module, eval mode, float32
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+
+__all__ = ["FORMAT", "WEIGHTS", "builtin", "export_onnx", "load_card", "load_unet", "model_dir", "onnx_graph",
+           "save_unet"]
+
+FORMAT = "gixdrt-powder-unet"
+FORMAT_VERSION = 1
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHTS_NAME, CARD_NAME, ONNX_NAME = "model.safetensors", "model.json", "unet.onnx"
+
+
+def builtin() -> list[str]:
+    """Names of the powder models shipped in the package."""
+    if not WEIGHTS.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS.iterdir() if (p / CARD_NAME).is_file())
+
+
+def model_dir(spec: str | os.PathLike) -> Path:
+    """The directory of a model name (``default`` or another shipped name) or path."""
+    text = os.fspath(spec)
+    if text in builtin():
+        return WEIGHTS / text
+    path = Path(text)
+    if path.suffix == ".json":
+        path = path.parent
+    if not (path / CARD_NAME).is_file():
+        names = ", ".join(builtin()) or "none shipped yet"
+        raise CheckpointError(f"no powder model here (expected a directory with {CARD_NAME}, or a shipped name: "
+                              f"{names})", path=path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_card(spec: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a powder model's card."""
+    where = model_dir(spec) / CARD_NAME
+    try:
+        card = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"model card is not valid JSON ({exc})", path=where) from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise CheckpointError(f"not a powder U-Net card (format is not {FORMAT!r})", path=where)
+    if card.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"unsupported format_version {card.get('format_version')!r}", path=where)
+    for key in ("architecture", "normalization", "mask", "sha256"):
+        if key not in card:
+            raise CheckpointError(f"model card lacks {key!r}", path=where)
+    return card
+
+
+def load_unet(spec: str | os.PathLike, *, verify: bool = True):
+    """The model's :class:`~gixdrt.model.unet.UNet` (float32, eval mode, CPU); ``verify`` checks the sha256."""
+    from safetensors.torch import load_file
+
+    from ..model.unet import UNet, UNetConfig
+
+    d = model_dir(spec)
+    card = load_card(d)
+    weights = d / WEIGHTS_NAME
+    if verify and _sha256(weights) != card["sha256"].get("weights"):
+        raise CheckpointError("weights do not match the card's sha256", path=weights)
+    model = UNet(UNetConfig(**card["architecture"]))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"weights do not fit the architecture (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]})", path=weights)
+    model.card = card
+    return model.eval()
+
+
+def onnx_graph(spec: str | os.PathLike) -> Path:
+    """The path of the model's ONNX graph (float32, dynamic N, H and W: input ``x``, output ``logits``)."""
+    d = model_dir(spec)
+    path = d / ONNX_NAME
+    if not path.is_file():
+        raise CheckpointError(f"the model has no {ONNX_NAME}", path=d)
+    return path
+
+
+def export_onnx(model, path: str | os.PathLike, *, opset: int = 17) -> Path:
+    """Export a :class:`~gixdrt.model.unet.UNet` (float32, eval) with dynamic N, H, W → ``path``."""
+    import warnings
+
+    import torch
+
+    m = model.float().eval()
+    probe = torch.zeros(1, m.config.in_channels, 4 * m.config.multiple, 4 * m.config.multiple)
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (probe,), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
+                          opset_version=opset,
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}})
+    return path
+
+
+def save_unet(model, directory: str | os.PathLike, *, normalization: dict[str, Any], mask: dict[str, Any],
+              fp16: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``directory`` (created; files replaced atomically one by one): weights (float16 with ``fp16``), the
+    ONNX graph (float32 weights as stored, i.e. rounded through float16 when ``fp16``) and the card."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    m = copy.deepcopy(model).float().eval()
+    state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+    stored = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in state.items()}
+    tmp = d / (WEIGHTS_NAME + ".part")
+    save_file(stored, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as any other file written here (the writer may make it private)
+    os.replace(tmp, d / WEIGHTS_NAME)
+    m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()})
+    tmp = d / (ONNX_NAME + ".part")
+    export_onnx(m, tmp)
+    os.replace(tmp, d / ONNX_NAME)
+    card = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "gixdrt_version": __version__,
+        "architecture": m.config.to_dict(),
+        "parameters": m.n_parameters(),
+        "normalization": dict(normalization),
+        "mask": dict(mask),
+        "storage_dtype": "float16" if fp16 else "float32",
+        "sha256": {"weights": _sha256(d / WEIGHTS_NAME), "onnx": _sha256(d / ONNX_NAME)},
+        **(extra or {}),
+    }
+    tmp = d / (CARD_NAME + ".part")
+    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, d / CARD_NAME)
+    return d

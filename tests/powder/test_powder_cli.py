@@ -1,0 +1,81 @@
+"""gixdrt mask / evaluate-powder / train-powder from the command line: outputs equal the Python API's, one-line
+errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+h5py = pytest.importorskip("h5py")
+
+from gixdrt.cli import main  # noqa: E402
+from gixdrt.model.unet import UNet  # noqa: E402
+from gixdrt.powder.classical import RingIndex, pixel_mask_search  # noqa: E402
+from gixdrt.powder.model import save_unet  # noqa: E402
+from gixdrt.powder.plan import PowderMasker  # noqa: E402
+from gixdrt.sim.powder import PowderSimulator  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(1)
+    model = save_unet(UNet(depth=3).eval(), d / "model", normalization={"bins_per_unit": 1024, "max_log": 24,
+                      "min_mad": 0.01}, mask={"threshold": 0.5, "min_size": 0, "connectivity": 8})
+    f = PowderSimulator(seed=2, size=(160, 192)).frame(0)
+    np.save(d / "frame.npy", f.image)
+    np.save(d / "dmask.npy", f.detector_mask)
+    g = f.geometry
+    (d / "det.poni").write_text(
+        f"PixelSize1: {g.pixel1}\nPixelSize2: {g.pixel2}\nDistance: {g.dist}\nPoni1: {g.poni1}\nPoni2: {g.poni2}\n"
+        f"Rot1: {g.rot1}\nRot2: {g.rot2}\nRot3: {g.rot3}\nWavelength: {g.wavelength}\n")
+    return d, model, f
+
+
+def test_mask_both_methods_to_hdf5(setup, capsys):
+    d, model, f = setup
+    out = d / "masks.h5"
+    rc = main(["mask", str(d / "frame.npy"), "--out", str(out), "--method", "both", "--poni", str(d / "det.poni"),
+               "--model", str(model), "--mask", str(d / "dmask.npy"), "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    with h5py.File(out) as h5:
+        unet, classical = h5["spots_unet"][()], h5["spots_classical"][()]
+    want_c = pixel_mask_search(f.image, RingIndex.from_geometry(f.geometry, f.detector_mask))
+    np.testing.assert_array_equal(classical[0].astype(bool), want_c)
+    want_u = PowderMasker(model, detector_mask=f.detector_mask != 0, threads=1)(f.image)
+    np.testing.assert_array_equal(unet[0].astype(bool), want_u)
+    assert want_c.any()
+
+
+def test_mask_errors_are_one_line(setup, capsys):
+    d, model, _ = setup
+    rc = main(["mask", str(d / "frame.npy"), "--out", str(d / "m.npy"), "--method", "both", "--poni", str(d / "det.poni")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs an HDF5 output" in err and err.count("\n") == 1
+    rc = main(["mask", str(d / "frame.npy"), "--out", str(d / "m.npy"), "--method", "classical"])
+    assert rc == 2 and "--poni" in capsys.readouterr().err
+    assert not (d / "m.npy").exists()
+
+
+def test_evaluate_powder_writes_its_report(setup, capsys):
+    d, model, _ = setup
+    out = d / "report.json"
+    rc = main(["evaluate-powder", "--model", str(model), "--n", "1", "--size", "128", "--seed", "3", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert set(report["methods"]) == {"unet", "classical"} and report["frames"] == 1
+    assert "pixel recall" in capsys.readouterr().out
+
+
+def test_train_powder_cli(tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"batch_size": 1, "crop": 64, "frame_sizes": [96], "window": 1, "warmup": 1}))
+    rc = main(["train-powder", "--run-dir", str(tmp_path / "run"), "--config", str(cfg), "--steps", "1",
+               "--threads", "1", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "model" / "unet.onnx").is_file()
+    rc = main(["train-powder", "--run-dir", str(tmp_path / "run"), "--config", str(cfg)])
+    assert rc == 2 and "a run exists here" in capsys.readouterr().err

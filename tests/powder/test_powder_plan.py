@@ -1,0 +1,144 @@
+"""The U-Net plan: ONNX Runtime equals the PyTorch module, tiled equals whole-frame, the chunked runner, the model
+files, and the settings a card carries."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from gixdrt.engine import ChunkedRunner, TorchRunner  # noqa: E402
+from gixdrt.errors import CheckpointError  # noqa: E402
+from gixdrt.kernels.reference.powder import powder_normalize  # noqa: E402
+from gixdrt.model.unet import UNet  # noqa: E402
+from gixdrt.powder.model import load_card, load_unet, save_unet  # noqa: E402
+from gixdrt.powder.plan import MaskSettings, PowderMasker, powder_plan, tile_layout  # noqa: E402
+
+NORM = {"bins_per_unit": 1024, "max_log": 24, "min_mad": 0.01}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    m = UNet(depth=3)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        m.train()
+        for _ in range(3):
+            m(torch.randn(2, 1, 32, 32) * 2 + 0.5)
+        m.head.bias.copy_(torch.tensor([0.0, -0.05]))
+    d = tmp_path_factory.mktemp("unet") / "model"
+    return save_unet(m.eval(), d, normalization=NORM, mask={"threshold": 0.45, "min_size": 3, "connectivity": 8})
+
+
+@pytest.fixture(scope="module")
+def frame():
+    rng = np.random.default_rng(0)
+    img = rng.poisson(100.0, (150, 206)).astype(np.float32)
+    img[40:46, 50:55] += 5000
+    mask = np.zeros(img.shape, np.uint8)
+    mask[:, 100:104] = 1
+    return img, mask
+
+
+def _module_log_odds(model, img, mask):
+    h, w = img.shape
+    x = np.zeros((1, 1, -(-h // 4) * 4, -(-w // 4) * 4), np.float32)
+    powder_normalize(img[None], mask, out=x, **NORM)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    return (y[0, 1] - y[0, 0])[:h, :w]
+
+
+def test_onnxruntime_plan_equals_the_torch_module(model_dir, frame):
+    img, mask = frame
+    model = load_unet(model_dir)
+    want = _module_log_odds(model, img, mask)
+    masker = PowderMasker(model_dir, detector_mask=mask, threads=1)
+    got = masker.run(img, timed=True)
+    np.testing.assert_allclose(got["log_odds"], want, rtol=1e-4, atol=2e-4)
+    assert set(masker.timings) == {"normalize", "unet", "stitch", "mask"}
+    # the mask: P(spot) > 0.45, not on the detector mask, components of ≥ 3 px
+    from gixdrt.kernels.reference.powder import remove_small_components
+
+    raw = (1 / (1 + np.exp(-want.astype(np.float64))) > 0.45) & (mask == 0)
+    expect = remove_small_components(raw[None], out=np.zeros((1, *raw.shape), bool), min_size=3)[0]
+    near = np.abs(want - np.log(0.45 / 0.55)) < 1e-3  # pixels at the threshold may flip with rounding
+    assert 0 < expect.sum() < expect.size and not got["spots"][mask != 0].any()
+    assert np.count_nonzero((got["spots"] != expect) & ~near) <= 3
+
+
+def test_torch_runtime_and_tiles_give_the_same_log_odds(model_dir, frame):
+    img, mask = frame
+    whole = PowderMasker(model_dir, runtime="torch", detector_mask=mask, tile=0).run(img)
+    tiled_masker = PowderMasker(model_dir, detector_mask=mask, tile=96, halo=24, threads=1)
+    tiled = tiled_masker.run(img, timed=True)
+    assert "tiles" in tiled_masker.timings
+    np.testing.assert_allclose(tiled["log_odds"], whole["log_odds"], rtol=1e-4, atol=5e-4)
+
+
+def test_tile_layout_partitions_the_frame():
+    lay = tile_layout(2880, 2881, multiple=4, tile=1024, halo=32)
+    assert lay.padded == (2880, 2884) and lay.tile == (1024, 1024)
+    for starts, cores, length in ((lay.starts_y, lay.cores_y, 2880), (lay.starts_x, lay.cores_x, 2884)):
+        assert starts[0] == 0 and starts[-1] == length - 1024
+        assert cores[0][0] == 0 and cores[-1][1] == length
+        for (a, b), (c, _) in zip(cores, cores[1:]):
+            assert b == c  # contiguous, no gap, no overlap
+        for s, (lo, hi) in zip(starts, cores):
+            assert (lo == 0 or lo >= s + 32) and (hi == length or hi <= s + 1024 - 32)
+    assert tile_layout(1000, 1000, multiple=4, tile=1024).whole
+    assert tile_layout(1000, 1000, multiple=4, tile=0).padded == (1000, 1000)
+
+
+def test_plan_describes_its_stages(frame):
+    img, mask = frame
+    plan = powder_plan(*img.shape, mask=mask, settings=MaskSettings(tile=64, halo=16, min_size=2))
+    names = [s.name for s in plan.stages]
+    assert names == ["normalize", "tiles", "unet", "stitch", "threshold", "components"]
+    assert plan.outputs == ("spots", "log_odds")
+    with pytest.raises(ValueError, match="detector mask shape"):
+        powder_plan(10, 12, mask=np.zeros((12, 10)))
+
+
+def test_chunked_runner_runs_one_item_at_a_time():
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    inner = TorchRunner(net, {"x": (np.float32, (1, 1, 8, 8))}, ["y"])
+    calls = []
+    real = inner.infer_impl
+    inner.infer_impl = lambda feed: (calls.append(feed["x"].shape), real(feed))[1]
+    x = np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32)
+    with ChunkedRunner(inner, 3) as runner:
+        y = runner.infer({"x": x})["y"]
+    with torch.no_grad():
+        np.testing.assert_allclose(y, net(torch.from_numpy(x)).numpy(), rtol=1e-6)
+    assert calls == [(1, 1, 8, 8)] * 3
+    with pytest.raises(ValueError, match="not a multiple"):
+        ChunkedRunner(TorchRunner(net, {"x": (np.float32, (2, 1, 8, 8))}, ["y"]), 3).activate()
+
+
+def test_card_and_settings(model_dir):
+    card = load_card(model_dir)
+    assert card["storage_dtype"] == "float16" and card["parameters"] == 29_650
+    s = MaskSettings.from_card(card, min_size=None, threshold=0.7)
+    assert (s.threshold, s.min_size) == (0.7, 3)
+    with pytest.raises(CheckpointError, match="no powder model"):
+        load_card(model_dir.parent / "nothing")
+    with pytest.raises(ValueError, match="threshold"):
+        MaskSettings(threshold=1.0)
+
+
+def test_plan_runs_through_the_device_kernel_set_check_mode(model_dir, frame):
+    from gixdrt.engine import DeviceKernels, Executor
+
+    img, mask = frame
+    settings = MaskSettings(tile=96, halo=24, threshold=0.45, min_size=3)
+    plan = powder_plan(*img.shape, mask=mask, settings=settings)
+    lay = tile_layout(*img.shape, multiple=4, tile=96, halo=24)
+    inner = TorchRunner(load_unet(model_dir), {"x": (np.float32, (1, 1, *lay.tile))}, ["logits"])
+    kernels = DeviceKernels("cpu")  # torch tensors as buffers, the host kernels on views of them
+    out = Executor(plan, {"unet": ChunkedRunner(inner, lay.count)}, kernels).run({"frames": torch.from_numpy(img[None])})
+    spots, log_odds = kernels.to_host([out["spots"], out["log_odds"]])
+    want = PowderMasker(model_dir, runtime="torch", detector_mask=mask, tile=0).run(img)
+    np.testing.assert_allclose(log_odds[0], want["log_odds"], rtol=1e-4, atol=5e-4)
+    assert spots[0].any() and not spots[0][mask != 0].any()
