@@ -23,6 +23,7 @@ import numpy as np
 from numba import config, cuda
 
 from ..reference.powder import BINS_PER_UNIT, MAD_SCALE, MAX_LOG, MIN_MAD, _neighbours, check_normalize, logit
+from ..reference.powder import stitch_logits as _reference_stitch
 from ._util import as_device, as_stream
 
 __all__ = ["extract_tiles", "powder_normalize", "remove_small_components", "spot_mask", "stitch_logits"]
@@ -320,18 +321,7 @@ def extract_tiles(frames, *, out, starts_y, starts_x, stream: Any = None, **_: o
 
 
 def stitch_logits(tiles, *, out, starts_y, starts_x, cores_y, cores_x, stream: Any = None):
-    """See :func:`gixdrt.kernels.reference.powder.stitch_logits` (PyTorch tensors)."""
-    t = len(starts_y) * len(starts_x)
-    n, h, w = (int(s) for s in out.shape)
-    if int(tiles.shape[0]) != n * t or int(tiles.shape[1]) != 2:
-        raise ValueError(f"stitch_logits: tiles must be [{n * t}, 2, Sh, Sw], got {list(tiles.shape)}")
-    for i in range(n):
-        for a, (y, (cy0, cy1)) in enumerate(zip(starts_y, cores_y)):
-            for b, (x, (cx0, cx1)) in enumerate(zip(starts_x, cores_x)):
-                tile = tiles[i * t + a * len(starts_x) + b]
-                y1, x1 = min(cy1, h), min(cx1, w)
-                if y1 <= cy0 or x1 <= cx0:
-                    continue
-                ys, xs = slice(cy0 - y, y1 - y), slice(cx0 - x, x1 - x)
-                out[i, cy0:y1, cx0:x1] = tile[1, ys, xs] - tile[0, ys, xs]
-    return out
+    """See :func:`gixdrt.kernels.reference.powder.stitch_logits`: the same slicing, on PyTorch tensors (on their
+    device, in the current stream)."""
+    return _reference_stitch(tiles, out=out, starts_y=starts_y, starts_x=starts_x, cores_y=cores_y,
+                             cores_x=cores_x)
