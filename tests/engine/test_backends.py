@@ -90,7 +90,7 @@ def test_runtime_of_each_cpu_backend():
     with pytest.raises(ValueError, match="torch backend runs fp32"):
         bk.Runtime("torch", "cpu", "fp16")
     with pytest.raises(ValueError, match="unknown precision"):
-        bk.Runtime("onnxruntime", "cpu", "int8")
+        bk.Runtime("onnxruntime", "cpu", "int4")
     with pytest.raises(EngineUnavailableError, match="GPU only"):
         bk.Runtime("torch-cuda", "cpu")
     assert not rt.fuses("head_pooled", None)  # only TensorRT runs RoIAlign inside a graph

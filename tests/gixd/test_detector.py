@@ -68,7 +68,7 @@ def test_named_backend_that_cannot_run_raises(small_model):
     with pytest.raises(ValueError, match="onnx-foo"):
         PeakDetector(small_model, backend="onnx-foo")
     with pytest.raises(ValueError, match="precision"):
-        PeakDetector(small_model, backend="onnxruntime", precision="int8")
+        PeakDetector(small_model, backend="onnxruntime", precision="int4")
     with pytest.raises(ValueError, match="fp16"):
         PeakDetector(small_model, backend="torch", precision="fp16")
     with pytest.raises(ValueError, match="invalid device"):

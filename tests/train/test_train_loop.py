@@ -44,7 +44,21 @@ def test_configs_load_and_roundtrip(tmp_path):
         TrainConfig(targets={"rpn_pos": 0.3})
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("train-*.yaml")), ids=lambda p: p.name)
+GIXD_CONFIGS = sorted(p for p in (ROOT / "configs").glob("train-*.yaml") if not p.name.startswith("train-powder"))
+POWDER_CONFIGS = sorted((ROOT / "configs").glob("train-powder*.yaml"))
+
+
+@pytest.mark.parametrize("path", POWDER_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_powder_training_config_is_valid(path):
+    import yaml
+
+    from gixdrt.powder.train import PowderTrainConfig
+
+    cfg = PowderTrainConfig.from_dict(yaml.safe_load(path.read_text()))
+    assert cfg.steps > 0 and cfg.batch_size > 0
+
+
+@pytest.mark.parametrize("path", GIXD_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_training_config_is_valid(path):
     from gixdrt.sim import SimConfig
 
