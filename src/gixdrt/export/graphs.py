@@ -498,10 +498,12 @@ def ship_graphs(model, folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     files = {"dense": export_dense(model, folder / "dense.onnx", weights_fp16=True),
              "head": export_head(model, folder / "head.onnx", weights_fp16=True)}
+    from ..io.assets import sha256
+
     section: dict[str, Any] = {}
     for name, path in files.items():
         section[name] = {"file": path.name, "bytes": path.stat().st_size,
-                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                         "sha256": sha256(path)}
     section.update({"roi_scale": list(_roi_scale(model)), "export_version": EXPORT_VERSION,
                     "model_sha256": model_digest(model), "shapes": "dynamic (batch, height, width; rois)"})
     return section

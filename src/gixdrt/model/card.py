@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,28 @@ def card_path(path: str | os.PathLike) -> Path:
     return model_paths(path)[1]
 
 
+def check_card(where: Path, *, fmt: str, version: int, required: Sequence[str], what: str) -> dict[str, Any]:
+    """Read the JSON model card ``where`` and check its ``format``, ``format_version`` and ``required`` keys
+    (``what`` names the kind of card in the messages) → the card; CheckpointError naming the file otherwise."""
+    try:
+        card = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"model card is not valid JSON ({exc})", path=where) from None
+    if not isinstance(card, dict) or card.get("format") != fmt:
+        raise CheckpointError(f"not a {what} card (format is not {fmt!r})", path=where)
+    if card.get("format_version") != version:
+        raise CheckpointError(f"unsupported format_version {card.get('format_version')!r} (this gixdrt reads "
+                              f"{version})", path=where)
+    for key in required:
+        if key not in card:
+            raise CheckpointError(f"model card lacks {key!r}", path=where)
+    return card
+
+
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate the model card of a saved model (directory, ``.safetensors`` or ``.json`` path)."""
     where = card_path(path)
     if not where.is_file():
         raise CheckpointError(f"model card {where.name} not found", path=where)
-    try:
-        card = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"model card is not valid JSON ({exc})", path=where) from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise CheckpointError(f"not a gixdrt model card (format is not {FORMAT!r})", path=where)
-    if card.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported format_version {card.get('format_version')!r} (this gixdrt reads {FORMAT_VERSION})", path=where)
-    for key in ("architecture", "thresholds", "storage_dtype"):
-        if key not in card:
-            raise CheckpointError(f"model card lacks {key!r}", path=where)
-    return card
+    return check_card(where, fmt=FORMAT, version=FORMAT_VERSION, what="gixdrt model",
+                      required=("architecture", "thresholds", "storage_dtype"))

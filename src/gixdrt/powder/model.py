@@ -14,13 +14,13 @@ and of the graph, and free ``training`` / ``evaluation`` sections.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..io.assets import sha256
 
 __all__ = ["FORMAT", "WEIGHTS", "builtin", "export_onnx", "load_card", "load_unet", "model_dir", "onnx_graph",
            "save_unet"]
@@ -53,25 +53,12 @@ def model_dir(spec: str | os.PathLike) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_card(spec: str | os.PathLike) -> dict[str, Any]:
     """Read and check a powder model's card."""
-    where = model_dir(spec) / CARD_NAME
-    try:
-        card = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"model card is not valid JSON ({exc})", path=where) from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise CheckpointError(f"not a powder U-Net card (format is not {FORMAT!r})", path=where)
-    if card.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported format_version {card.get('format_version')!r}", path=where)
-    for key in ("architecture", "normalization", "mask", "sha256"):
-        if key not in card:
-            raise CheckpointError(f"model card lacks {key!r}", path=where)
-    return card
+    from ..model.card import check_card
+
+    return check_card(model_dir(spec) / CARD_NAME, fmt=FORMAT, version=FORMAT_VERSION, what="powder U-Net",
+                      required=("architecture", "normalization", "mask", "sha256"))
 
 
 def load_unet(spec: str | os.PathLike, *, verify: bool = True):
@@ -83,7 +70,7 @@ def load_unet(spec: str | os.PathLike, *, verify: bool = True):
     d = model_dir(spec)
     card = load_card(d)
     weights = d / WEIGHTS_NAME
-    if verify and _sha256(weights) != card["sha256"].get("weights"):
+    if verify and sha256(weights) != card["sha256"].get("weights"):
         raise CheckpointError("weights do not match the card's sha256", path=weights)
     model = UNet(UNetConfig(**card["architecture"]))
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
@@ -155,7 +142,7 @@ def save_unet(model, directory: str | os.PathLike, *, normalization: dict[str, A
         "normalization": dict(normalization),
         "mask": dict(mask),
         "storage_dtype": "float16" if fp16 else "float32",
-        "sha256": {"weights": _sha256(d / WEIGHTS_NAME), "onnx": _sha256(d / ONNX_NAME)},
+        "sha256": {"weights": sha256(d / WEIGHTS_NAME), "onnx": sha256(d / ONNX_NAME)},
         **(extra or {}),
     }
     tmp = d / (CARD_NAME + ".part")

@@ -86,10 +86,11 @@ def merge_parts(units, parts: Path):
 def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks, n_frames: int) -> int:
     """The cluster branch of ``gixdrt detect`` (called after its checks of options, outputs, headers and masks)."""
     from ..cli import _detect_outputs
+    from ..io.assets import sha256
     from ..io.atomic import atomic_path, check_output
     from ..io.sources import resolve_inputs, stack_sizes
     from ..model import zoo
-    from .manifest import Manifest, model_fingerprint, sha256_file
+    from .manifest import Manifest, model_fingerprint
     from .runner import check_cluster, connect, run_units
     from .units import parse_unit, plan_units
     from .worker import ENGINE_KEYS, make_settings
@@ -126,7 +127,7 @@ def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks,
         # threads change the speed, not the results: a run may resume on another cluster
         "settings": {k: settings[k] for k in (*ENGINE_KEYS, "sum") if k not in ("mask", "config", "threads")},
         "model": model_fingerprint(settings["model"]),
-        "config_sha256": sha256_file(args.config) if args.config else None,
+        "config_sha256": sha256(Path(args.config)) if args.config else None,
         "mask_sha256": _mask_digest(masks),
         "inputs": [str(f.path.resolve()) for f in files],
         "unit": unit_spec, "n_units": len(units), "n_frames": n_frames, "plan": _plan_digest(units),

@@ -15,7 +15,6 @@ with a one-line error naming the first difference, unless the run starts fresh (
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 from ..errors import GixdrtError
 
-__all__ = ["Manifest", "ManifestError", "file_fingerprint", "model_fingerprint", "sha256_file"]
+__all__ = ["Manifest", "ManifestError", "file_fingerprint", "model_fingerprint"]
 
 FORMAT = "gixdrt-run-manifest"
 VERSION = 1
@@ -32,14 +31,6 @@ VERSION = 1
 
 class ManifestError(GixdrtError, ValueError):
     """A run manifest cannot be resumed: unreadable, or recorded with other settings or inputs."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
