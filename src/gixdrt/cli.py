@@ -692,6 +692,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
                       f"{start.image_shape[0]}×{start.image_shape[1]} do not match {geometry.frame_shape_note}; "
                       f"its frames will fail", file=sys.stderr, flush=True)
         session.on_start = check_start
+    if args.warmup and cfg is None:  # polar/processed images without a config: their shape comes with the stream
+        print("gixdrt stream: note: no --config, so no warm-up: the first frame also builds the detector's sessions",
+              file=sys.stderr)
+        args.warmup = False
     t_warm = session.engine.warmup() if args.warmup else 0.0
     th = detector.thresholds
     print(f"gixdrt stream: {args.endpoint} ({args.format}), {args.mode} delivery, model {zoo.describe(args.model)}, "

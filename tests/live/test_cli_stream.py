@@ -170,3 +170,19 @@ def test_demo_live_replays_the_real_frame_through_the_stream(tmp_path, published
     table, meta = read_peaks(tmp_path / "demo" / "live-peaks.h5")
     assert np.array_equal(np.bincount(table.frame), [12, 12, 12])
     assert meta["counters"]["processed"] == 3 and meta["end_reason"] == "end"
+
+
+def test_a_stream_without_a_config_or_a_series_writes_nothing(tmp_path, capsys):
+    """Polar input without a config: no warm-up (the shape comes with the stream); nothing arrives: a warning, no
+    output file, exit 0."""
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        code = main(["stream", f"tcp://127.0.0.1:{port}", "--input", "polar", "--out", str(tmp_path / "r.h5"),
+                     "--timeout", "0.5"])
+    finally:
+        sock.close(0)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "no warm-up" in err and "warning: no series from" in err
+    assert list(tmp_path.iterdir()) == []
