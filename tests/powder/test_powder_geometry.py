@@ -77,3 +77,14 @@ def test_invalid_values_are_rejected():
         PowderGeometry(dist=0.0, poni1=0, poni2=0)
     with pytest.raises(ValueError, match="rot1"):
         PowderGeometry(dist=1.0, poni1=0, poni2=0, rot1=float("nan"))
+
+
+def test_poni_round_trip(tmp_path):
+    g = PowderGeometry(dist=0.3012, poni1=0.21234, poni2=0.19876, rot1=0.0123, rot2=-0.0071, rot3=0.0,
+                       wavelength=1.7712e-11, pixel1=150e-6, pixel2=151e-6, shape=(2880, 2881))
+    back = PowderGeometry.from_poni(g.write_poni(tmp_path / "det.poni"))
+    assert back == g
+    pyFAI = pytest.importorskip("pyFAI")
+    ai = pyFAI.load(str(tmp_path / "det.poni"))
+    assert ai.dist == pytest.approx(g.dist) and ai.rot1 == pytest.approx(g.rot1)
+    assert ai.detector.pixel2 == pytest.approx(g.pixel2) and tuple(ai.detector.max_shape) == g.shape

@@ -175,3 +175,95 @@ def test_logit_threshold_checks():
     assert ref.logit(0.5) == 0.0 and math.isclose(ref.logit(0.9), math.log(9))
     with pytest.raises(ValueError, match="threshold"):
         ref.logit(1.0)
+
+
+# ---- ring channel --------------------------------------------------------------------------------------------------
+def _ring_case():
+    """A 6×7 frame with three rings given by hand: ring 0 = values 1…11 (median 6, MAD 3), ring 1 = 4 values
+    (fewer than min_pixels: zero), ring 2 = twelve values, eleven of them 50 and one NaN and one 80 (MAD 0 →
+    the floor min_scale)."""
+    img = np.zeros((1, 6, 7), np.float32)
+    flat = img.reshape(-1)
+    r0 = np.arange(0, 11)
+    flat[r0] = np.arange(1, 12)
+    r1 = np.arange(11, 15)
+    flat[r1] = [5, 6, 7, 8]
+    r2 = np.arange(15, 28)
+    flat[r2] = 50
+    flat[r2[3]] = np.nan
+    flat[r2[7]] = 80
+    pixels = np.concatenate([r0, r1, r2]).astype(np.int32)
+    ptr = np.array([0, 11, 15, 28], np.int64)
+    return img, pixels, ptr
+
+
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
+def test_ring_normalize_by_hand(impl):
+    img, pixels, ptr = _ring_case()
+    out = np.full((1, 2, 8, 9), 7.0, np.float32)
+    got = _run("ring_normalize", impl, img, out=out, pixels=pixels, ptr=ptr, channel=1, min_pixels=10,
+               min_scale=2.0)
+    want = np.zeros((8, 9))
+    z = want[:6, :7].reshape(-1)
+    z[:11] = np.arcsinh((np.arange(1, 12) - 6.0) / (1.4826 * 3.0))
+    z[15:28] = 0.0  # value 50 = the median
+    z[15 + 7] = np.arcsinh(30.0 / 2.0)  # MAD 0: the floor
+    want[:6, :7] = z.reshape(6, 7)
+    np.testing.assert_allclose(got[0, 1], want, rtol=1e-6, atol=1e-6)
+    assert (got[0, 0] == 7.0).all()  # the other channel is left as it is
+    assert got[0, 1].reshape(-1)[15 + 3] == 0.0  # NaN pixel
+
+
+def test_ring_normalize_even_count_median():
+    img = np.array([[[1, 2, 3, 10]]], np.float32)
+    out = ref.ring_normalize(img, out=np.zeros((1, 1, 1, 4), np.float32), pixels=np.arange(4), ptr=np.array([0, 4]),
+                             channel=0, min_pixels=1, min_scale=0.1)
+    med = 2.5
+    mad = np.median(np.abs(np.array([1, 2, 3, 10]) - med))  # 0.5, 0.5, 1.5, 7.5 → 1.0
+    np.testing.assert_allclose(out[0, 0, 0], np.arcsinh((np.array([1, 2, 3, 10]) - med) / (1.4826 * mad)),
+                               rtol=1e-6)
+
+
+def _ring_frame(dtype, seed=3):
+    from gixdrt.powder.classical import RingIndex
+    from gixdrt.sim.powder import PowderSimConfig, PowderSimulator
+
+    f = PowderSimulator(PowderSimConfig(), seed=seed, size=(96, 112)).frame(1)
+    idx = RingIndex.from_geometry(f.geometry, f.detector_mask)
+    img = f.image[None].astype(np.float64 if dtype is float else dtype)
+    if dtype is float:
+        img = img * 0.37 + 0.1  # not integers: the selection path of the statistics
+        img[0, 4, :30] = np.nan
+    return img, idx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, float])
+def test_ring_normalize_cpu_matches_reference(dtype):
+    img, idx = _ring_frame(dtype)
+    want = ref.ring_normalize(img, out=np.zeros((1, 2, 96, 112), np.float32), pixels=idx.pixels, ptr=idx.ptr)
+    got = _run("ring_normalize", "cpu", img, out=np.full((1, 2, 96, 112), 5.0, np.float32), pixels=idx.pixels,
+               ptr=idx.ptr)
+    np.testing.assert_allclose(got[:, 1], want[:, 1], rtol=1e-6, atol=1e-6)
+    assert np.abs(want[:, 1]).max() > 3 and (want[:, 1] != 0).mean() > 0.3  # spots and rings: not all zero
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", [np.float32, float])
+def test_ring_normalize_device_version_on_torch_tensors(dtype):
+    torch = pytest.importorskip("torch")
+    from gixdrt.kernels.cuda import powder as dev
+
+    img, idx = _ring_frame(dtype)
+    want = ref.ring_normalize(img, out=np.zeros((1, 2, 100, 112), np.float32), pixels=idx.pixels, ptr=idx.ptr)
+    got = dev.ring_normalize(torch.from_numpy(img), out=torch.full((1, 2, 100, 112), 5.0),
+                             pixels=torch.from_numpy(idx.pixels), ptr=torch.from_numpy(idx.ptr))
+    np.testing.assert_allclose(got[:, 1].numpy(), want[:, 1], rtol=1e-6, atol=1e-6)
+    assert (got[:, 0] == 5.0).all()
+
+
+def test_ring_normalize_checks():
+    img, pixels, ptr = _ring_case()
+    with pytest.raises(ValueError, match="channel 2"):
+        ref.ring_normalize(img, out=np.zeros((1, 2, 6, 7), np.float32), pixels=pixels, ptr=ptr, channel=2)
+    with pytest.raises(ValueError, match="min_scale"):
+        ref.ring_normalize(img, out=np.zeros((1, 2, 6, 7), np.float32), pixels=pixels, ptr=ptr, min_scale=0)

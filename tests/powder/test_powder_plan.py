@@ -142,3 +142,67 @@ def test_plan_runs_through_the_device_kernel_set_check_mode(model_dir, frame):
     want = PowderMasker(model_dir, runtime="torch", detector_mask=mask, tile=0).run(img)
     np.testing.assert_allclose(log_odds[0], want["log_odds"], rtol=1e-4, atol=5e-4)
     assert spots[0].any() and not spots[0][mask != 0].any()
+
+
+# ---- two-channel models (the ring channel) -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ring_model_dir(tmp_path_factory):
+    torch.manual_seed(1)
+    m = UNet(depth=3, in_channels=2)
+    with torch.no_grad():
+        m.train()
+        for _ in range(3):
+            m(torch.randn(2, 2, 32, 32) * 2 + 0.5)
+    d = tmp_path_factory.mktemp("unet2") / "model"
+    return save_unet(m.eval(), d, normalization=NORM, mask={"threshold": 0.5, "min_size": 0, "connectivity": 8},
+                     extra={"ring": {"width_px": 3.0, "min_pixels": 12, "min_scale": 2.0}})
+
+
+@pytest.fixture(scope="module")
+def powder_frame():
+    from gixdrt.sim.powder import PowderSimConfig, PowderSimulator
+
+    return PowderSimulator(PowderSimConfig(), seed=5, size=(150, 206)).frame(0)
+
+
+def test_two_channel_plan_equals_the_module_on_both_channels(ring_model_dir, powder_frame):
+    from gixdrt.kernels.reference.powder import ring_normalize
+    from gixdrt.powder.classical import RingIndex
+
+    f = powder_frame
+    model = load_unet(ring_model_dir)
+    x = np.zeros((1, 2, 152, 208), np.float32)
+    powder_normalize(f.image[None], f.detector_mask, out=x, **NORM)
+    idx = RingIndex.from_geometry(f.geometry, f.detector_mask, width_px=3.0)  # the card's ring settings
+    ring_normalize(f.image[None], out=x, pixels=idx.pixels, ptr=idx.ptr, channel=1, min_pixels=12, min_scale=2.0)
+    assert np.abs(x[0, 1]).max() > 1 and np.abs(x[0, 0] - x[0, 1]).max() > 1
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    want = (y[0, 1] - y[0, 0])[:150, :206]
+    masker = PowderMasker(ring_model_dir, detector_mask=f.detector_mask, geometry=f.geometry, threads=1)
+    got = masker.run(f.image, timed=True)
+    np.testing.assert_allclose(got["log_odds"], want, rtol=1e-4, atol=3e-4)
+    assert "ring" in masker.timings
+    tiled = PowderMasker(ring_model_dir, runtime="torch", kernels="reference", detector_mask=f.detector_mask,
+                         geometry=f.geometry, tile=96, halo=24).run(f.image)
+    np.testing.assert_allclose(tiled["log_odds"], want, rtol=1e-4, atol=5e-4)
+
+
+def test_two_channel_model_needs_the_geometry(ring_model_dir, powder_frame, tmp_path):
+    from gixdrt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="geometry"):
+        PowderMasker(ring_model_dir)
+    poni = powder_frame.geometry.write_poni(tmp_path / "det.poni")
+    a = PowderMasker(ring_model_dir, geometry=poni, detector_mask=powder_frame.detector_mask).run(powder_frame.image)
+    b = PowderMasker(ring_model_dir, geometry=powder_frame.geometry,
+                     detector_mask=powder_frame.detector_mask).run(powder_frame.image)
+    np.testing.assert_array_equal(a["log_odds"], b["log_odds"])
+
+
+def test_one_channel_model_ignores_a_geometry(model_dir, frame, powder_frame):
+    img, mask = frame
+    plain = PowderMasker(model_dir, detector_mask=mask, threads=1).run(img)
+    masker = PowderMasker(model_dir, detector_mask=mask, threads=1, geometry=powder_frame.geometry)
+    assert masker.in_channels == 1 and masker.rings(img.shape) is None
+    np.testing.assert_array_equal(masker.run(img)["log_odds"], plain["log_odds"])

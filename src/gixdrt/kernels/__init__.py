@@ -280,7 +280,7 @@ for _op in ("polar_remap_batch", "fill_holes_batch", "contrast_batch"):
 # Numba CPU version; the tile moves run their NumPy reference on the host.
 from .registry import numba_unavailable_reason as _numba_probe  # noqa: E402
 
-for _op in ("powder_normalize", "spot_mask", "remove_small_components"):
+for _op in ("powder_normalize", "ring_normalize", "spot_mask", "remove_small_components"):
     register(_op, "reference", f"gixdrt.kernels.reference.powder:{_op}")
     register(_op, "cpu", f"gixdrt.kernels.cpu.powder:{_op}", probe=_numba_probe)
     register(_op, "cuda", f"gixdrt.kernels.cuda.powder:{_op}")

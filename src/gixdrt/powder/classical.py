@@ -285,6 +285,59 @@ def _hist_median_mad(hist, nb, vmin, n):
     return med, dev_k
 
 
+@njit(cache=True, nogil=True)
+def _one_ring(image, pixels, s, e, min_pixels, vals, idx):
+    """Median and MAD (float64, exact order statistics) of ring [s, e)'s finite values, gathered into vals/idx
+    (length ≥ e − s) → (med, mad, n finite); n < min_pixels: not computed (0, 0)."""
+    n = 0
+    integral = True
+    vmin = np.inf
+    vmax = -np.inf
+    for q in range(s, e):
+        p = pixels[q]
+        v = image[p]
+        fv = np.float64(v)
+        if math.isfinite(fv):
+            vals[n] = v
+            idx[n] = p
+            n += 1
+            if fv < vmin:
+                vmin = fv
+            if fv > vmax:
+                vmax = fv
+            if fv != math.floor(fv):
+                integral = False
+    if n < min_pixels:
+        return 0.0, 0.0, n
+    span = vmax - vmin
+    if integral and span <= 4.0 * n + 1024.0 and abs(vmin) < 2.0**52 and abs(vmax) < 2.0**52:
+        nb = int(span) + 1
+        hist = np.zeros(nb, np.int64)
+        base = np.int64(vmin)
+        for q in range(n):
+            hist[np.int64(np.float64(vals[q])) - base] += 1
+        med, mad = _hist_median_mad(hist, nb, base, n)
+        return med, mad, n
+    work = np.empty(n, image.dtype)
+    for q in range(n):
+        work[q] = vals[q]
+    k = n // 2
+    upper = np.float64(_select(work, n, k))
+    if n % 2 == 1:
+        med = upper
+    else:
+        lower = work[0]
+        for i in range(1, k):
+            if work[i] > lower:
+                lower = work[i]
+        med = (np.float64(lower) + upper) / 2.0
+    dev = np.empty(n, np.float64)
+    for q in range(n):
+        dev[q] = abs(np.float64(vals[q]) - med)
+    mad = _median_inplace(dev, n)
+    return med, mad, n
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _search(image, pixels, ptr, k_mad, min_pixels, out):
     """Per ring: gather the finite values; median and MAD in float64 (a histogram for integer values of a narrow
@@ -294,61 +347,40 @@ def _search(image, pixels, ptr, k_mad, min_pixels, out):
     for r in prange(n_rings):
         s = ptr[r]
         e = ptr[r + 1]
-        m = e - s
-        if m < min_pixels:
+        if e - s < min_pixels:
             continue
-        vals = np.empty(m, image.dtype)
-        idx = np.empty(m, pixels.dtype)
-        n = 0
-        integral = True
-        vmin = np.inf
-        vmax = -np.inf
-        for q in range(s, e):
-            p = pixels[q]
-            v = image[p]
-            fv = np.float64(v)
-            if math.isfinite(fv):
-                vals[n] = v
-                idx[n] = p
-                n += 1
-                if fv < vmin:
-                    vmin = fv
-                if fv > vmax:
-                    vmax = fv
-                if fv != math.floor(fv):
-                    integral = False
+        vals = np.empty(e - s, image.dtype)
+        idx = np.empty(e - s, pixels.dtype)
+        med, mad, n = _one_ring(image, pixels, s, e, min_pixels, vals, idx)
         if n < min_pixels:
             continue
-        span = vmax - vmin
-        if integral and span <= 4.0 * n + 1024.0 and abs(vmin) < 2.0**52 and abs(vmax) < 2.0**52:
-            nb = int(span) + 1
-            hist = np.zeros(nb, np.int64)
-            base = np.int64(vmin)
-            for q in range(n):
-                hist[np.int64(np.float64(vals[q])) - base] += 1
-            med, mad = _hist_median_mad(hist, nb, base, n)
-        else:
-            work = np.empty(n, image.dtype)
-            for q in range(n):
-                work[q] = vals[q]
-            k = n // 2
-            upper = np.float64(_select(work, n, k))
-            if n % 2 == 1:
-                med = upper
-            else:
-                lower = work[0]
-                for i in range(1, k):
-                    if work[i] > lower:
-                        lower = work[i]
-                med = (np.float64(lower) + upper) / 2.0
-            dev = np.empty(n, np.float64)
-            for q in range(n):
-                dev[q] = abs(np.float64(vals[q]) - med)
-            mad = _median_inplace(dev, n)
         thr = k_mad * mad
         for q in range(n):
             if abs(np.float64(vals[q]) - med) > thr:
                 out[idx[q]] = True
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def ring_zscores(image, pixels, ptr, min_pixels, min_scale, width, out):
+    """The ring channel of one frame (:func:`gixdrt.kernels.reference.powder.ring_normalize`): out[y, x] (float32
+    [≥ H, ≥ width], zeroed by the caller) = asinh((I − med)/max(1.4826·mad, min_scale)) for the valid pixels of
+    rings with ≥ min_pixels finite values; image flat [H·width]."""
+    n_rings = ptr.size - 1
+    for r in prange(n_rings):
+        s = ptr[r]
+        e = ptr[r + 1]
+        if e - s < min_pixels:
+            continue
+        vals = np.empty(e - s, image.dtype)
+        idx = np.empty(e - s, pixels.dtype)
+        med, mad, n = _one_ring(image, pixels, s, e, min_pixels, vals, idx)
+        if n < min_pixels:
+            continue
+        sc = max(MAD_SCALE * mad, min_scale)
+        for q in range(n):
+            p = idx[q]
+            y = p // width
+            out[y, p - y * width] = np.float32(math.asinh((np.float64(vals[q]) - med) / sc))
 
 
 def pixel_mask_search(

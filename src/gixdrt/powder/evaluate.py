@@ -159,7 +159,7 @@ def unet_method(model: Any = "default", **kwargs: Any) -> Method:
     from .plan import PowderMasker
 
     def run(frame):
-        masker = PowderMasker(model, detector_mask=frame.detector_mask, **kwargs)
+        masker = PowderMasker(model, detector_mask=frame.detector_mask, geometry=frame.geometry, **kwargs)
         try:
             return masker(frame.image)
         finally:
@@ -242,7 +242,7 @@ def threshold_sweep(model: Any = "default", *, n: int = 12, seed: int = 4242, si
     for i in range(n):
         f = sim.frame(i)
         valid = f.detector_mask == 0
-        masker = PowderMasker(model, detector_mask=f.detector_mask, threshold=0.5, min_size=0)
+        masker = PowderMasker(model, detector_mask=f.detector_mask, geometry=f.geometry, threshold=0.5, min_size=0)
         lo = masker.run(f.image)["log_odds"]
         masker.close()
         c = pixel_counts(classical(f), f.spots, valid)

@@ -132,6 +132,26 @@ class PowderGeometry:
     def replace(self, **changes: Any) -> PowderGeometry:
         return replace(self, **changes)
 
+    def poni_text(self) -> str:
+        """This geometry as a PONI file (version 2, as pyFAI writes it: a generic detector with the pixel sizes and
+        ``max_shape``), which :meth:`from_poni` reads back exactly (floats written with ``repr``)."""
+        import json
+
+        det = json.dumps({"pixel1": self.pixel1, "pixel2": self.pixel2, "max_shape": list(self.shape)})
+        return (f"# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis\n"
+                f"poni_version: 2\nDetector: Detector\nDetector_config: {det}\n"
+                f"Distance: {self.dist!r}\nPoni1: {self.poni1!r}\nPoni2: {self.poni2!r}\n"
+                f"Rot1: {self.rot1!r}\nRot2: {self.rot2!r}\nRot3: {self.rot3!r}\nWavelength: {self.wavelength!r}\n")
+
+    def write_poni(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`poni_text` to ``path`` (atomically; an existing file is replaced only when complete)."""
+        from ..io.atomic import atomic_path
+
+        out = Path(path)
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(self.poni_text(), encoding="utf-8")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)

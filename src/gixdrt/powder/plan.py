@@ -2,11 +2,15 @@
 
 ::
 
-    frames ─ powder_normalize ─ [extract_tiles] ─▶ [unet graph] ─▶ stitch_logits ─ spot_mask ─ [remove_small_components]
-    [N, H, W]   float32[N, 1, Hp, Wp]               logits [N·T, 2, Sh, Sw]   log-odds [N, H, W]  bool[N, H, W]
+    frames ─ powder_normalize ─ [ring_normalize] ─ [extract_tiles] ─▶ [unet graph] ─▶ stitch_logits ─ spot_mask ─ …
+    [N, H, W]   float32[N, C, Hp, Wp]                                logits [N·T, 2, Sh, Sw]   log-odds [N, H, W]
+
+    … ─ [remove_small_components] → bool[N, H, W]
 
 - ``powder_normalize`` (kernel): the robust per-frame scaling of :mod:`gixdrt.kernels.reference.powder`, detector-
-  masked pixels set to 0, zero padding up to multiples of the network's pooling factor (Hp, Wp);
+  masked pixels set to 0, zero padding up to multiples of the network's pooling factor (Hp, Wp): channel 0;
+- ``ring_normalize`` (kernel, two-channel models only): channel 1, each pixel's robust z-score against its powder
+  ring (asinh-compressed), from a ring index built once per geometry, frame shape and detector mask;
 - tiles (only when the padded frame is larger than ``tile`` on a side): overlapping tiles of at most ``tile`` px
   with ``halo`` px of context on each inner side, the last tile of a row or column flush with the frame's edge; the
   network runs on them one at a time (:class:`~gixdrt.engine.chunked.ChunkedRunner`), so the peak memory is that of
@@ -32,9 +36,25 @@ from typing import Any
 import numpy as np
 
 from ..engine.plan import Buffer, GraphStage, KernelStage, Plan
-from ..kernels.reference.powder import BINS_PER_UNIT, MAX_LOG, MIN_MAD
+from ..kernels.reference.powder import BINS_PER_UNIT, MAX_LOG, MIN_MAD, RING_MIN_PIXELS, RING_MIN_SCALE
 
-__all__ = ["MaskSettings", "PowderMasker", "TileLayout", "powder_plan", "tile_layout"]
+__all__ = ["RING_DEFAULTS", "MaskSettings", "PowderMasker", "TileLayout", "powder_plan", "ring_index",
+           "tile_layout"]
+
+#: the ring channel's defaults: rings 2 px wide (as the classical mask), its statistics' minimum pixels and scale floor
+RING_DEFAULTS: dict[str, Any] = {"width_px": 2.0, "min_pixels": RING_MIN_PIXELS, "min_scale": RING_MIN_SCALE}
+
+
+def ring_index(geometry: Any, shape: tuple[int, int], mask: np.ndarray | None = None, *, width_px: float = 2.0):
+    """The :class:`~gixdrt.powder.classical.RingIndex` of frames of ``shape`` under ``geometry`` (a
+    :class:`~gixdrt.powder.geometry.PowderGeometry`, whose shape is replaced by the frames'), detector mask
+    excluded."""
+    from .classical import RingIndex
+
+    shape = (int(shape[0]), int(shape[1]))
+    if tuple(geometry.shape) != shape:
+        geometry = geometry.replace(shape=shape)
+    return RingIndex.from_geometry(geometry, mask, width_px=float(width_px))
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,8 @@ class MaskSettings:
     halo: int = 32  # context on each inner side of a tile (px)
     normalization: dict[str, Any] = field(
         default_factory=lambda: {"bins_per_unit": BINS_PER_UNIT, "max_log": MAX_LOG, "min_mad": MIN_MAD})
+    # the ring channel of two-channel models: ring width (px of radius) and the ring_normalize parameters
+    ring: dict[str, Any] = field(default_factory=lambda: dict(RING_DEFAULTS))
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.threshold) < 1.0:
@@ -62,7 +84,8 @@ class MaskSettings:
         """The settings a model card recommends (its ``mask`` and ``normalization``), with ``overrides``."""
         m = card.get("mask", {})
         base = cls(threshold=float(m.get("threshold", 0.5)), min_size=int(m.get("min_size", 0)),
-                   connectivity=int(m.get("connectivity", 8)), normalization=dict(card.get("normalization", {})))
+                   connectivity=int(m.get("connectivity", 8)), normalization=dict(card.get("normalization", {})),
+                   ring={**RING_DEFAULTS, **card.get("ring", {})})
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,12 +146,16 @@ def tile_layout(height: int, width: int, *, multiple: int, tile: int = 1024, hal
 
 
 def powder_plan(height: int, width: int, *, batch: int = 1, dtype: str = "float32", mask: np.ndarray | None = None,
-                settings: MaskSettings | None = None, multiple: int = 4) -> Plan:
+                settings: MaskSettings | None = None, multiple: int = 4, rings: Any = None) -> Plan:
     """The plan for ``batch`` frames of ``height`` × ``width`` (``dtype``), detector mask ``mask`` (uint8/bool
     [H, W], nonzero = excluded, or None). Inputs: ``frames`` [N, H, W]. Outputs: ``spots`` bool[N, H, W] and
-    ``log_odds`` float32[N, H, W]. The graph ``unet`` takes ``x`` float32[N·T, 1, Sh, Sw] and gives ``logits``
-    float32[N·T, 2, Sh, Sw] (T tiles per frame; see :func:`tile_layout`)."""
+    ``log_odds`` float32[N, H, W]. The graph ``unet`` takes ``x`` float32[N·T, C, Sh, Sw] and gives ``logits``
+    float32[N·T, 2, Sh, Sw] (T tiles per frame; see :func:`tile_layout`). ``rings``: the frames' ring index
+    (:func:`ring_index`) for a two-channel model (C = 2), else None (C = 1)."""
     s = settings or MaskSettings()
+    c = 1 if rings is None else 2
+    if rings is not None and tuple(rings.shape) != (int(height), int(width)):
+        raise ValueError(f"ring index of {tuple(rings.shape)} for frames of {(int(height), int(width))}")
     n, h, w = int(batch), int(height), int(width)
     lay = tile_layout(h, w, multiple=multiple, tile=s.tile, halo=s.halo)
     hp, wp = lay.padded
@@ -136,7 +163,7 @@ def powder_plan(height: int, width: int, *, batch: int = 1, dtype: str = "float3
     t = lay.count
     buffers: dict[str, Buffer] = {
         "frames": Buffer((n, h, w), dtype, "input"),
-        "net_input": Buffer((n, 1, hp, wp), "float32"),
+        "net_input": Buffer((n, c, hp, wp), "float32"),
         "logits": Buffer((n * t, 2, sh, sw), "float32", "graph"),
         "log_odds": Buffer((n, h, w), "float32"),
         "spots_raw": Buffer((n, h, w), "bool"),
@@ -149,9 +176,15 @@ def powder_plan(height: int, width: int, *, batch: int = 1, dtype: str = "float3
         mk = {"mask": "detector_mask"}
     stages: list[Any] = [KernelStage("normalize", "powder_normalize", ("frames",), ("net_input",),
                                      dict(s.normalization), kwargs=mk, timer="normalize")]
+    if rings is not None:
+        buffers["ring_pixels"] = Buffer.of(np.ascontiguousarray(rings.pixels))
+        buffers["ring_ptr"] = Buffer.of(np.ascontiguousarray(rings.ptr, dtype=np.int64))
+        rp = {k: v for k, v in s.ring.items() if k in ("min_pixels", "min_scale")}
+        stages.append(KernelStage("ring", "ring_normalize", ("frames",), ("net_input",), {"channel": 1, **rp},
+                                  kwargs={"pixels": "ring_pixels", "ptr": "ring_ptr"}, timer="ring"))
     graph_in = "net_input"
     if not lay.whole:
-        buffers["tiles"] = Buffer((n * t, 1, sh, sw), "float32")
+        buffers["tiles"] = Buffer((n * t, c, sh, sw), "float32")
         stages.append(KernelStage("tiles", "extract_tiles", ("net_input",), ("tiles",), lay.params(), timer="tiles"))
         graph_in = "tiles"
     stages += [
@@ -176,12 +209,15 @@ class PowderMasker:
     model: a model name or directory (:mod:`gixdrt.powder.model`), or a :class:`~gixdrt.model.unet.UNet` (runs on
     PyTorch). runtime: ``"onnxruntime"`` (default; the model's ONNX graph on the CPU) or ``"torch"``. kernels:
     ``"cpu"`` (Numba) or ``"reference"`` (NumPy). threads: ONNX Runtime / PyTorch CPU threads (None: default).
-    detector_mask: [H, W] nonzero = excluded (never masked as spots, not used for the normalisation). settings:
+    detector_mask: [H, W] nonzero = excluded (never masked as spots, not used for the normalisation). geometry: the
+    detector geometry (:class:`~gixdrt.powder.geometry.PowderGeometry`, or a PONI file), needed by two-channel models
+    (their second channel is each pixel against its powder ring) and ignored by one-channel ones. settings:
     overrides of the card's :class:`MaskSettings` (threshold, min_size, tile, ...).
     """
 
     def __init__(self, model: Any = "default", *, runtime: str = "onnxruntime", kernels: str = "cpu",
-                 threads: int | None = None, detector_mask: np.ndarray | None = None, **settings: Any):
+                 threads: int | None = None, detector_mask: np.ndarray | None = None, geometry: Any = None,
+                 **settings: Any):
         from ..engine.kernelsets import HostKernels
 
         if runtime not in ("onnxruntime", "torch"):
@@ -210,6 +246,25 @@ class PowderMasker:
                 self._module = load_unet(model)
             self.model_dir = model_dir(model)
         self.card = card
+        if self._module is not None:
+            self.in_channels = int(self._module.config.in_channels)
+        else:
+            self.in_channels = int(card["architecture"].get("in_channels", 1))
+        if self.in_channels not in (1, 2):
+            raise ValueError(f"powder models take 1 or 2 input channels, this one {self.in_channels}")
+        if geometry is not None and not hasattr(geometry, "tth"):
+            from .geometry import PowderGeometry
+
+            # the frames' shape replaces the geometry's when the ring index is built (ring_index)
+            geometry = PowderGeometry.from_poni(geometry, shape=(1, 1) if self.detector_mask is None
+                                                else self.detector_mask.shape)
+        if self.in_channels == 2 and geometry is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("this powder model compares each pixel with its ring: give the detector geometry "
+                              "(geometry=PowderGeometry or a PONI file; gixdrt mask --poni)")
+        self.geometry = geometry
+        self._rings: dict[tuple[int, int], Any] = {}
         settings = {k: v for k, v in settings.items() if v is not None}
         self.settings = MaskSettings.from_card(card, **settings) if card else MaskSettings(**settings)
         self.kernels = HostKernels(kernels)
@@ -233,8 +288,19 @@ class PowderMasker:
                 import torch
 
                 torch.set_num_threads(int(self.threads))
-            inner = TorchRunner(self._module, {"x": (np.float32, (chunk, 1, sh, sw))}, ["logits"])
+            inner = TorchRunner(self._module, {"x": (np.float32, (chunk, self.in_channels, sh, sw))}, ["logits"])
         return inner if chunk == total else ChunkedRunner(inner, total)
+
+    def rings(self, shape: tuple[int, int]):
+        """The ring index for frames of ``shape`` (two-channel models; None for one-channel ones), built once."""
+        if self.in_channels == 1:
+            return None
+        shape = (int(shape[0]), int(shape[1]))
+        idx = self._rings.get(shape)
+        if idx is None:
+            idx = self._rings[shape] = ring_index(self.geometry, shape, self.detector_mask,
+                                                  width_px=float(self.settings.ring.get("width_px", 2.0)))
+        return idx
 
     def executor(self, shape: tuple[int, ...], dtype: Any):
         """The executor for frames of ``shape`` ([N, H, W]) and ``dtype`` (made once, then reused)."""
@@ -247,7 +313,7 @@ class PowderMasker:
             if self.detector_mask is not None and self.detector_mask.shape != (h, w):
                 raise ValueError(f"frames of {h}×{w} but the detector mask is {self.detector_mask.shape}")
             plan = powder_plan(h, w, batch=n, dtype=key[3], mask=self.detector_mask, settings=self.settings,
-                               multiple=self.multiple)
+                               multiple=self.multiple, rings=self.rings((h, w)))
             lay = tile_layout(h, w, multiple=self.multiple, tile=self.settings.tile, halo=self.settings.halo)
             ex = self._executors[key] = Executor(plan, {"unet": self._runner(lay, n)}, self.kernels)
         return ex

@@ -71,6 +71,7 @@ class PowderTrainConfig:
     class_weight: float = 10.0  # weight of the spot class in the cross-entropy (background: 1)
     depth: int = 3
     base_channels: int = 8
+    in_channels: int = 1  # 2: the ring channel (each pixel against its powder ring) beside the frame's scaling
     frame_sizes: tuple[int, ...] = (512, 768, 1024, 1024, 1536)
     p_varied: float = 0.35
     window: int = 16  # frames in play at once
@@ -84,8 +85,11 @@ class PowderTrainConfig:
     varied: dict[str, Any] = field(default_factory=lambda: dict(VARIED))
     normalization: dict[str, Any] = field(
         default_factory=lambda: {"bins_per_unit": BINS_PER_UNIT, "max_log": MAX_LOG, "min_mad": MIN_MAD})
+    ring: dict[str, Any] = field(default_factory=lambda: {"width_px": 2.0, "min_pixels": 10, "min_scale": 1.0})
 
     def __post_init__(self) -> None:
+        if self.in_channels not in (1, 2):
+            raise ValueError(f"in_channels must be 1 or 2, got {self.in_channels}")
         self.frame_sizes = tuple(int(s) for s in self.frame_sizes)  # type: ignore[assignment]
         if self.steps < 0 or self.batch_size < 1 or self.window < 1 or self.new_frame_every < 1:
             raise ValueError("steps ≥ 0, batch_size, window and new_frame_every ≥ 1")
@@ -107,6 +111,8 @@ class PowderTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["frame_sizes"] = list(self.frame_sizes)
+        if self.in_channels == 1:  # one-channel runs read and resume as before the ring channel existed
+            del d["in_channels"], d["ring"]
         return d
 
     @classmethod
@@ -137,7 +143,7 @@ class TrainingFrames:
         self.cache_size = cache or cfg.window + 2
 
     def frame(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(normalised float32[H, W], spots uint8[H, W], flat indices of the spot pixels) of frame g."""
+        """(network input float32[C, H, W], spots uint8[H, W], flat indices of the spot pixels) of frame g."""
         hit = self.cache.get(g)
         if hit is not None:
             self.cache.move_to_end(g)
@@ -149,9 +155,17 @@ class TrainingFrames:
         size = int(self.cfg.frame_sizes[int(rng.integers(len(self.cfg.frame_sizes)))])
         config = self.configs[1] if rng.random() < self.cfg.p_varied else self.configs[0]
         f = PowderSimulator(config, seed=self.cfg.seed, size=(size, size)).frame(g)
-        norm = np.zeros((1, 1, size, size), np.float32)
+        c = self.cfg.in_channels
+        norm = np.zeros((1, c, size, size), np.float32)
         powder_normalize(f.image[None], f.detector_mask, out=norm, **self.cfg.normalization)
-        item = (norm[0, 0], f.spots.astype(np.uint8), np.flatnonzero(f.spots))
+        if c == 2:
+            from ..kernels.cpu.powder import ring_normalize
+            from .plan import ring_index
+
+            ring = dict(self.cfg.ring)
+            idx = ring_index(f.geometry, (size, size), f.detector_mask, width_px=float(ring.pop("width_px", 2.0)))
+            ring_normalize(f.image[None], out=norm, pixels=idx.pixels, ptr=idx.ptr, channel=1, **ring)
+        item = (norm[0], f.spots.astype(np.uint8), np.flatnonzero(f.spots))
         self.cache[g] = item
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
@@ -162,12 +176,12 @@ class TrainingFrames:
         cfg = self.cfg
         c = cfg.crop
         w0 = step // cfg.new_frame_every
-        xs = np.empty((cfg.batch_size, 1, c, c), np.float32)
+        xs = np.empty((cfg.batch_size, cfg.in_channels, c, c), np.float32)
         ys = np.empty((cfg.batch_size, c, c), np.int64)
         for b in range(cfg.batch_size):
             rng = np.random.default_rng([cfg.seed, 11, step, b])
             norm, spots, where = self.frame(w0 + int(rng.integers(cfg.window)))
-            h, w = norm.shape
+            h, w = norm.shape[1:]
             if where.size and rng.random() < cfg.p_spot_crop:
                 p = int(where[rng.integers(where.size)])
                 py, px = divmod(p, w)
@@ -176,11 +190,11 @@ class TrainingFrames:
             else:
                 y0, x0 = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
             k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
-            x = np.rot90(norm[y0:y0 + c, x0:x0 + c], k)
+            x = np.rot90(norm[:, y0:y0 + c, x0:x0 + c], k, axes=(1, 2))
             y = np.rot90(spots[y0:y0 + c, x0:x0 + c], k)
             if flip:
-                x, y = x[:, ::-1], y[:, ::-1]
-            xs[b, 0] = x
+                x, y = x[:, :, ::-1], y[:, ::-1]
+            xs[b] = x
             ys[b] = y
         return xs, ys
 
@@ -233,7 +247,7 @@ def train_powder(cfg: PowderTrainConfig | None, run_dir: str | os.PathLike, *, r
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    model = UNet(UNetConfig(depth=cfg.depth, base_channels=cfg.base_channels))
+    model = UNet(UNetConfig(depth=cfg.depth, base_channels=cfg.base_channels, in_channels=cfg.in_channels))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -301,5 +315,6 @@ def train_powder(cfg: PowderTrainConfig | None, run_dir: str | os.PathLike, *, r
         model_dir = save_unet(model, run / "model", normalization=cfg.normalization,
                               mask={"threshold": 0.5, "min_size": 0, "connectivity": 8},
                               extra={"name": cfg.name or run.name,
+                                     **({"ring": dict(cfg.ring)} if cfg.in_channels == 2 else {}),
                                      "training": {"config": cfg.to_dict(), "steps": done, "wall_s": round(wall, 1)}})
     return PowderTrainResult(run, done, model_dir, wall, float(np.mean(losses)) if losses else float("nan"))

@@ -3,6 +3,8 @@
 
 - ``powder_normalize``: per frame, one parallel pass over row blocks computing x and a histogram per block (summed
   afterwards), the median/MAD scan of the reference, then one parallel pass writing asinh((x − centre)/scale);
+- ``ring_normalize``: per frame, the classical mask's ring statistics (:mod:`gixdrt.powder.classical`: exact
+  median and MAD per ring, parallel over rings), then asinh of each pixel's z-score against its ring;
 - ``spot_mask``: one parallel pass;
 - ``remove_small_components``: union–find over the raster (each pixel joined to its already-visited neighbours,
   the smaller root wins), component sizes at the roots, one pass to keep the large ones; frames in parallel.
@@ -20,12 +22,15 @@ from ..reference.powder import (
     MAD_SCALE,
     MAX_LOG,
     MIN_MAD,
+    RING_MIN_PIXELS,
+    RING_MIN_SCALE,
     _neighbours,
     check_normalize,
+    check_ring,
     logit,
 )
 
-__all__ = ["powder_normalize", "remove_small_components", "spot_mask"]
+__all__ = ["powder_normalize", "remove_small_components", "ring_normalize", "spot_mask"]
 
 _ROWS = 32  # rows per histogram block
 
@@ -115,6 +120,27 @@ def powder_normalize(images, mask=None, *, out, bins_per_unit: int = BINS_PER_UN
             out[k, 0] = 0
             continue
         _write_pass(xbuf, centre, scale, out[k, 0])
+    return out
+
+
+def ring_normalize(images, *, out, pixels, ptr, channel: int = 1, min_pixels: int = RING_MIN_PIXELS,
+                   min_scale: float = RING_MIN_SCALE):
+    """See :func:`gixdrt.kernels.reference.powder.ring_normalize`."""
+    from ...powder.classical import ring_zscores
+
+    n, h, w = check_ring(images, out, pixels, ptr, channel, min_pixels, min_scale)
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype not in (np.int32, np.int64):
+        pixels = pixels.astype(np.int64)
+    ptr = np.ascontiguousarray(ptr, dtype=np.int64)
+    for k in range(n):
+        flat = np.ascontiguousarray(images[k]).reshape(-1)
+        if flat.dtype != np.float32:  # as the classical mask: float32 holds 8/16-bit integers exactly
+            exact32 = flat.dtype.kind in "iu" and flat.dtype.itemsize <= 2
+            flat = flat.astype(np.float32 if exact32 else np.float64)
+        plane = out[k, channel]
+        plane[...] = 0
+        ring_zscores(flat, pixels, ptr, int(min_pixels), float(min_scale), w, plane)
     return out
 
 

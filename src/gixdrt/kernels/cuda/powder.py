@@ -11,7 +11,8 @@ on the given stream, no host synchronisation:
   already-visited neighbours; concurrent unions retry until the smaller root is linked), flattening, component sizes
   by atomics at the roots, then the kept pixels. Labels never cross frames.
 
-``extract_tiles`` and ``stitch_logits`` only move blocks: PyTorch slicing on device tensors (as
+``ring_normalize`` (per-ring exact medians) runs as PyTorch ops on device tensors: gathers, two stable sorts and
+a scatter. ``extract_tiles`` and ``stitch_logits`` only move blocks: PyTorch slicing on device tensors (as
 :mod:`gixdrt.kernels.cuda.layout`), on PyTorch's current stream.
 """
 from __future__ import annotations
@@ -22,11 +23,23 @@ from typing import Any
 import numpy as np
 from numba import config, cuda
 
-from ..reference.powder import BINS_PER_UNIT, MAD_SCALE, MAX_LOG, MIN_MAD, _neighbours, check_normalize, logit
+from ..reference.powder import (
+    BINS_PER_UNIT,
+    MAD_SCALE,
+    MAX_LOG,
+    MIN_MAD,
+    RING_MIN_PIXELS,
+    RING_MIN_SCALE,
+    _neighbours,
+    check_normalize,
+    check_ring,
+    logit,
+)
 from ..reference.powder import stitch_logits as _reference_stitch
 from ._util import as_device, as_stream
 
-__all__ = ["extract_tiles", "powder_normalize", "remove_small_components", "spot_mask", "stitch_logits"]
+__all__ = ["extract_tiles", "powder_normalize", "remove_small_components", "ring_normalize", "spot_mask",
+           "stitch_logits"]
 
 _SIM = bool(config.ENABLE_CUDASIM)
 _TPB = 32 if _SIM else 256
@@ -325,3 +338,52 @@ def stitch_logits(tiles, *, out, starts_y, starts_x, cores_y, cores_x, stream: A
     device, in the current stream)."""
     return _reference_stitch(tiles, out=out, starts_y=starts_y, starts_x=starts_x, cores_y=cores_y,
                              cores_x=cores_x)
+
+
+# ---- ring channel (PyTorch ops on device tensors) ------------------------------------------------------------------
+def _segment_median(values, ring, counts, starts):
+    """Per ring, the median of ``values`` (float64, grouped by ``ring``): sort by value, then stably by ring, so
+    each ring's values lie sorted in [starts[r], starts[r] + counts[r]); the mean of the two middle ones for an even
+    count (rings with no value give 0)."""
+    import torch
+
+    order = torch.argsort(values)
+    order = order[torch.argsort(ring[order], stable=True)]
+    srt = values[order]
+    safe = counts.clamp(min=1)
+    upper = srt[(starts + safe // 2).clamp(max=max(srt.numel() - 1, 0))] if srt.numel() else torch.zeros_like(
+        starts, dtype=values.dtype)
+    lower = srt[(starts + (safe - 1) // 2).clamp(max=max(srt.numel() - 1, 0))] if srt.numel() else upper
+    med = torch.where(safe % 2 == 1, upper, (lower + upper) / 2.0)
+    return torch.where(counts > 0, med, torch.zeros_like(med))
+
+
+def ring_normalize(images: Any, *, out: Any, pixels: Any, ptr: Any, channel: int = 1,
+                   min_pixels: int = RING_MIN_PIXELS, min_scale: float = RING_MIN_SCALE, stream: Any = None) -> Any:
+    """See :func:`gixdrt.kernels.reference.powder.ring_normalize`: PyTorch ops on the tensors' device (in the current
+    stream): the values of each ring gathered, two stable sorts (by value, then by ring) give the exact medians, the
+    same for the absolute deviations, then one scatter of asinh(z) into the channel."""
+    import torch
+
+    n, h, w = check_ring(images, out, pixels, ptr, channel, min_pixels, min_scale)
+    dev = out.device
+    pix = torch.as_tensor(pixels, device=dev).long()
+    p = torch.as_tensor(ptr, device=dev).long()
+    n_rings = int(p.numel()) - 1
+    ring_all = torch.repeat_interleave(torch.arange(n_rings, device=dev), p[1:] - p[:-1])
+    ys, xs = pix // w, pix % w
+    out[:, channel].zero_()
+    for k in range(n):
+        v = images[k].reshape(-1)[pix].double()
+        fin = torch.isfinite(v)
+        v, ring, y, x = v[fin], ring_all[fin], ys[fin], xs[fin]
+        counts = torch.bincount(ring, minlength=n_rings)
+        starts = torch.cumsum(counts, 0) - counts
+        med = _segment_median(v, ring, counts, starts)
+        dv = (v - med[ring]).abs()
+        mad = _segment_median(dv, ring, counts, starts)
+        scale = torch.clamp(MAD_SCALE * mad, min=float(min_scale))
+        z = torch.asinh((v - med[ring]) / scale[ring]).float()
+        z = torch.where(counts[ring] >= int(min_pixels), z, torch.zeros_like(z))
+        out[k, channel, y, x] = z
+    return out

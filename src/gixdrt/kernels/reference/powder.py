@@ -1,6 +1,8 @@
 """NumPy reference (the specification) of the powder U-Net plan's kernels.
 
-- :func:`powder_normalize`: raw frames → the network's input (a robust per-frame scaling in log space);
+- :func:`powder_normalize`: raw frames → the network's input channel 0 (a robust per-frame scaling in log space);
+- :func:`ring_normalize`: raw frames → input channel 1 of two-channel models: each pixel against its powder ring
+  (the robust z-score of the classical mask, compressed by asinh);
 - :func:`extract_tiles` / :func:`stitch_logits`: cut a padded frame into overlapping tiles for the network and put
   the spot log-odds of the tiles' cores back together (only where a frame is too large to run at once);
 - :func:`spot_mask`: P(spot) > t, detector-masked pixels excluded;
@@ -26,6 +28,18 @@ background's spread, so the network sees the same numbers at any flux; asinh kee
 compresses the bright rings and saturated spots logarithmically, so no value dominates the first convolution. Two
 passes over the frame, a histogram and one scan of it per frame: cheap on every device (no sort, no per-pixel
 neighbourhood).
+
+**Ring normalisation** (two-channel models; per frame n and ring r of a ring index — the pixels of each ring of 2θ,
+≈ 2 px wide, with the detector mask already excluded: :class:`gixdrt.powder.classical.RingIndex`): over the ring's
+pixels with a finite value, in float64, ``med`` = median (mean of the two middle values for an even count),
+``mad`` = median of ``|v − med|``, ``s = max(1.4826·mad, min_scale)``; ``out[n, channel] = float32(asinh((v − med)/s))``
+for those pixels; 0 for every other pixel (no ring, detector-masked, not finite, rings with fewer than
+``min_pixels`` finite pixels, padding). Why: a spot is a pixel far above its own ring. On frames crowded with bright,
+narrow rings the whole-frame scaling is set by the rings, not by the noise, and a strong spot on a bright ring is a
+small step in channel 0; against its ring's median and spread it stands out as it does for the classical mask
+(which flags |z| > 3). Channel 0 keeps what the ring statistics miss (texture along a ring, the frame's context).
+``min_scale`` (frame units, default 1: one count) keeps rings of nearly constant value (more than half of the
+pixels equal, MAD 0) from turning single counts into huge values.
 """
 from __future__ import annotations
 
@@ -42,6 +56,7 @@ __all__ = [
     "hist_center_scale",
     "powder_normalize",
     "remove_small_components",
+    "ring_normalize",
     "spot_mask",
     "stitch_logits",
 ]
@@ -50,6 +65,8 @@ BINS_PER_UNIT = 1024
 MAX_LOG = 24  # log1p values ≥ 24 (counts ≥ 2.6e10) share the last bin
 MIN_MAD = 0.01  # the scale's floor (log units): 1 % relative spread
 MAD_SCALE = 1.4826
+RING_MIN_PIXELS = 10  # rings with fewer finite pixels get 0 in the ring channel
+RING_MIN_SCALE = 1.0  # floor of the ring channel's scale (frame units)
 
 
 def check_normalize(images, mask, out, bins_per_unit: int, max_log: int, name: str = "powder_normalize"):
@@ -59,9 +76,9 @@ def check_normalize(images, mask, out, bins_per_unit: int, max_log: int, name: s
     n, h, w = (int(s) for s in images.shape)
     if mask is not None and tuple(mask.shape) != (h, w):
         raise ValueError(f"{name}: mask must be [{h}, {w}] like the frames, got {tuple(mask.shape)}")
-    if len(out.shape) != 4 or int(out.shape[0]) != n or int(out.shape[1]) != 1 or int(out.shape[2]) < h \
+    if len(out.shape) != 4 or int(out.shape[0]) != n or int(out.shape[1]) < 1 or int(out.shape[2]) < h \
             or int(out.shape[3]) < w:
-        raise ValueError(f"{name}: out must be float32[{n}, 1, ≥{h}, ≥{w}], got {tuple(out.shape)}")
+        raise ValueError(f"{name}: out must be float32[{n}, C ≥ 1, ≥{h}, ≥{w}], got {tuple(out.shape)}")
     if str(out.dtype).removeprefix("torch.") != "float32":
         raise ValueError(f"{name}: out must be float32, got {out.dtype}")
     if int(bins_per_unit) < 1 or int(max_log) < 1:
@@ -99,12 +116,12 @@ def powder_normalize(
     min_mad: float = MIN_MAD,
 ) -> np.ndarray:
     """Frames [N, H, W] (any real dtype) and the detector mask ([H, W], nonzero = excluded, or None) → the network's
-    input ``out`` float32[N, 1, Hp, Wp] (Hp ≥ H, Wp ≥ W; the extra rows and columns are zero). See the module
-    docstring for the exact definition."""
+    input ``out`` float32[N, C, Hp, Wp] (Hp ≥ H, Wp ≥ W; the extra rows and columns are zero): channel 0 is
+    written, any other channel is left as it is. See the module docstring for the exact definition."""
     n, h, w, _, _ = check_normalize(images, mask, out, bins_per_unit, max_log)
     r = int(bins_per_unit)
     nb = r * int(max_log)
-    out[...] = 0
+    out[:, 0] = 0
     for k in range(n):
         v = np.asarray(images[k], dtype=np.float64)
         valid = np.isfinite(v)
@@ -119,6 +136,61 @@ def powder_normalize(
         plane = np.zeros((h, w), np.float32)
         plane[valid] = z
         out[k, 0, :h, :w] = plane
+    return out
+
+
+def check_ring(images, out, pixels, ptr, channel: int, min_pixels: int, min_scale: float,
+               name: str = "ring_normalize") -> tuple[int, int, int]:
+    """Shapes and parameters of :func:`ring_normalize` (shared by the implementations) → (N, H, W)."""
+    if len(images.shape) != 3:
+        raise ValueError(f"{name}: images must be [N, H, W], got shape {tuple(images.shape)}")
+    n, h, w = (int(s) for s in images.shape)
+    if len(out.shape) != 4 or int(out.shape[0]) != n or int(out.shape[2]) < h or int(out.shape[3]) < w:
+        raise ValueError(f"{name}: out must be float32[{n}, C, ≥{h}, ≥{w}], got {tuple(out.shape)}")
+    if not 0 <= int(channel) < int(out.shape[1]):
+        raise ValueError(f"{name}: channel {channel} is not one of out's {int(out.shape[1])} channels")
+    if str(out.dtype).removeprefix("torch.") != "float32":
+        raise ValueError(f"{name}: out must be float32, got {out.dtype}")
+    if len(pixels.shape) != 1 or len(ptr.shape) != 1 or int(ptr.shape[0]) < 1:
+        raise ValueError(f"{name}: pixels and ptr must be 1-D (a ring index), got {tuple(pixels.shape)}, "
+                         f"{tuple(ptr.shape)}")
+    if int(min_pixels) < 1 or not float(min_scale) > 0:
+        raise ValueError(f"{name}: min_pixels must be ≥ 1 and min_scale > 0")
+    return n, h, w
+
+
+def ring_normalize(
+    images: np.ndarray,
+    *,
+    out: np.ndarray,
+    pixels: np.ndarray,
+    ptr: np.ndarray,
+    channel: int = 1,
+    min_pixels: int = RING_MIN_PIXELS,
+    min_scale: float = RING_MIN_SCALE,
+) -> np.ndarray:
+    """Frames [N, H, W] and a ring index (``pixels[ptr[r]:ptr[r + 1]]``: flat [H·W] indices of ring r's pixels) →
+    channel ``channel`` of ``out`` float32[N, C, Hp, Wp]; other channels are left as they are. See the module
+    docstring for the exact definition."""
+    n, h, w = check_ring(images, out, pixels, ptr, channel, min_pixels, min_scale)
+    pixels = np.asarray(pixels, np.int64)
+    ptr = np.asarray(ptr, np.int64)
+    out[:, channel] = 0
+    for k in range(n):
+        flat = np.asarray(images[k]).reshape(-1)
+        plane = np.zeros(h * w, np.float32)
+        for r in range(ptr.size - 1):
+            px = pixels[ptr[r]:ptr[r + 1]]
+            v = flat[px].astype(np.float64)
+            fin = np.isfinite(v)
+            if np.count_nonzero(fin) < int(min_pixels):
+                continue
+            px, v = px[fin], v[fin]
+            med = np.median(v)
+            mad = np.median(np.abs(v - med))
+            s = max(MAD_SCALE * mad, float(min_scale))
+            plane[px] = np.arcsinh((v - med) / s).astype(np.float32)
+        out[k, channel, :h, :w] = plane.reshape(h, w)
     return out
 
 
