@@ -645,7 +645,10 @@ def _warn_poor_sampling(pmap: PolarMap) -> None:
                       f"{where}: check q_space.q_xy_max and q_space.q_z_max ({g.q_xy_max:g}, {g.q_z_max:g} Å⁻¹), "
                       "the beam centre and the distance", ConfigWarning, stacklevel=3)
         return
-    distinct = np.unique(pmap.y0[pmap.inside].astype(np.int64) * (g.size_x + 2) + pmap.x0[pmap.inside]).size
+    # distinct detector pixels by marking them (np.unique hashes or sorts: ~20× slower on a 512×1024 grid)
+    seen = np.zeros((g.size_y + 2) * (g.size_x + 2), bool)
+    seen[(pmap.y0[pmap.inside].astype(np.int64) + 1) * (g.size_x + 2) + (pmap.x0[pmap.inside].astype(np.int64) + 1)] = True
+    distinct = int(np.count_nonzero(seen))
     if distinct * MAX_REPEATS < inside:
         warnings.warn(f"the {g.n_phi}×{g.n_q} polar grid samples only {distinct} distinct detector pixels{where}: "
                       f"q_space.q_xy_max and q_space.q_z_max ({g.q_xy_max:g}, {g.q_z_max:g} Å⁻¹) span a tiny part "
