@@ -206,3 +206,25 @@ def test_one_channel_model_ignores_a_geometry(model_dir, frame, powder_frame):
     masker = PowderMasker(model_dir, detector_mask=mask, threads=1, geometry=powder_frame.geometry)
     assert masker.in_channels == 1 and masker.rings(img.shape) is None
     np.testing.assert_array_equal(masker.run(img)["log_odds"], plain["log_odds"])
+
+
+def test_bf16_on_the_cpu_stays_close_to_fp32(model_dir, frame):
+    img, mask = frame
+    fp32 = PowderMasker(model_dir, runtime="torch", detector_mask=mask).run(img)
+    bf16 = PowderMasker(model_dir, runtime="torch", precision="bf16", detector_mask=mask).run(img)
+    assert bf16["log_odds"].dtype == np.float32
+    diff = np.abs(bf16["log_odds"] - fp32["log_odds"])
+    assert 0 < diff.max() < 0.5 and np.median(diff) < 0.05  # bf16 did run (not bit-equal), and stays close
+    assert np.count_nonzero(bf16["spots"] != fp32["spots"]) <= max(5, fp32["spots"].sum() // 50)
+
+
+def test_precision_and_runtime_checks(model_dir):
+    from gixdrt.powder.plan import auto_runtime
+
+    with pytest.raises(ValueError, match="bf16"):
+        PowderMasker(model_dir, runtime="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="precision"):
+        PowderMasker(model_dir, runtime="torch", precision="fp8")
+    runtime, precision = auto_runtime()
+    m = PowderMasker(model_dir, runtime="auto")
+    assert (m.runtime, m.precision) == (runtime, precision) and precision in ("fp32", "bf16")
