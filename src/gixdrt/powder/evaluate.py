@@ -11,6 +11,10 @@ Per method and frame, over the *valid* pixels (detector-mask value 0; the ground
   spot's peak is ≥ 1.5× the ring-free background there, *on a bright ring* when ≥ 3×. The profile is the median of
   the expected powder photons per 2-px ring of 2θ; the background is its running minimum over ±25 rings.
 
+With ``intensities=True`` also the error that matters after masking: per ring, the peak area of the azimuthally
+integrated pattern (:mod:`.integrate`) against the spot-free truth, with each method's mask, with the true mask and
+with no spot mask (:func:`intensity_errors`).
+
 >>> from gixdrt.powder.evaluate import evaluate_methods, classical_method, unet_method
 >>> report = evaluate_methods({"unet": unet_method("default"), "classical": classical_method()}, n=24, seed=777)
 """
@@ -25,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STRENGTH_BINS", "choose_setting", "classical_method", "evaluate_methods", "frame_spots",
-           "main_evaluate_powder", "pixel_counts", "spot_recall", "summarize", "threshold_sweep", "unet_method"]
+__all__ = ["STRENGTH_BINS", "choose_setting", "classical_method", "evaluate_methods", "frame_spots", "intensity_errors",
+           "main_evaluate_powder", "peak_area", "pixel_counts", "ring_windows", "spot_recall", "summarize",
+           "summarize_intensity_errors", "threshold_sweep", "truth_image", "unet_method"]
 
 STRENGTH_BINS = (("weak", 0.0, 10.0), ("medium", 10.0, 100.0), ("strong", 100.0, float("inf")))
 ON_RING, BRIGHT_RING = 1.5, 3.0
@@ -142,6 +147,131 @@ def summarize(per_frame: list[dict[str, Any]], spots: list[dict[str, Any]]) -> d
     return out
 
 
+# ---- intensities of the integrated pattern ----------------------------------------------------------------------
+#: peak window: ± WINDOW_FWHM × the ring's FWHM (at least MIN_HALF_BINS bins); EDGE_BINS bins at each end of a window
+#: set its linear background; a ring counts when the truth's net peak is ≥ MIN_CONTRAST × the background under it
+WINDOW_FWHM, MIN_HALF_BINS, EDGE_BINS, MIN_CONTRAST = 3.0, 4, 2, 0.2
+
+
+def truth_image(frame: Any) -> np.ndarray:
+    """The spot-free expectation of a generated frame (``aux=True``) in its units: float64[H, W] ADU =
+    gain · (expected powder photons) + offset (no noise, no spots; the simulator draws the spots before the counting
+    noise, so no noisy spot-free twin of a frame exists)."""
+    if frame.powder is None:
+        raise ValueError("the spot-free truth needs a frame generated with aux=True")
+    return float(frame.info["gain"]) * frame.powder.astype(np.float64) + float(frame.info["offset"])
+
+
+def ring_windows(radial: np.ndarray, ring_tth: np.ndarray, ring_fwhm: np.ndarray, *, window: float = WINDOW_FWHM,
+                 min_half_bins: int = MIN_HALF_BINS, edge: int = EDGE_BINS) -> list[tuple[int, int, list[float]]]:
+    """Peak windows on a pattern's bins: ``radial`` float64[npt] bin centres in 2θ degrees (uniform);
+    ``ring_tth`` / ``ring_fwhm`` float[R] ring centres and FWHM in 2θ radians. Each ring covers ± ``window`` FWHM
+    (at least ``min_half_bins`` bins); overlapping windows merge into one (their rings share one area). Returns
+    (first bin, last bin inclusive, ring centres in degrees) for the windows that lie inside the pattern with
+    ``edge`` bins to spare, in increasing 2θ."""
+    radial = np.asarray(radial, np.float64)
+    if radial.size < 2:
+        return []
+    step = float(radial[1] - radial[0])
+    c = np.degrees(np.asarray(ring_tth, np.float64))
+    half = np.maximum(window * np.degrees(np.asarray(ring_fwhm, np.float64)), min_half_bins * step)
+    keep = np.isfinite(c) & np.isfinite(half)
+    order = np.argsort(c[keep])
+    c, half = c[keep][order], half[keep][order]
+    groups: list[list[float]] = []  # [lo, hi, centres...]
+    for ci, hi_ in zip(c, half):
+        lo, hi = ci - hi_, ci + hi_
+        if groups and lo <= groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], hi)
+            groups[-1].append(ci)
+        else:
+            groups.append([lo, hi, ci])
+    out = []
+    for lo, hi, *centres in groups:
+        i0 = int(np.searchsorted(radial, lo, "left"))
+        i1 = int(np.searchsorted(radial, hi, "right")) - 1
+        if i0 - edge < 0 or i1 + edge >= radial.size or i1 - i0 + 1 < 2 * edge + 1:
+            continue  # not wholly inside the pattern
+        out.append((i0, i1, centres))
+    return out
+
+
+def peak_area(radial: np.ndarray, y: np.ndarray, i0: int, i1: int, *, edge: int = EDGE_BINS) -> tuple[float, float]:
+    """(net area, net peak height) of ``y`` over bins ``i0 … i1`` (inclusive) above the straight line through the
+    means of the ``edge`` first and the ``edge`` last bins of the window; area in (``y`` units × ``radial`` units),
+    the sum of (y − background) × bin width."""
+    x = np.asarray(radial[i0:i1 + 1], np.float64)
+    v = np.asarray(y[i0:i1 + 1], np.float64)
+    xa, ya = x[:edge].mean(), v[:edge].mean()
+    xb, yb = x[-edge:].mean(), v[-edge:].mean()
+    bg = ya + (yb - ya) * (x - xa) / (xb - xa)
+    net = v - bg
+    return float(net.sum() * (x[1] - x[0])), float(net.max())
+
+
+def intensity_errors(frame: Any, masks: Mapping[str, np.ndarray], *, npt: int | None = None,
+                     window: float = WINDOW_FWHM, min_contrast: float = MIN_CONTRAST) -> list[dict[str, Any]]:
+    """Per ring (window) of a generated frame (``aux=True``), the relative error of the integrated peak area
+    ``|A − A_truth| / A_truth`` with each of ``masks`` (name → bool[H, W], True = spot pixel excluded), with the
+    frame's true spot mask (``truth_mask``) and with no spot mask (``unmasked``); every pattern excludes the detector
+    mask. The truth is :func:`truth_image` integrated the same way. Rings: the simulator's (``info["ring_tth"]``,
+    ``info["ring_fwhm"]``: centres and FWHM in 2θ radians, strain included) in 2θ degrees over ``npt`` bins
+    (default ⌈√(H² + W²)⌉, about one bin per pixel), merged where windows overlap, kept where the truth's net
+    peak reaches ``min_contrast`` × the background under it. Each record: 2θ range and ring centres (degrees),
+    truth area, truth spot pixels inside the window's 2θ range, ``error`` {name: relative error}."""
+    from .integrate import integrate
+
+    if "ring_tth" not in frame.info:
+        raise ValueError("intensity_errors needs a frame from gixdrt.sim.powder (info['ring_tth'])")
+    h, w = frame.image.shape
+    npt = int(np.ceil(np.hypot(h, w))) if npt is None else int(npt)
+    geom, dmask = frame.geometry, frame.detector_mask
+    truth = integrate(truth_image(frame), geom, detector_mask=dmask, npt=npt).unmasked
+    names = ["truth_mask", *masks]
+    stack = np.stack([frame.spots, *(np.asarray(m, bool) for m in masks.values())])
+    p = integrate(np.broadcast_to(frame.image, stack.shape), geom, spots=stack, detector_mask=dmask, npt=npt)
+    radial = p.radial
+    windows = ring_windows(radial, frame.info["ring_tth"], frame.info["ring_fwhm"], window=window)
+    spot_tth = np.degrees(geom.tth()[frame.spots]) if frame.spots.any() else np.zeros(0)
+    records = []
+    for i0, i1, centres in windows:
+        seg = truth[i0:i1 + 1]
+        if not (np.all(np.isfinite(seg)) and np.all(seg > 0)):
+            continue  # a bin without pixels (beam stop, outside the detector)
+        a_t, peak_t = peak_area(radial, truth, i0, i1)
+        bg = seg[int(np.argmax(seg))] - peak_t
+        if not (a_t > 0 and peak_t >= min_contrast * max(bg, 0.0)):
+            continue
+        half = 0.5 * (radial[1] - radial[0])
+        lo, hi = radial[i0] - half, radial[i1] + half
+        err = {"unmasked": abs(peak_area(radial, p.unmasked[0], i0, i1)[0] - a_t) / a_t}
+        for k, name in enumerate(names):
+            err[name] = abs(peak_area(radial, p.masked[k], i0, i1)[0] - a_t) / a_t
+        records.append({"frame": int(frame.index), "tth_deg": [float(lo), float(hi)],
+                        "rings_deg": [round(float(c), 5) for c in centres], "truth_area": a_t,
+                        "spot_pixels": int(np.count_nonzero((spot_tth >= lo) & (spot_tth < hi))), "error": err})
+    return records
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "median": None, "p90": None}
+    v = np.asarray(values)
+    return {"n": int(v.size), "median": float(np.median(v)), "p90": float(np.percentile(v, 90))}
+
+
+def summarize_intensity_errors(records: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Median and 90th percentile of the relative peak-area errors over rings and frames, for all rings and for
+    the rings with at least one true spot pixel in their window: ``unmasked``, ``truth_mask`` and each of
+    ``names``."""
+    with_spots = [r for r in records if r["spot_pixels"] > 0]
+    out: dict[str, Any] = {"rings": len(records), "rings_with_spots": len(with_spots)}
+    for key in ("unmasked", "truth_mask", *names):
+        out[key] = {"all": _stats([r["error"][key] for r in records]),
+                    "with_spots": _stats([r["error"][key] for r in with_spots])}
+    return out
+
+
 def classical_method(**kwargs: Any) -> Method:
     """GSAS-II's pixel mask search (:func:`gixdrt.powder.classical.pixel_mask_search`), rings from the frame's
     geometry and detector mask."""
@@ -169,8 +299,13 @@ def unet_method(model: Any = "default", **kwargs: Any) -> Method:
 
 
 def evaluate_methods(methods: Mapping[str, Method], *, n: int = 24, seed: int = 777, size: int | tuple[int, int] = 1024,
-                     config: Any = None, start: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Run every method on frames start … start + n − 1 of (config, seed, size) → a JSON-able report."""
+                     config: Any = None, start: int = 0, progress: bool = False, intensities: bool = False
+                     ) -> dict[str, Any]:
+    """Run every method on frames start … start + n − 1 of (config, seed, size) → a JSON-able report.
+
+    ``intensities``: also the integrated peak-area errors (:func:`intensity_errors`, needs pyFAI): the report gets
+    ``intensities`` (settings, the summary of :func:`summarize_intensity_errors`, and every ring's record) and each
+    method ``intensity_error`` {``masked``, ``unmasked``: {``all``, ``with_spots``: {n, median, p90}}}."""
     from ..sim.powder import PowderSimConfig, PowderSimulator
 
     hw = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
@@ -178,18 +313,22 @@ def evaluate_methods(methods: Mapping[str, Method], *, n: int = 24, seed: int = 
     sim = PowderSimulator(cfg, seed=seed, size=hw)
     per: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     spots_by: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    rings: list[dict[str, Any]] = []
     for i in range(start, start + n):
         frame = sim.frame(i, aux=True)
         spots = frame_spots(frame)
         valid = frame.detector_mask == 0
+        preds = {}
         for name, method in methods.items():
             t0 = time.perf_counter()
-            pred = np.asarray(method(frame), bool)
+            pred = preds[name] = np.asarray(method(frame), bool)
             dt = time.perf_counter() - t0
             counts = pixel_counts(pred, frame.spots, valid)
             per[name].append({"index": i, "seconds": dt, "truth_pixels": int(frame.spots.sum()), **counts})
             for s, found in zip(spots, spot_recall(pred, frame, spots)):
                 spots_by[name].append({**s, "found": found, "frame": i})
+        if intensities:
+            rings.extend(intensity_errors(frame, preds))
         if progress:
             print(f"frame {i}: {len(spots)} spots, " + ", ".join(
                 f"{m} tp {per[m][-1]['tp']} fp {per[m][-1]['fp']} fn {per[m][-1]['fn']}" for m in methods), flush=True)
@@ -199,6 +338,12 @@ def evaluate_methods(methods: Mapping[str, Method], *, n: int = 24, seed: int = 
         "methods": {m: summarize(per[m], spots_by[m]) for m in methods},
         "per_frame": per,
     }
+    if intensities:
+        summary = summarize_intensity_errors(rings, list(methods))
+        report["intensities"] = {"unit": "2th_deg", "window_fwhm": WINDOW_FWHM, "edge_bins": EDGE_BINS,
+                                 "min_contrast": MIN_CONTRAST, "summary": summary, "per_ring": rings}
+        for m in methods:
+            report["methods"][m]["intensity_error"] = {"masked": summary[m], "unmasked": summary["unmasked"]}
     names = list(methods)
     if "unet" in names and "classical" in names:
         u, c = report["methods"]["unet"], report["methods"]["classical"]
@@ -208,14 +353,16 @@ def evaluate_methods(methods: Mapping[str, Method], *, n: int = 24, seed: int = 
 
 def main_evaluate_powder(model: str = "default", *, n: int = 24, seed: int = 777, size: int = 1024,
                          shifted: bool = False, out: str | os.PathLike | None = None, threshold: float | None = None,
-                         min_size: int | None = None, progress: bool = False) -> dict[str, Any]:
+                         min_size: int | None = None, progress: bool = False, intensities: bool = False
+                         ) -> dict[str, Any]:
     """Both methods on one set; the report is written to ``out`` (JSON, atomically) when given."""
     from ..io.atomic import atomic_path
     from ..sim.powder import PowderSimConfig
 
     cfg = PowderSimConfig.shifted() if shifted else PowderSimConfig()
     methods = {"unet": unet_method(model, threshold=threshold, min_size=min_size), "classical": classical_method()}
-    report = evaluate_methods(methods, n=n, seed=seed, size=size, config=cfg, progress=progress)
+    report = evaluate_methods(methods, n=n, seed=seed, size=size, config=cfg, progress=progress,
+                              intensities=intensities)
     report["model"] = str(model)
     if out is not None:
         path = Path(out)

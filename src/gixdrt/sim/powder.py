@@ -436,6 +436,8 @@ class PowderSimulator:
         all_fw = np.concatenate(ring_w) if ring_w else np.zeros(0)
         info.update(phases=[p.name for p in phases], n_rings=int(all_tth.size), n_textured=len(tex_rows),
                     ring_fwhm_px=fwhm_px)
+        # every ring's 2θ and FWHM in 2θ (radians, strain included): the truth the intensity evaluation integrates over
+        info.update(ring_tth=all_tth.tolist(), ring_fwhm=all_fw.tolist())
 
         exposure = _lu(rng, cfg.exposure)
         scale = exposure / bg_mean

@@ -1,0 +1,187 @@
+"""Masked azimuthal integration of powder frames with pyFAI: the 1D pattern with the spots excluded, beside the one
+with only the detector mask.
+
+>>> from gixdrt.powder.integrate import integrate
+>>> p = integrate(frames, geometry, spots=spots, detector_mask=dmask, npt=2000, unit="2th_deg")
+>>> p.radial, p.masked, p.unmasked          # float64[npt]; float64[N, npt] (or [npt] for one [H, W] frame)
+
+Masks follow pyFAI: nonzero = excluded. ``unmasked`` excludes the detector mask only; ``masked`` excludes the
+detector mask and the spot pixels. Intensities are pyFAI's ``integrate1d`` means per bin with the solid-angle
+correction (no polarisation, dark, flat: the frames as given), in the frames' units; an empty bin is 0.
+
+How it runs: one :class:`pyFAI.integrator.azimuthal.AzimuthalIntegrator` per :class:`~.geometry.PowderGeometry`
+(cached, :func:`azimuthal_integrator`). Its CSR engine is built once for (geometry, detector mask, npt, unit,
+radial range) and reused for every frame and both patterns: the spot pixels are set to NaN in a float32 copy of the
+frame, which pyFAI's preprocessing drops exactly as a masked pixel (a new ``mask=`` per frame would rebuild the
+engine, 2–4 s each on 2880²).
+
+Method :data:`METHOD` = ``("full", "csr", "cython")`` (exact pixel splitting, CSR sparse matrix, Cython), chosen by
+timing every splitting × engine on a generated 2880 × 2880 frame (LaB6, 781 spot pixels, npt 2000, 2θ in degrees,
+``nice -n 19`` on 2 shared CPU cores, pyFAI 2026.9; spots as NaN; times vary ±40 % with the machine's load):
+
+=====================  ================  ==============  =============================================
+splitting, engine      engine build (s)  per frame (s)   bins vs full splitting (median / p99 rel.)
+=====================  ================  ==============  =============================================
+no, histogram          1.1 (no engine)   0.14            3e-4 / 8.6e-2
+no, csr                0.8–1.0           0.08–0.12       3e-4 / 8.6e-2
+bbox, histogram        2.0 (no engine)   0.21            1.5e-4 / 2.2e-2
+bbox, csr              1.8–4.2           0.09–0.14       1.5e-4 / 2.2e-2
+**full, csr**          3.5–3.7           0.09–0.14       0 (reference)
+=====================  ================  ==============  =============================================
+
+With a cached engine the per-frame time is the preprocessing's, the same for every CSR splitting, so the exact one
+costs nothing more per frame; no splitting was ~10 % faster but moves single bins by up to 9 % at npt 2000.
+``sigma=True`` adds pyFAI's ``error_model="azimuthal"`` (the standard error of each bin's mean from the spread of
+its pixels), +25–35 ms per frame. The engine holds ~16.5 M non-zeros (~130 MB) for a 2880² frame.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import GixdrtError
+from .geometry import PowderGeometry
+
+__all__ = ["METHOD", "UNITS", "IntegrationError", "Patterns", "azimuthal_integrator", "integrate", "poni_text"]
+
+#: pyFAI method: (pixel splitting, engine, implementation); see the module docstring for the timings
+METHOD = ("full", "csr", "cython")
+#: radial units: pyFAI name → description
+UNITS = {"2th_deg": "2θ (degrees)", "q_A^-1": "q = 4π sin θ / λ (Å⁻¹)"}
+
+
+class IntegrationError(GixdrtError, ValueError):
+    """Frames, masks or options that cannot be integrated (one line naming the argument and the problem)."""
+
+
+@dataclass
+class Patterns:
+    """Integrated patterns: ``radial`` float64[npt] bin centres in ``unit``; ``masked`` / ``unmasked`` float64[N, npt]
+    (or [npt] for one 2D frame) mean intensity per bin in the frames' units; ``sigma_masked`` / ``sigma_unmasked``
+    the standard errors of those means (same shapes) when asked for, else None."""
+
+    radial: np.ndarray
+    masked: np.ndarray
+    unmasked: np.ndarray
+    unit: str
+    npt: int
+    method: tuple[str, str, str] = METHOD
+    sigma_masked: np.ndarray | None = None
+    sigma_unmasked: np.ndarray | None = None
+
+
+def _pyfai():
+    try:
+        from pyFAI.detectors import Detector
+        from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+    except ImportError as exc:
+        raise IntegrationError(f"azimuthal integration needs pyFAI ({exc}); install it with "
+                               "`pip install 'gixdrt[powder]'`") from None
+    return AzimuthalIntegrator, Detector
+
+
+@functools.lru_cache(maxsize=2)  # an engine for 2880² holds ~130 MB: keep the last two geometries only
+def azimuthal_integrator(geometry: PowderGeometry):
+    """pyFAI's AzimuthalIntegrator for ``geometry`` (same PONI parameters, wavelength, pixel size and detector shape;
+    the two agree on every pixel's 2θ and χ, tests/powder/test_powder_geometry.py). Cached per geometry, so its CSR
+    engines are built once. Not thread-safe: one integrator per thread if frames are integrated concurrently."""
+    AzimuthalIntegrator, Detector = _pyfai()
+    g = geometry
+    detector = Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=g.shape)
+    return AzimuthalIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2, rot3=g.rot3,
+                               wavelength=g.wavelength, detector=detector)
+
+
+def poni_text(geometry: PowderGeometry) -> str:
+    """``geometry`` as a pyFAI PONI file (version 2; lengths in metres, angles in radians) that
+    :meth:`PowderGeometry.from_poni` reads back to the same geometry."""
+    import json
+
+    g = geometry
+    det = json.dumps({"pixel1": g.pixel1, "pixel2": g.pixel2, "max_shape": list(g.shape)})
+    return ("# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis\n"
+            "poni_version: 2\nDetector: Detector\n"
+            f"Detector_config: {det}\n"
+            f"Distance: {g.dist!r}\nPoni1: {g.poni1!r}\nPoni2: {g.poni2!r}\n"
+            f"Rot1: {g.rot1!r}\nRot2: {g.rot2!r}\nRot3: {g.rot3!r}\nWavelength: {g.wavelength!r}\n")
+
+
+def _stack(name: str, a: Any, shape: tuple[int, int], n: int | None) -> np.ndarray | None:
+    """``a`` as [n, H, W] (a single [H, W] repeated) or None; one-line errors."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.shape[-2:] != shape or a.ndim not in (2, 3) or (a.ndim == 3 and n is not None and a.shape[0] != n):
+        want = f"[H, W] = {shape}" + (f" or [{n}, H, W]" if n is not None else "")
+        raise IntegrationError(f"{name}: shape {a.shape} does not match the frames ({want})")
+    return a
+
+
+def integrate(frames: np.ndarray, geometry: PowderGeometry, *, spots: np.ndarray | None = None,
+              detector_mask: np.ndarray | None = None, npt: int = 2000, unit: str = "2th_deg",
+              radial_range: tuple[float, float] | None = None, sigma: bool = False) -> Patterns:
+    """Azimuthal integration of ``frames`` (float[H, W] or float[N, H, W], any real dtype, the frames' units) over
+    ``geometry``: per frame the pattern with ``detector_mask`` (any[H, W], nonzero = excluded) and ``spots``
+    (bool/any[H, W] for every frame or [N, H, W], nonzero = spot pixel) excluded, and the one with the detector mask
+    only. ``unit`` is one of :data:`UNITS`; ``radial_range`` (lo, hi) in that unit (default: the frame's range);
+    ``npt`` bins. Non-finite pixels are excluded from both patterns. Returns :class:`Patterns`."""
+    if unit not in UNITS:
+        raise IntegrationError(f"unit {unit!r}: unknown; use one of {', '.join(UNITS)}")
+    if not (isinstance(npt, (int, np.integer)) and 1 <= int(npt) <= 10_000_000):
+        raise IntegrationError(f"npt {npt!r}: must be an integer in [1, 10000000]")
+    if radial_range is not None:
+        lo, hi = (float(v) for v in radial_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise IntegrationError(f"radial_range {radial_range!r}: needs finite lo < hi")
+        radial_range = (lo, hi)
+    frames = np.asarray(frames)
+    if frames.ndim not in (2, 3) or not (np.issubdtype(frames.dtype, np.number) and not
+                                         np.issubdtype(frames.dtype, np.complexfloating)):
+        raise IntegrationError(f"frames: expected real [H, W] or [N, H, W], got {frames.dtype} {frames.shape}")
+    single = frames.ndim == 2
+    stack = frames[None] if single else frames
+    shape = tuple(stack.shape[1:])
+    if shape != geometry.shape:
+        raise IntegrationError(f"frames: shape {shape} differs from the geometry's detector shape {geometry.shape}")
+    n = stack.shape[0]
+    spot_stack = _stack("spots", spots, shape, n)
+    dmask = _stack("detector_mask", detector_mask, shape, None)
+    if dmask is not None and dmask.ndim != 2:
+        raise IntegrationError(f"detector_mask: expected [H, W] = {shape}, got {dmask.shape}")
+    static = None if dmask is None else (dmask != 0).astype(np.int8)
+    ai = azimuthal_integrator(geometry)
+    kw: dict[str, Any] = dict(npt=int(npt), unit=unit, method=METHOD, mask=static, radial_range=radial_range,
+                              error_model="azimuthal" if sigma else None)
+    masked = np.empty((n, int(npt)))
+    unmasked = np.empty((n, int(npt)))
+    s_masked = np.empty((n, int(npt))) if sigma else None
+    s_unmasked = np.empty((n, int(npt))) if sigma else None
+    radial = None
+    for i in range(n):
+        img = np.array(stack[i], dtype=np.float32)  # a copy: the spot pixels become NaN below
+        r = ai.integrate1d(img, **kw)
+        radial = np.asarray(r.radial, np.float64)
+        unmasked[i] = r.intensity
+        if sigma:
+            s_unmasked[i] = r.sigma
+        if spot_stack is None:
+            masked[i] = unmasked[i]
+            if sigma:
+                s_masked[i] = s_unmasked[i]
+            continue
+        sp = spot_stack[i if spot_stack.ndim == 3 else ...]
+        # NaN is dropped by pyFAI's preprocessing like a masked pixel, without rebuilding the engine
+        img[sp != 0] = np.nan
+        r = ai.integrate1d(img, **kw)
+        masked[i] = r.intensity
+        if sigma:
+            s_masked[i] = r.sigma
+
+    def out(a):
+        return None if a is None else (a[0] if single else a)
+
+    return Patterns(radial=radial, masked=out(masked), unmasked=out(unmasked), unit=unit, npt=int(npt),
+                    sigma_masked=out(s_masked), sigma_unmasked=out(s_unmasked))
