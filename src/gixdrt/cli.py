@@ -176,7 +176,45 @@ def _demo_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_powder(args: argparse.Namespace) -> int:
+    """``gixdrt demo --powder``: one generated powder frame through the U-Net and the classical masks and the masked
+    integration; a summary and one PNG (OUT_DIR/powder.png)."""
+    from .io.atomic import check_output
+    from .powder.demo import powder_demo
+    from .powder.integrate import check_pyfai
+
+    outdir = check_output(args.out_dir, option="--out-dir", directory=True)
+    png = outdir / "powder.png"
+    check_output(png, option="--out-dir")
+    check_pyfai()
+    existed = png.exists()
+    print(f"gixdrt demo --powder: generating frame {args.index} of seed {args.seed} ({args.size}×{args.size}), "
+          "masking with the U-Net and the classical search, integrating with pyFAI ...", file=sys.stderr, flush=True)
+    s = powder_demo(png, size=args.size, seed=args.seed, index=args.index, model=args.model)
+    sec = s["seconds"]
+    print(f"gixdrt {__version__} demo --powder on generated frame {s['index']} of seed {s['seed']} "
+          f"({s['size']}×{s['size']}, {', '.join(s['phases'])}; {sec['generate']:.1f} s to generate)")
+    print(f"  truth      {s['spots']} spots, {s['truth_pixels']} spot pixels")
+    for name, label in (("unet", "U-Net"), ("classical", "classical")):
+        m = s["methods"][name]
+        print(f"  {label:<10} {m['spots_found']} of {s['spots']} spots found, {m['pixels']} pixels masked "
+              f"({m['tp']} true, {m['fp']} false, {m['fn']} missed), {sec[name]:.2f} s")
+    ie = s["intensity_error"]
+    print(f"  integrate  pyFAI {','.join(s['method'])}: {sec['integrate_one']:.2f} s for one pattern (engine cached)")
+    print(f"  peak areas relative error against the spot-free truth, median / 90th percentile over {ie['rings']} "
+          f"rings ({ie['rings_with_spots']} with a spot):")
+    for name, label in (("unmasked", "no spot mask"), ("unet", "U-Net mask"), ("classical", "classical mask"),
+                        ("truth_mask", "true mask")):
+        print(f"    {label:<15} all {_percent(ie[name]['all'])}   with spots {_percent(ie[name]['with_spots'])}")
+    print(f"  wrote      {Path(s['png']).resolve()}" + (" (replaced the existing file)" if existed else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.powder and args.live:
+        raise GixdrtError("--powder and --live: choose one demo")
+    if args.powder:
+        return _demo_powder(args)
     if args.live:
         return _demo_live(args)
     from .geometry import load_config, polar_map
@@ -874,6 +912,13 @@ def cmd_train_powder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(stats: dict) -> str:
+    """``{median, p90}`` of relative errors as 'M % / P %' (n/a when there were none)."""
+    if stats.get("median") is None:
+        return "n/a"
+    return f"{100 * stats['median']:.2f} % / {100 * stats['p90']:.2f} %"
+
+
 def cmd_evaluate_powder(args: argparse.Namespace) -> int:
     from .io.atomic import check_output
     from .powder.evaluate import main_evaluate_powder
@@ -883,7 +928,7 @@ def cmd_evaluate_powder(args: argparse.Namespace) -> int:
     try:
         report = main_evaluate_powder(args.model, n=args.n, seed=args.seed, size=args.size, shifted=args.shifted,
                                       out=args.out, threshold=args.threshold, min_size=args.min_size,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, intensities=args.intensities)
     except ValueError as exc:
         raise GixdrtError(str(exc)) from None
     for name, m in report["methods"].items():
@@ -895,6 +940,14 @@ def cmd_evaluate_powder(args: argparse.Namespace) -> int:
               f"{m['seconds_per_frame']:.2f} s/frame")
     if report.get("fp_ratio_unet_over_classical") is not None:
         print(f"false positives U-Net / classical: {report['fp_ratio_unet_over_classical']:.3f}")
+    if args.intensities:
+        summary = report["intensities"]["summary"]
+        print(f"integrated peak areas, relative error against the spot-free truth (median / 90th percentile; "
+              f"{summary['rings']} rings, {summary['rings_with_spots']} with a spot):")
+        for name in ("unmasked", "truth_mask", *report["methods"]):
+            a, w = summary[name]["all"], summary[name]["with_spots"]
+            label = {"unmasked": "no spot mask", "truth_mask": "true mask"}.get(name, f"{name} mask")
+            print(f"  {label:<16} all rings {_percent(a)}   rings with spots {_percent(w)}")
     if args.out:
         print(f"report → {args.out}")
     return 0
@@ -904,26 +957,49 @@ def cmd_mask(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .io import read_frame
-    from .io.atomic import atomic_path, check_output
+    from .io.atomic import atomic_path, check_distinct, check_output
     from .powder.geometry import PowderGeometry
 
-    out = check_output(args.out, inputs=args.frames, option="--out", suffixes=(".npy", ".h5", ".hdf5"))
+    inputs = [*args.frames, *args.mask, *([args.poni] if args.poni else [])]
+    out = check_output(args.out, inputs=inputs, option="--out", suffixes=(".npy", ".h5", ".hdf5"))
     methods = ["unet", "classical"] if args.method == "both" else [args.method]
     if len(methods) > 1 and out.suffix == ".npy":
         raise GixdrtError(f"--out {out}: --method both needs an HDF5 output (.h5), one dataset per method")
-    frames = []
+    if not args.poni and "classical" in methods:
+        raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
+    integ = None
+    if args.integrate:
+        if not args.poni:
+            raise GixdrtError("--integrate: the azimuthal integration needs the detector geometry (--poni FILE)")
+        integ = check_output(args.integrate, inputs=inputs, option="--integrate", suffixes=(".h5", ".hdf5", ".xy"))
+        check_distinct({"--out": out, "--integrate": integ})
+        if integ.suffix == ".xy" and len(methods) > 1:
+            raise GixdrtError(f"--integrate {integ}: .xy holds one spot mask per file; use .h5 with --method both")
+        from .powder.integrate import check_pyfai
+
+        check_pyfai()
+    frames, labels = [], []
     for spec in args.frames:
         data = np.asarray(read_frame(spec))
         frames.extend(data if data.ndim == 3 else [data])
+        labels.extend([f"{spec}[{k}]" for k in range(data.shape[0])] if data.ndim == 3 else [spec])
     shape = frames[0].shape
     if any(f.shape != shape for f in frames):
         raise GixdrtError("FRAMES: all frames must have the same shape")
+    if integ is not None and integ.suffix == ".xy":
+        from .powder.integrate import xy_names
+
+        for pair in xy_names(integ, len(frames)):
+            for name in pair:
+                check_output(name, inputs=inputs, option="--integrate")
+                check_distinct({"--out": out, "--integrate": name})
     mask = None
     for spec in args.mask:
         m = np.asarray(read_frame(spec))
         if m.shape != shape:
             raise GixdrtError(f"--mask {spec}: shape {m.shape} differs from the frames' {shape}")
         mask = (m != 0) if mask is None else (mask | (m != 0))
+    geom = PowderGeometry.from_poni(args.poni, shape=shape) if args.poni else None
     results = {}
     if "unet" in methods:
         from .powder.plan import PowderMasker
@@ -934,13 +1010,17 @@ def cmd_mask(args: argparse.Namespace) -> int:
         results["unet"] = np.stack([masker(f) for f in frames])
         masker.close()
     if "classical" in methods:
-        if not args.poni:
-            raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
         from .powder.classical import RingIndex, pixel_mask_search
 
-        geom = PowderGeometry.from_poni(args.poni, shape=shape)
         index = RingIndex.from_geometry(geom, None if mask is None else mask.astype(np.uint8))
         results["classical"] = np.stack([pixel_mask_search(f, index) for f in frames])
+    patterns = {}
+    if integ is not None:
+        from .powder.integrate import integrate
+
+        stack = np.stack(frames)
+        patterns = {name: integrate(stack, geom, spots=results[name], detector_mask=mask, npt=args.npt,
+                                    unit=args.unit) for name in methods}
     with atomic_path(out) as tmp:
         if out.suffix == ".npy":
             np.save(tmp, results[methods[0]])
@@ -957,6 +1037,14 @@ def cmd_mask(args: argparse.Namespace) -> int:
         print(f"{name}: {int(value.sum())} spot pixels in {len(frames)} frame(s) "
               f"({value.mean() * 100:.3f} % of the pixels)")
     print(f"masks → {out}")
+    if integ is not None:
+        from .powder.integrate import write_patterns
+
+        written = write_patterns(integ, patterns, frames=labels, poni=str(args.poni), geometry=geom)
+        first = patterns[methods[0]]
+        where = str(written[0]) if len(written) == 1 else f"{len(written)} files {written[0]} … {written[-1]}"
+        print(f"patterns ({len(frames)} frame(s), {first.npt} bins in {first.unit}, masked with {', '.join(methods)} "
+              f"and unmasked; pyFAI {','.join(first.method)}) → {where}")
     return 0
 
 
@@ -1345,6 +1433,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--live: delivery mode (default lossless)")
     p.add_argument("--batch", type=_in_range(int, 1, 256), default=4, metavar="B",
                    help="--live: at most B frames per detector call when behind (default 4)")
+    p.add_argument("--powder", action="store_true",
+                   help="the powder pipeline instead: a generated frame, U-Net and classical spot masks, masked "
+                        "azimuthal integration, peak-area errors; writes OUT_DIR/powder.png (--model: powder model)")
+    p.add_argument("--size", type=_in_range(int, 128, 16384), default=2880, metavar="PX",
+                   help="--powder: frame side in px (default 2880)")
+    from .powder.demo import DEMO_INDEX, DEMO_SEED
+
+    p.add_argument("--seed", type=_in_range(int, 0, 2**63 - 1), default=DEMO_SEED,
+                   help=f"--powder: simulator seed (default {DEMO_SEED})")
+    p.add_argument("--index", type=_in_range(int, 0), default=DEMO_INDEX,
+                   help=f"--powder: frame index (default {DEMO_INDEX})")
     p.set_defaults(func=cmd_demo)
 
     p = add("simulate", help="simulated polar GIXD images with ground-truth boxes → .npz")
@@ -1392,6 +1491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_in_range(float, 1e-6, 1 - 1e-6), help="P(spot) threshold (default: the card's)")
     p.add_argument("--min-size", type=_in_range(int, 0, 1_000_000), help="drop smaller components (default: the card's)")
     p.add_argument("--out", help="report (.json)")
+    p.add_argument("--intensities", action="store_true",
+                   help="also integrate every frame (pyFAI) and report the error of the rings' peak areas against "
+                        "the spot-free truth with each mask, the true mask and no spot mask")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_evaluate_powder)
 
@@ -1406,6 +1508,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_in_range(float, 1e-6, 1 - 1e-6), help="P(spot) threshold (default: the card's)")
     p.add_argument("--min-size", type=_in_range(int, 0, 1_000_000), help="drop smaller components (default: the card's)")
     p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads")
+    p.add_argument("--integrate", metavar="PATTERNS.h5|PATTERNS.xy",
+                   help="also integrate every frame azimuthally (pyFAI; needs --poni): the pattern with the spots "
+                        "masked and the one with the detector mask only. .h5: datasets radial, masked, unmasked "
+                        "(N×npt); .xy: two columns per file, STEM.xy and STEM_unmasked.xy (one frame) or STEM_K.xy "
+                        "and STEM_K_unmasked.xy (frame K of several)")
+    p.add_argument("--npt", type=_in_range(int, 2, 1_000_000), default=2000, help="--integrate: bins (default 2000)")
+    p.add_argument("--unit", choices=["2th_deg", "q_A^-1"], default="2th_deg",
+                   help="--integrate: radial unit (default 2th_deg)")
     p.set_defaults(func=cmd_mask)
 
     p = add("evaluate", help="the paper's evaluation on a simulated set; several models side by side")

@@ -148,9 +148,10 @@ def summarize(per_frame: list[dict[str, Any]], spots: list[dict[str, Any]]) -> d
 
 
 # ---- intensities of the integrated pattern ----------------------------------------------------------------------
-#: peak window: ± WINDOW_FWHM × the ring's FWHM (at least MIN_HALF_BINS bins); EDGE_BINS bins at each end of a window
-#: set its linear background; a ring counts when the truth's net peak is ≥ MIN_CONTRAST × the background under it
-WINDOW_FWHM, MIN_HALF_BINS, EDGE_BINS, MIN_CONTRAST = 3.0, 4, 2, 0.2
+#: peak window: ± WINDOW_FWHM × the ring's FWHM (at least MIN_HALF_BINS bins, cut midway to the next ring); EDGE_BINS
+#: bins at each end of a window set its linear background; a ring counts when the truth's net peak is ≥ MIN_CONTRAST ×
+#: the background under it
+WINDOW_FWHM, MIN_HALF_BINS, EDGE_BINS, MIN_CONTRAST = 2.0, 3, 2, 0.2
 
 
 def truth_image(frame: Any) -> np.ndarray:
@@ -165,33 +166,41 @@ def truth_image(frame: Any) -> np.ndarray:
 def ring_windows(radial: np.ndarray, ring_tth: np.ndarray, ring_fwhm: np.ndarray, *, window: float = WINDOW_FWHM,
                  min_half_bins: int = MIN_HALF_BINS, edge: int = EDGE_BINS) -> list[tuple[int, int, list[float]]]:
     """Peak windows on a pattern's bins: ``radial`` float64[npt] bin centres in 2θ degrees (uniform);
-    ``ring_tth`` / ``ring_fwhm`` float[R] ring centres and FWHM in 2θ radians. Each ring covers ± ``window`` FWHM
-    (at least ``min_half_bins`` bins); overlapping windows merge into one (their rings share one area). Returns
-    (first bin, last bin inclusive, ring centres in degrees) for the windows that lie inside the pattern with
-    ``edge`` bins to spare, in increasing 2θ."""
+    ``ring_tth`` / ``ring_fwhm`` float[R] ring centres and FWHM in 2θ radians. Rings closer than the larger of their
+    FWHM or ``min_half_bins`` bins are one peak (unresolved: centre the mean, FWHM the span plus the largest FWHM).
+    Each peak covers ± ``window`` FWHM (at least ``min_half_bins`` bins), cut at the midpoints to its neighbours so
+    that no two windows share a bin. Returns (first bin, last bin inclusive, ring centres in degrees) for the
+    windows that lie inside the pattern with ``edge`` bins to spare and span at least 2·``edge`` + 1 bins, in
+    increasing 2θ."""
     radial = np.asarray(radial, np.float64)
     if radial.size < 2:
         return []
     step = float(radial[1] - radial[0])
     c = np.degrees(np.asarray(ring_tth, np.float64))
-    half = np.maximum(window * np.degrees(np.asarray(ring_fwhm, np.float64)), min_half_bins * step)
-    keep = np.isfinite(c) & np.isfinite(half)
+    fw = np.degrees(np.asarray(ring_fwhm, np.float64))
+    keep = np.isfinite(c) & np.isfinite(fw)
     order = np.argsort(c[keep])
-    c, half = c[keep][order], half[keep][order]
-    groups: list[list[float]] = []  # [lo, hi, centres...]
-    for ci, hi_ in zip(c, half):
-        lo, hi = ci - hi_, ci + hi_
-        if groups and lo <= groups[-1][1]:
-            groups[-1][1] = max(groups[-1][1], hi)
-            groups[-1].append(ci)
+    c, fw = c[keep][order], fw[keep][order]
+    peaks: list[list[float]] = []  # [lo, hi, fwhm, centres...] of unresolved groups
+    for ci, fi in zip(c, fw):
+        if peaks and ci - peaks[-1][1] < max(fi, peaks[-1][2], min_half_bins * step):
+            peaks[-1][1] = ci
+            peaks[-1][2] = max(peaks[-1][2], fi)
+            peaks[-1].append(ci)
         else:
-            groups.append([lo, hi, ci])
+            peaks.append([ci, ci, fi, ci])
     out = []
-    for lo, hi, *centres in groups:
+    for k, (a, b, f, *centres) in enumerate(peaks):
+        half = max(window * f, min_half_bins * step)
+        lo, hi = a - half, b + half
+        if k > 0:
+            lo = max(lo, 0.5 * (peaks[k - 1][1] + a))
+        if k + 1 < len(peaks):
+            hi = min(hi, 0.5 * (b + peaks[k + 1][0]))
         i0 = int(np.searchsorted(radial, lo, "left"))
-        i1 = int(np.searchsorted(radial, hi, "right")) - 1
+        i1 = int(np.searchsorted(radial, hi, "left")) - 1  # a bin on a midpoint goes to the upper window
         if i0 - edge < 0 or i1 + edge >= radial.size or i1 - i0 + 1 < 2 * edge + 1:
-            continue  # not wholly inside the pattern
+            continue  # outside the pattern or too narrow for a background
         out.append((i0, i1, centres))
     return out
 
@@ -216,7 +225,7 @@ def intensity_errors(frame: Any, masks: Mapping[str, np.ndarray], *, npt: int | 
     frame's true spot mask (``truth_mask``) and with no spot mask (``unmasked``); every pattern excludes the detector
     mask. The truth is :func:`truth_image` integrated the same way. Rings: the simulator's (``info["ring_tth"]``,
     ``info["ring_fwhm"]``: centres and FWHM in 2θ radians, strain included) in 2θ degrees over ``npt`` bins
-    (default ⌈√(H² + W²)⌉, about one bin per pixel), merged where windows overlap, kept where the truth's net
+    (default ⌈√(H² + W²)⌉, about one bin per pixel), windows as :func:`ring_windows`, kept where the truth's net
     peak reaches ``min_contrast`` × the background under it. Each record: 2θ range and ring centres (degrees),
     truth area, truth spot pixels inside the window's 2θ range, ``error`` {name: relative error}."""
     from .integrate import integrate

@@ -37,7 +37,10 @@ its pixels), +25–35 ms per frame. The engine holds ~16.5 M non-zeros (~130 MB)
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +48,8 @@ import numpy as np
 from ..errors import GixdrtError
 from .geometry import PowderGeometry
 
-__all__ = ["METHOD", "UNITS", "IntegrationError", "Patterns", "azimuthal_integrator", "integrate", "poni_text"]
+__all__ = ["METHOD", "UNITS", "IntegrationError", "Patterns", "azimuthal_integrator", "check_pyfai", "integrate",
+           "poni_text", "write_patterns", "xy_names"]
 
 #: pyFAI method: (pixel splitting, engine, implementation); see the module docstring for the timings
 METHOD = ("full", "csr", "cython")
@@ -73,7 +77,8 @@ class Patterns:
     sigma_unmasked: np.ndarray | None = None
 
 
-def _pyfai():
+def check_pyfai():
+    """(AzimuthalIntegrator, Detector) from pyFAI, or :class:`IntegrationError` saying which extra installs it."""
     try:
         from pyFAI.detectors import Detector
         from pyFAI.integrator.azimuthal import AzimuthalIntegrator
@@ -88,7 +93,7 @@ def azimuthal_integrator(geometry: PowderGeometry):
     """pyFAI's AzimuthalIntegrator for ``geometry`` (same PONI parameters, wavelength, pixel size and detector shape;
     the two agree on every pixel's 2θ and χ, tests/powder/test_powder_geometry.py). Cached per geometry, so its CSR
     engines are built once. Not thread-safe: one integrator per thread if frames are integrated concurrently."""
-    AzimuthalIntegrator, Detector = _pyfai()
+    AzimuthalIntegrator, Detector = check_pyfai()
     g = geometry
     detector = Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=g.shape)
     return AzimuthalIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2, rot3=g.rot3,
@@ -147,6 +152,8 @@ def integrate(frames: np.ndarray, geometry: PowderGeometry, *, spots: np.ndarray
     if shape != geometry.shape:
         raise IntegrationError(f"frames: shape {shape} differs from the geometry's detector shape {geometry.shape}")
     n = stack.shape[0]
+    if n == 0:
+        raise IntegrationError("frames: no frame to integrate")
     spot_stack = _stack("spots", spots, shape, n)
     dmask = _stack("detector_mask", detector_mask, shape, None)
     if dmask is not None and dmask.ndim != 2:
@@ -185,3 +192,83 @@ def integrate(frames: np.ndarray, geometry: PowderGeometry, *, spots: np.ndarray
 
     return Patterns(radial=radial, masked=out(masked), unmasked=out(unmasked), unit=unit, npt=int(npt),
                     sigma_masked=out(s_masked), sigma_unmasked=out(s_unmasked))
+
+
+def xy_names(path: str | Path, n: int) -> list[tuple[Path, Path]]:
+    """(masked, unmasked) ``.xy`` file names for ``n`` frames: one frame → ``STEM.xy`` and ``STEM_unmasked.xy``;
+    several → ``STEM_K.xy`` and ``STEM_K_unmasked.xy``, K = 0 … n − 1 zero-padded to one width."""
+    p = Path(path)
+    if n == 1:
+        return [(p, p.with_name(f"{p.stem}_unmasked{p.suffix}"))]
+    width = len(str(n - 1))
+    return [(p.with_name(f"{p.stem}_{k:0{width}d}{p.suffix}"), p.with_name(f"{p.stem}_{k:0{width}d}_unmasked{p.suffix}"))
+            for k in range(n)]
+
+
+def _xy_text(radial: np.ndarray, y: np.ndarray, unit: str, header: list[str]) -> str:
+    lines = [f"# {h}" for h in header] + [f"# {unit} intensity"]
+    body = "\n".join(f"{x:.8g} {v:.8g}" for x, v in zip(radial, y))
+    return "\n".join(lines) + "\n" + body + "\n"
+
+
+def write_patterns(path: str | Path, patterns: Mapping[str, Patterns], *, frames: Sequence[str],
+                   poni: str | None = None, geometry: PowderGeometry | None = None) -> list[Path]:
+    """Write the patterns of :func:`integrate` (spot-mask name → :class:`Patterns` of N frames, all from the same
+    frames and options) atomically; returns the files written. ``frames``: N labels (file, or file[index] in a
+    stack), in input order.
+
+    - ``.h5`` / ``.hdf5``: datasets ``radial`` float64[npt], ``unmasked`` float64[N, npt], ``masked`` float64[N, npt]
+      (the first spot mask) and, with several, ``masked_<name>`` for each; attributes ``unit``, ``npt``, ``method``,
+      ``spot_mask`` (names), ``poni``, ``geometry`` (JSON), ``frames``.
+    - ``.xy``: two columns (radial, intensity) under a ``#`` header, one file per frame and pattern (:func:`xy_names`:
+      ``STEM.xy`` masked and ``STEM_unmasked.xy`` for one frame; ``STEM_K.xy`` / ``STEM_K_unmasked.xy`` for
+      several); one spot mask only. All files are renamed into place together at the end.
+    """
+    import json
+
+    from ..io.atomic import atomic_path
+
+    p = Path(path)
+    names = list(patterns)
+    if not names:
+        raise IntegrationError(f"{p}: no patterns to write")
+    first = patterns[names[0]]
+    masked = {k: np.atleast_2d(v.masked) for k, v in patterns.items()}
+    unmasked = np.atleast_2d(first.unmasked)
+    n = unmasked.shape[0]
+    if len(frames) != n:
+        raise IntegrationError(f"{p}: {len(frames)} frame labels for {n} patterns")
+    suffix = p.suffix.lower()
+    method = ",".join(first.method)
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with atomic_path(p) as tmp, h5py.File(tmp, "w") as h5:
+            h5.create_dataset("radial", data=first.radial)
+            h5["radial"].attrs["unit"] = first.unit
+            h5.create_dataset("unmasked", data=unmasked)
+            h5["unmasked"].attrs["meaning"] = "mean intensity per bin, detector mask excluded; one row per frame"
+            h5.create_dataset("masked", data=masked[names[0]])
+            h5["masked"].attrs["meaning"] = (f"mean intensity per bin, detector mask and {names[0]} spot pixels "
+                                             "excluded; one row per frame")
+            if len(names) > 1:
+                for name in names:
+                    h5.create_dataset(f"masked_{name}", data=masked[name])
+            h5.attrs.update({"unit": first.unit, "npt": first.npt, "method": method, "spot_mask": names,
+                             "poni": poni or "", "frames": [str(f) for f in frames],
+                             "geometry": json.dumps(geometry.to_dict()) if geometry is not None else ""})
+        return [p]
+    if suffix != ".xy":
+        raise IntegrationError(f"{p}: unsupported pattern format {p.suffix or '(no suffix)'}; use .h5 or .xy")
+    if len(names) > 1:
+        raise IntegrationError(f"{p}: .xy holds one spot mask; use .h5 for several ({', '.join(names)})")
+    files = xy_names(p, n)
+    common = [f"unit {first.unit}, npt {first.npt}, pyFAI method {method}" + (f", poni {poni}" if poni else "")]
+    with ExitStack() as stack:
+        for k, (fm, fu) in enumerate(files):
+            for target, y, what in ((fm, masked[names[0]][k], f"masked ({names[0]} spots and detector mask excluded)"),
+                                    (fu, unmasked[k], "unmasked (detector mask excluded)")):
+                tmp = stack.enter_context(atomic_path(target))
+                Path(tmp).write_text(_xy_text(first.radial, y, first.unit,
+                                              [f"gixdrt azimuthal integration of {frames[k]}: {what}", *common]))
+    return [f for pair in files for f in pair]
