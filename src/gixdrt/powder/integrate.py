@@ -81,7 +81,10 @@ def check_pyfai():
     """(AzimuthalIntegrator, Detector) from pyFAI, or :class:`IntegrationError` saying which extra installs it."""
     try:
         from pyFAI.detectors import Detector
-        from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+        try:
+            from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+        except ImportError:  # pyFAI before the integrator package
+            from pyFAI.azimuthalIntegrator import AzimuthalIntegrator
     except ImportError as exc:
         raise IntegrationError(f"azimuthal integration needs pyFAI ({exc}); install it with "
                                "`pip install 'gixdrt[powder]'`") from None

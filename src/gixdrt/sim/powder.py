@@ -207,7 +207,8 @@ class PowderFrame:
 
     ``image`` float32[H, W] in ADU (integer values); ``spots`` bool[H, W] ground-truth spot mask (False where the
     detector mask is set); ``detector_mask`` uint8[H, W] bit flags, nonzero = excluded; ``powder`` / ``spot_photons``
-    float32[H, W] the expected photons without / of the spots (only with ``aux=True``)."""
+    float32[H, W] the expected photons without / of the spots (only with ``aux=True``). ``info`` holds the draws
+    (phases, gain, offset, read noise, ...) and every ring's 2θ and FWHM in 2θ (``ring_tth``, ``ring_fwhm``, radians)."""
 
     index: int
     image: np.ndarray
