@@ -1040,11 +1040,12 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if integ is not None:
         from .powder.integrate import write_patterns
 
-        written = write_patterns(integ, patterns, frames=labels, poni=str(args.poni), geometry=geom)
+        written = write_patterns(integ, patterns, frames=labels, sources=args.frames, poni=str(args.poni),
+                                 geometry=geom)
         first = patterns[methods[0]]
         where = str(written[0]) if len(written) == 1 else f"{len(written)} files {written[0]} … {written[-1]}"
-        print(f"patterns ({len(frames)} frame(s), {first.npt} bins in {first.unit}, masked with {', '.join(methods)} "
-              f"and unmasked; pyFAI {','.join(first.method)}) → {where}")
+        print(f"patterns ({len(frames)} frame(s), {first.npt} bins in {first.unit}, masked ({', '.join(methods)} "
+              f"spots) and unmasked; pyFAI {','.join(first.method)}) → {where}")
     return 0
 
 

@@ -49,8 +49,9 @@ def test_integrate_stack_to_hdf5(setup, capsys):
         np.testing.assert_array_equal(h5["masked"][()], want.masked)
         np.testing.assert_array_equal(h5["unmasked"][()], want.unmasked)
         a = dict(h5.attrs)
+        labels = [x.decode() for x in h5["frames"][()]]
     assert a["unit"] == "2th_deg" and a["npt"] == 300 and a["method"] == ",".join(METHOD)
-    assert list(a["frames"]) == [f"{d / 'stack.npy'}[0]", f"{d / 'stack.npy'}[1]"]
+    assert labels == [f"{d / 'stack.npy'}[0]", f"{d / 'stack.npy'}[1]"] and list(a["sources"]) == [str(d / "stack.npy")]
     assert a["poni"] == str(d / "det.poni") and json.loads(a["geometry"])["dist"] == g.dist
     assert spots.any() and not np.array_equal(want.masked, want.unmasked)
 

@@ -215,14 +215,15 @@ def _xy_text(radial: np.ndarray, y: np.ndarray, unit: str, header: list[str]) ->
 
 
 def write_patterns(path: str | Path, patterns: Mapping[str, Patterns], *, frames: Sequence[str],
-                   poni: str | None = None, geometry: PowderGeometry | None = None) -> list[Path]:
+                   sources: Sequence[str] = (), poni: str | None = None, geometry: PowderGeometry | None = None
+                   ) -> list[Path]:
     """Write the patterns of :func:`integrate` (spot-mask name → :class:`Patterns` of N frames, all from the same
     frames and options) atomically; returns the files written. ``frames``: N labels (file, or file[index] in a
-    stack), in input order.
+    stack), in input order; ``sources``: the input files as given.
 
     - ``.h5`` / ``.hdf5``: datasets ``radial`` float64[npt], ``unmasked`` float64[N, npt], ``masked`` float64[N, npt]
-      (the first spot mask) and, with several, ``masked_<name>`` for each; attributes ``unit``, ``npt``, ``method``,
-      ``spot_mask`` (names), ``poni``, ``geometry`` (JSON), ``frames``.
+      (the first spot mask) and, with several, ``masked_<name>`` for each, ``frames`` (N strings: the labels);
+      attributes ``unit``, ``npt``, ``method``, ``spot_mask`` (names), ``poni``, ``geometry`` (JSON), ``sources``.
     - ``.xy``: two columns (radial, intensity) under a ``#`` header, one file per frame and pattern (:func:`xy_names`:
       ``STEM.xy`` masked and ``STEM_unmasked.xy`` for one frame; ``STEM_K.xy`` / ``STEM_K_unmasked.xy`` for
       several); one spot mask only. All files are renamed into place together at the end.
@@ -257,8 +258,10 @@ def write_patterns(path: str | Path, patterns: Mapping[str, Patterns], *, frames
             if len(names) > 1:
                 for name in names:
                     h5.create_dataset(f"masked_{name}", data=masked[name])
+            # the labels as a dataset: an attribute is limited to 64 KiB, a long stack's labels are not
+            h5.create_dataset("frames", data=np.array([str(f) for f in frames], dtype=h5py.string_dtype()))
             h5.attrs.update({"unit": first.unit, "npt": first.npt, "method": method, "spot_mask": names,
-                             "poni": poni or "", "frames": [str(f) for f in frames],
+                             "poni": poni or "", "sources": [str(f) for f in sources],
                              "geometry": json.dumps(geometry.to_dict()) if geometry is not None else ""})
         return [p]
     if suffix != ".xy":
