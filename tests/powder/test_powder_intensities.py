@@ -61,6 +61,11 @@ def test_truth_against_itself_is_exact(frames):
         assert max(r["error"].values()) < 1e-4  # float32 rounding of the image only
 
 
+def test_reference_names_are_reserved(frames):
+    with pytest.raises(ValueError, match="may not be named unmasked"):
+        intensity_errors(frames[0], {"unmasked": frames[0].spots})
+
+
 def test_true_mask_beats_no_mask(frames):
     recs = [r for f in frames for r in intensity_errors(f, {})]
     s = summarize_intensity_errors(recs, [])

@@ -230,6 +230,9 @@ def intensity_errors(frame: Any, masks: Mapping[str, np.ndarray], *, npt: int | 
     truth area, truth spot pixels inside the window's 2θ range, ``error`` {name: relative error}."""
     from .integrate import integrate
 
+    clash = sorted({"unmasked", "truth_mask"} & set(masks))
+    if clash:
+        raise ValueError(f"intensity_errors: a mask may not be named {', '.join(clash)} (reserved for the references)")
     if "ring_tth" not in frame.info:
         raise ValueError("intensity_errors needs a frame from gixdrt.sim.powder (info['ring_tth'])")
     h, w = frame.image.shape
