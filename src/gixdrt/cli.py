@@ -1004,8 +1004,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if "unet" in methods:
         from .powder.plan import PowderMasker
 
-        geometry = PowderGeometry.from_poni(args.poni, shape=shape) if args.poni else None
-        masker = PowderMasker(args.model, detector_mask=mask, geometry=geometry, threads=args.threads,
+        masker = PowderMasker(args.model, detector_mask=mask, geometry=geom, threads=args.threads,
                               threshold=args.threshold, min_size=args.min_size)
         results["unet"] = np.stack([masker(f) for f in frames])
         masker.close()

@@ -21,7 +21,6 @@ from gixdrt.powder.integrate import (  # noqa: E402
     azimuthal_integrator,
     check_pyfai,
     integrate,
-    poni_text,
     xy_names,
 )
 
@@ -113,12 +112,6 @@ def test_missing_pyfai_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyFAI.detectors", None)
     with pytest.raises(IntegrationError, match=r"gixdrt\[powder\]"):
         check_pyfai()
-
-
-def test_poni_text_round_trip(tmp_path):
-    path = tmp_path / "g.poni"
-    path.write_text(poni_text(GEOM))
-    assert PowderGeometry.from_poni(path) == GEOM
 
 
 def test_xy_names():

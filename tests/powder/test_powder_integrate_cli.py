@@ -12,7 +12,7 @@ h5py = pytest.importorskip("h5py")
 
 from gixdrt.cli import main  # noqa: E402
 from gixdrt.powder.geometry import PowderGeometry  # noqa: E402
-from gixdrt.powder.integrate import METHOD, integrate, poni_text  # noqa: E402
+from gixdrt.powder.integrate import METHOD, integrate  # noqa: E402
 from gixdrt.sim.powder import PowderSimulator  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     sim = PowderSimulator(seed=11, size=(160, 192))
     f0, f1 = sim.frame(1), sim.frame(2)
     g = f0.geometry.replace()  # the detector geometry of frame 0, used for both frames (as one detector would)
-    (d / "det.poni").write_text(poni_text(g))
+    g.write_poni(d / "det.poni")
     np.save(d / "frame.npy", f0.image)
     np.save(d / "stack.npy", np.stack([f0.image, f1.image]))
     np.save(d / "dmask.npy", f0.detector_mask)

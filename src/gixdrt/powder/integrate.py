@@ -49,7 +49,7 @@ from ..errors import GixdrtError
 from .geometry import PowderGeometry
 
 __all__ = ["METHOD", "UNITS", "IntegrationError", "Patterns", "azimuthal_integrator", "check_pyfai", "integrate",
-           "poni_text", "write_patterns", "xy_names"]
+           "write_patterns", "xy_names"]
 
 #: pyFAI method: (pixel splitting, engine, implementation); see the module docstring for the timings
 METHOD = ("full", "csr", "cython")
@@ -101,20 +101,6 @@ def azimuthal_integrator(geometry: PowderGeometry):
     detector = Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=g.shape)
     return AzimuthalIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2, rot3=g.rot3,
                                wavelength=g.wavelength, detector=detector)
-
-
-def poni_text(geometry: PowderGeometry) -> str:
-    """``geometry`` as a pyFAI PONI file (version 2; lengths in metres, angles in radians) that
-    :meth:`PowderGeometry.from_poni` reads back to the same geometry."""
-    import json
-
-    g = geometry
-    det = json.dumps({"pixel1": g.pixel1, "pixel2": g.pixel2, "max_shape": list(g.shape)})
-    return ("# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis\n"
-            "poni_version: 2\nDetector: Detector\n"
-            f"Detector_config: {det}\n"
-            f"Distance: {g.dist!r}\nPoni1: {g.poni1!r}\nPoni2: {g.poni2!r}\n"
-            f"Rot1: {g.rot1!r}\nRot2: {g.rot2!r}\nRot3: {g.rot3!r}\nWavelength: {g.wavelength!r}\n")
 
 
 def _stack(name: str, a: Any, shape: tuple[int, int], n: int | None) -> np.ndarray | None:
