@@ -954,6 +954,11 @@ def cmd_evaluate_powder(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
+    from .scale.mask import mask_on_cluster, refuse_options
+
+    refuse_options(args)  # --work-unit/--retries/--fresh need --cluster
+    if args.cluster is not None:
+        return mask_on_cluster(args)
     import numpy as np
 
     from .io import read_frame
@@ -1261,6 +1266,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _cluster_options(p: argparse.ArgumentParser, unit_option: str) -> None:
+    """--cluster, the work unit option (``unit_option``: detect's --unit, mask's --work-unit), --retries, --fresh."""
+    p.add_argument("--cluster", metavar="local:N|ADDRESS", default=None,
+                   help="run on a Dask cluster: local:N starts N worker processes here, tcp://HOST:8786 joins a "
+                        "running scheduler (pip install 'gixdrt[dask]'); the same output as without, resumable "
+                        "(see README: Reprocessing on a cluster)")
+    p.add_argument(unit_option, metavar="file|files:K|frames:K", default=None,
+                   help="with --cluster: work unit, one input file (default), K files, or at most K frames of a file")
+    p.add_argument("--retries", type=_in_range(int, 0, 100), default=None, metavar="N",
+                   help="with --cluster: times a failing unit is retried before it is reported (default 2)")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --cluster: discard the finished units of an earlier unfinished run of this output "
+                        "(default: resume it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gixdrt", description="Real-time Bragg peak detection in GIXD detector frames.")
     parser.add_argument("--version", action="version", version=f"gixdrt {__version__}")
@@ -1317,17 +1337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hits only in --cxi and --gixi-compat: keep every hit and this random fraction of misses "
                         "(seeded, flagged; the peak table keeps all frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--cluster", metavar="local:N|ADDRESS", default=None,
-                   help="run on a Dask cluster: local:N starts N worker processes here, tcp://HOST:8786 joins a "
-                        "running scheduler (pip install 'gixdrt[dask]'); the same output as without, resumable "
-                        "(see README: Reprocessing on a cluster)")
-    p.add_argument("--unit", metavar="file|files:K|frames:K", default=None,
-                   help="with --cluster: work unit, one input file (default), K files, or at most K frames of a file")
-    p.add_argument("--retries", type=_in_range(int, 0, 100), default=None, metavar="N",
-                   help="with --cluster: times a failing unit is retried before it is reported (default 2)")
-    p.add_argument("--fresh", action="store_true",
-                   help="with --cluster: discard the finished units of an earlier unfinished run of this output "
-                        "(default: resume it)")
+    _cluster_options(p, "--unit")
     p.set_defaults(func=cmd_detect)
 
     p = add("stream", help="detect peaks in a live DECTRIS stream (SIMPLON v2 CBOR or v1 JSON) → a peak table per series",
@@ -1505,6 +1515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="powder model name or directory (default: default)")
     p.add_argument("--mask", action="append", default=[], metavar="FILE",
                    help="detector mask image, nonzero = excluded (repeatable); never masked as spots")
+    _cluster_options(p, "--work-unit")  # --unit is the integration's radial unit
     p.add_argument("--threshold", type=_in_range(float, 1e-6, 1 - 1e-6), help="P(spot) threshold (default: the card's)")
     p.add_argument("--min-size", type=_in_range(int, 0, 1_000_000), help="drop smaller components (default: the card's)")
     p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads")

@@ -50,9 +50,11 @@ def model_fingerprint(spec: str) -> list[dict[str, Any]]:
     return []
 
 
-def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """One phrase naming the first difference between two fingerprints."""
-    for key in ("settings", "model", "config_sha256", "mask_sha256", "inputs", "unit", "n_units", "n_frames", "plan"):
+def _difference(old: Mapping[str, Any], new: Mapping[str, Any], unit_option: str = "--unit") -> str:
+    """One phrase naming the first difference between two fingerprints (``unit_option``: the command's name of the
+    work unit option)."""
+    for key in ("settings", "model", "config_sha256", "poni_sha256", "mask_sha256", "inputs", "unit", "n_units",
+                "n_frames", "plan"):
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
@@ -67,7 +69,8 @@ def _difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
                 if x != y:
                     return f"input {y} was {x}"
         names = {"model": "the model's files changed", "config_sha256": "the config file changed",
-                 "mask_sha256": "the masks changed", "unit": f"--unit was {a}, now {b}",
+                 "poni_sha256": "the PONI file changed", "mask_sha256": "the masks changed",
+                 "unit": f"{unit_option} was {a}, now {b}",
                  "n_units": f"{a} units then, {b} now", "n_frames": f"{a} frames then, {b} now",
                  "plan": "the inputs' frame counts changed"}
         return names.get(key, f"{key} changed")
@@ -86,9 +89,10 @@ class Manifest:
 
     @classmethod
     def open(cls, path: str | os.PathLike, fingerprint: Mapping[str, Any], output: str | os.PathLike, *,
-             fresh: bool = False) -> Manifest:
+             fresh: bool = False, unit_option: str = "--unit") -> Manifest:
         """The manifest at ``path`` to resume (its fingerprint must equal ``fingerprint``), or a new one when there
-        is none or ``fresh``. Raises ManifestError naming the file and the first difference."""
+        is none or ``fresh``. Raises ManifestError naming the file and the first difference (``unit_option``: the
+        command's work unit option, named when the units differ)."""
         m = cls(path, fingerprint, output)
         if fresh or not m.path.exists():
             return m
@@ -100,7 +104,7 @@ class Manifest:
             raise ManifestError(f"{m.path}: cannot resume from it ({' '.join(str(exc).split())}); remove it or pass "
                                 "--fresh") from None
         if data.get("fingerprint") != m.fingerprint:
-            what = _difference(data.get("fingerprint") or {}, m.fingerprint)
+            what = _difference(data.get("fingerprint") or {}, m.fingerprint, unit_option)
             raise ManifestError(f"{m.path}: the unfinished run recorded there differs: {what}; rerun it as it was, "
                                 "or pass --fresh to start over (its finished units are then discarded)")
         m.engine = data.get("engine")
@@ -124,10 +128,11 @@ class Manifest:
         return out
 
     def record(self, summary: Mapping[str, Any], inputs: Sequence[str | os.PathLike] = ()) -> None:
-        """Add a finished unit (a :func:`~gixdrt.scale.worker.process_unit` summary) that read the files ``inputs``
-        (their size and modification time are recorded) and save."""
-        self.done[int(summary["unit"])] = {**{k: summary[k] for k in ("part", "frames", "peaks", "seconds", "worker")},
-                                           "inputs": inputs_fingerprint(inputs)}
+        """Add a finished unit (a :func:`~gixdrt.scale.worker.process_unit` summary: its plain values are kept, the
+        engine once for the run) that read the files ``inputs`` (their size and modification time are recorded) and
+        save."""
+        kept = {k: v for k, v in summary.items() if k not in ("unit", "engine")}
+        self.done[int(summary["unit"])] = {**kept, "inputs": inputs_fingerprint(inputs)}
         if self.engine is None and summary.get("engine") is not None:
             self.engine = summary["engine"]
         self.save()

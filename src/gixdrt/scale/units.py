@@ -60,15 +60,15 @@ class WorkUnit:
         return seen
 
 
-def parse_unit(text: str) -> dict[str, int | None]:
+def parse_unit(text: str, option: str = "--unit") -> dict[str, int | None]:
     """``--unit``: ``file`` → {"files_per_unit": 1, "frames_per_unit": None}, ``files:K`` → K files per unit,
     ``frames:K`` → at most K frames per unit (K ≥ 1): keyword arguments of :func:`plan_units`. Raises GixdrtError
-    naming the option."""
+    naming the option (``option``: its name on the command line, e.g. ``--work-unit`` for ``gixdrt mask``)."""
     if text == "file":
         return {"files_per_unit": 1, "frames_per_unit": None}
     m = _UNIT.fullmatch(text)
     if not m or int(m[2]) < 1:
-        raise GixdrtError(f"--unit {text}: expected file, files:K or frames:K with K ≥ 1")
+        raise GixdrtError(f"{option} {text}: expected file, files:K or frames:K with K ≥ 1")
     if m[1] == "files":
         return {"files_per_unit": int(m[2]), "frames_per_unit": None}
     return {"files_per_unit": 1, "frames_per_unit": int(m[2])}

@@ -1,21 +1,23 @@
 """The per-unit function of a reprocessing run: plain Python, callable without Dask.
 
-:func:`process_unit` reads one :class:`~gixdrt.scale.units.WorkUnit`'s frames, detects their peaks with the engine
-of ``settings`` and writes the unit's part file; it returns a small summary (numbers and names, never arrays). The
-engine (detector + pipeline) is built once per process and settings (:func:`engine`) and reused for every unit, so
-a Dask worker plugin, an MPI rank or a Slurm array task can call it in a loop::
+:func:`process_unit` reads one :class:`~gixdrt.scale.units.WorkUnit`'s frames, runs the task of ``settings`` on
+them with its engine and writes the unit's part file; it returns a small summary (numbers and names, never arrays).
+The engine is built once per process and task settings (:func:`engine`) and reused for every unit, so a Dask worker
+plugin, an MPI rank or a Slurm array task can call it in a loop::
 
     for unit in units[rank::size]:
         process_unit(unit, settings)
 
-``settings`` is a small dict of plain values (:func:`make_settings`): the detector options, the config path, the
-input kind, the batch size and ``sum``, the run's mask (an ``.npy`` path and a saturation value) and the folder
-of the part files.
+``settings`` is a small dict of plain values whose ``task`` says the job (absent: ``"detect"``):
 
-Part files (``unit-NNNNNN.npz`` in the parts folder, written atomically): the unit's peak table columns
-(:data:`gixdrt.gixd.peaks.COLUMNS`, ``source`` as a string array), and per frame ``frame_source`` (the frame's
-label), ``masked`` (fraction of the polar pixels that left out masked pixels) and ``filled`` (polar pixels filled
-along φ).
+- ``"detect"`` (:func:`make_settings`): the detector options, the config path, the input kind, the batch size and
+  ``sum``, the run's mask (an ``.npy`` path and a saturation value) and the folder of the part files. Part files:
+  the unit's peak table columns (:data:`gixdrt.gixd.peaks.COLUMNS`, ``source`` as a string array), and per frame
+  ``frame_source`` (the frame's label), ``masked`` (fraction of the polar pixels that left out masked pixels) and
+  ``filled`` (polar pixels filled along φ); summary counts ``frames`` and ``peaks``;
+- ``"mask"`` (:func:`gixdrt.scale.powder.make_mask_settings`): powder spot masks, see :mod:`gixdrt.scale.powder`.
+
+Part files are ``unit-NNNNNN.npz`` in the parts folder, written atomically.
 
 Test hook: when the environment variable ``GIXDRT_TEST_UNIT_DELAY`` is set (seconds, a number), each unit sleeps
 that long before it writes its part file (tests use it to kill a worker while units run). Unset, nothing happens.
@@ -37,11 +39,13 @@ from ..gixd.peaks import COLUMNS, PeakTable
 from ..io.sources import iter_pieces
 from .units import WorkUnit
 
-__all__ = ["ENGINE_KEYS", "engine", "make_settings", "part_name", "process_unit", "read_part"]
+__all__ = ["ENGINE_KEYS", "TASKS", "engine", "make_settings", "part_name", "process_unit", "read_part", "task_of"]
 
-#: settings that decide the engine (and the results); the others say where things are
+#: settings that decide the detect task's engine (and the results); the others say where things are
 ENGINE_KEYS = ("model", "backend", "device", "precision", "threads", "score_threshold", "nms_iou", "max_detections",
                "config", "input", "batch", "mask", "saturation")
+#: the tasks a unit can run (``settings["task"]``)
+TASKS = ("detect", "mask")
 
 _TEST_DELAY = "GIXDRT_TEST_UNIT_DELAY"
 _ENGINES: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -61,24 +65,51 @@ def make_settings(*, model: str = "default", backend: str = "auto", device: str 
     model = str(model)
     if os.path.exists(model):
         model = absolute(model)
-    return {"model": model, "backend": backend, "device": device, "precision": precision, "threads": threads,
-            "score_threshold": score_threshold, "nms_iou": nms_iou, "max_detections": max_detections,
-            "config": absolute(config), "input": input, "batch": int(batch), "sum": int(sum_n),
-            "mask": absolute(mask), "saturation": None if saturation is None else float(saturation),
+    return {"task": "detect", "model": model, "backend": backend, "device": device, "precision": precision,
+            "threads": threads, "score_threshold": score_threshold, "nms_iou": nms_iou,
+            "max_detections": max_detections, "config": absolute(config), "input": input, "batch": int(batch),
+            "sum": int(sum_n), "mask": absolute(mask), "saturation": None if saturation is None else float(saturation),
             "parts": absolute(parts)}
 
 
+def task_of(settings: Mapping[str, Any]) -> str:
+    """The task of ``settings`` (``"detect"`` when absent); ValueError for an unknown one."""
+    task = settings.get("task") or "detect"
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} in the unit settings (known: {', '.join(TASKS)})")
+    return task
+
+
+def _engine_keys(task: str) -> tuple[str, ...]:
+    if task == "mask":
+        from .powder import MASK_ENGINE_KEYS
+
+        return MASK_ENGINE_KEYS
+    return ENGINE_KEYS
+
+
 def _key(settings: Mapping[str, Any]) -> str:
-    return json.dumps({k: settings.get(k) for k in ENGINE_KEYS}, sort_keys=True)
+    task = task_of(settings)
+    return json.dumps({"task": task, **{k: settings.get(k) for k in _engine_keys(task)}}, sort_keys=True)
 
 
 def engine(settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(Pipeline, engine info) for ``settings``, built on first use in this process and kept (one engine per
-    process: other settings replace it). Engine info: backend, device, describe, thresholds, card (plain values)."""
+    """(engine, engine info) for ``settings``, built on first use in this process and kept (one engine per process:
+    other settings replace it). detect: (Pipeline, {backend, device, describe, thresholds, card}); mask: see
+    :func:`gixdrt.scale.powder.build_mask_engine`. Info holds plain values only."""
     key = _key(settings)
     if key not in _ENGINES:
-        _ENGINES.clear()  # free the previous model before loading another
-        _ENGINES[key] = _build(settings)
+        for old, _ in _ENGINES.values():  # free the previous model before loading another
+            close = getattr(old, "close", None)
+            if close is not None:
+                close()
+        _ENGINES.clear()
+        if task_of(settings) == "mask":
+            from .powder import build_mask_engine
+
+            _ENGINES[key] = build_mask_engine(settings)
+        else:
+            _ENGINES[key] = _build(settings)
     return _ENGINES[key]
 
 
@@ -115,15 +146,41 @@ def part_name(unit: WorkUnit | int) -> str:
 
 
 def process_unit(unit: WorkUnit, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Detect the peaks of ``unit``'s frames and write its part file into ``settings["parts"]`` (atomically).
+    """Run the task of ``settings`` on ``unit``'s frames and write its part file into ``settings["parts"]``
+    (atomically).
 
-    Returns {"unit", "part", "frames", "peaks", "seconds", "worker" (host:pid), "engine" (see :func:`engine`)}.
-    Raises FrameError (and the other errors of reading and detecting) naming the file and the problem.
+    Returns {"unit", "part", "frames", the task's counts (detect: "peaks"; mask: "spots"), "seconds", "worker"
+    (host:pid), "engine" (see :func:`engine`)}. Raises FrameError (and the other errors of reading and processing)
+    naming the file and the problem.
     """
     from ..io.atomic import atomic_path
 
     t0 = time.perf_counter()
-    pipe, info = engine(settings)
+    task = task_of(settings)
+    eng, info = engine(settings)
+    if task == "mask":
+        from .powder import mask_unit
+
+        arrays, counts = mask_unit(eng, unit, settings)
+    else:
+        arrays, counts = _detect_unit(eng, unit, settings)
+    if counts["frames"] != unit.n_frames:
+        raise FrameError(f"unit {unit.index} ({unit.describe()}): read {counts['frames']} frame(s), the headers "
+                         f"declared {unit.n_frames}")
+    delay = os.environ.get(_TEST_DELAY)
+    if delay:  # test hook only (see the module docstring)
+        time.sleep(float(delay))
+    parts = Path(settings["parts"])
+    path = parts / part_name(unit)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if task == "mask" else np.savez)(f, **arrays)
+    return {"unit": unit.index, "part": path.name, **counts,
+            "seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}", "engine": info}
+
+
+def _detect_unit(pipe, unit: WorkUnit, settings: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Detect the peaks of ``unit``'s frames: (the part file's arrays, {"frames", "peaks"})."""
     geometry = pipe.config.geometry if (pipe.config is not None and pipe.input == "raw") else None
     frames = iter_pieces(unit.pieces, sum_n=int(settings.get("sum", 1)), first_index=unit.first_frame,
                          expect_shape=geometry and geometry.frame_shape,
@@ -134,27 +191,16 @@ def process_unit(unit: WorkUnit, settings: Mapping[str, Any]) -> dict[str, Any]:
         sources.append(result.source)
         masked.append(result.masked)
         filled.append(result.filled)
-    if len(sources) != unit.n_frames:
-        raise FrameError(f"unit {unit.index} ({unit.describe()}): read {len(sources)} frame(s), the headers "
-                         f"declared {unit.n_frames}")
     table = PeakTable.concat(tables)
-    delay = os.environ.get(_TEST_DELAY)
-    if delay:  # test hook only (see the module docstring)
-        time.sleep(float(delay))
     columns = {name: (np.array([str(s) for s in table.source], dtype=str) if name == "source"
                       else getattr(table, name)) for name in COLUMNS}
-    parts = Path(settings["parts"])
-    path = parts / part_name(unit)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **columns, frame_source=np.array(sources, dtype=str),
-                     masked=np.array(masked, np.float64), filled=np.array(filled, np.int64))
-    return {"unit": unit.index, "part": path.name, "frames": len(sources), "peaks": len(table),
-            "seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}", "engine": info}
+    arrays = {**columns, "frame_source": np.array(sources, dtype=str), "masked": np.array(masked, np.float64),
+              "filled": np.array(filled, np.int64)}
+    return arrays, {"frames": len(sources), "peaks": len(table)}
 
 
 def read_part(path: str | os.PathLike) -> tuple[PeakTable, list[str], np.ndarray, np.ndarray]:
-    """A part file → (peak table, frame labels, masked fractions float64[N], filled counts int64[N])."""
+    """A detect part file → (peak table, frame labels, masked fractions float64[N], filled counts int64[N])."""
     with np.load(path, allow_pickle=False) as z:
         cols = {name: (np.array(z[name].tolist(), dtype=object) if name == "source" else z[name])
                 for name in COLUMNS}
