@@ -163,3 +163,29 @@ def test_cluster_options_refused_in_one_line(tmp_path, data, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_mask_unit_in_plain_python(tmp_path, data):
+    """process_unit without Dask: a mask unit's part holds its frames' masks in input order; the engine cache keeps
+    one engine per task settings."""
+    from gixdrt.io.sources import resolve_inputs, stack_sizes
+    from gixdrt.powder.plan import PowderMasker
+    from gixdrt.scale import plan_units, process_unit
+    from gixdrt.scale.powder import make_mask_settings, read_mask_part
+    from gixdrt.scale.worker import _key, part_name, task_of
+
+    files = resolve_inputs(data["inputs"])
+    units, _ = plan_units(files, stack_sizes(files), frames_per_unit=2)
+    np.save(tmp_path / "dmask.npy", np.load(data["dmask"]))
+    settings = make_mask_settings(methods=["unet"], shape=SHAPE, model=data["model"], poni=data["poni"],
+                                  mask=tmp_path / "dmask.npy", threads=1, parts=tmp_path)
+    summary = process_unit(units[1], settings)  # frame 2 of a.npy
+    masks, sources = read_mask_part(tmp_path / part_name(units[1]))
+    assert sources == [f"{data['inputs'][0]}[2]"] and summary["frames"] == 1
+    want = PowderMasker(data["model"], detector_mask=np.load(data["dmask"]) != 0, threads=1)(data["images"][2])
+    np.testing.assert_array_equal(masks["unet"][0], want)
+    assert summary["spots"] == {"unet": int(want.sum())}
+    assert task_of({}) == "detect" and task_of(settings) == "mask"
+    assert _key(settings) != _key({**settings, "threshold": 0.4}) != _key({**settings, "task": "detect"})
+    with pytest.raises(ValueError, match="unknown task"):
+        task_of({"task": "integrate"})

@@ -9,6 +9,7 @@
      "engine": {...}, "done": {"3": {"part": "unit-000003.npz", "frames": 100, "peaks": 812, "seconds": 41.2,
                                     "worker": "node07:12345"}}}
 
+A finished unit's entry keeps its summary's plain values (``peaks`` for detect, ``spots`` per method for mask).
 A run that finds a manifest of the same output resumes it: units listed under ``done`` whose part file exists are
 skipped. A manifest whose fingerprint differs (other settings, model, config, mask, inputs or units) is refused
 with a one-line error naming the first difference, unless the run starts fresh (``--fresh``).
