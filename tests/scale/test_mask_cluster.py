@@ -157,7 +157,8 @@ def test_cluster_options_refused_in_one_line(tmp_path, data, capsys):
              (["--retries", "1"], "--retries: needs --cluster"),
              (["--cluster", "local:1", "--work-unit", "lines:2"], "--work-unit lines:2: expected file, files:K"),
              (["--cluster", "nowhere"], "--cluster nowhere: expected local:N or a scheduler address"),
-             (["--cluster", "local:1", "--method", "both"], "--method both needs an HDF5 output")]
+             (["--cluster", "local:1", "--method", "both"], "--method both needs an HDF5 output"),
+             (["--cluster", "local:1", "--integrate", str(tmp_path / "p.h5")], "--integrate: not available with")]
     for extra, message in cases:
         assert main(mask_args(data["inputs"], tmp_path / "o.npy", data, *extra)) == 2
         err = capsys.readouterr().err.strip().splitlines()

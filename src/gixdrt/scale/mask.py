@@ -31,7 +31,7 @@ def refuse_options(args: argparse.Namespace) -> None:
 
     check_cluster_options(args.cluster, args.work_unit, args.retries, args.fresh, unit_option=UNIT_OPTION)
     if args.cluster is not None and getattr(args, "integrate", None):
-        raise GixdrtError("--integrate: not available with --cluster; integrate the merged masks in a second run "
+        raise GixdrtError("--integrate: not available with --cluster (the client would read every frame); run it "
                           "without --cluster")
 
 
