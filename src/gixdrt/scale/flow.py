@@ -125,6 +125,9 @@ class ClusterRun:
         check_output(self.parts, inputs=inputs, option="--out (its parts folder)", directory=True)
         self.manifest = None
         self.units: list[WorkUnit] = []
+        self.finished: dict[int, dict[str, Any]] = {}  # units finished before (set by open)
+        self.todo: list[WorkUnit] = []
+        self.resumed = 0  # frames of the units finished before
         self.report = None
 
     def open(self, units: Sequence[WorkUnit], fingerprint: Mapping[str, Any], *, fresh: bool = False,
