@@ -50,6 +50,7 @@ PYFAI_METHOD = ("bbox", "csr", "cython")
 DUMMY, DELTA_DUMMY = -1.0e30, 1.0e24  # far below any detector value
 CROP = 512  # the authors' warm-up runs on this corner of the frame
 LABELS = {"unet": "U-Net plan (ours)", "classical": "pixel mask search", "authors": "published recipe"}
+SHORT = {"unet": "U-Net plan\n(ours)", "classical": "pixel mask\nsearch", "authors": "published\nrecipe"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
             y = t if top is None or t <= top else top * 0.97
             ax.text(i, y, f"{t:.2f} s" + ("" if top is None or t <= top else " ↑"), ha="center", va="bottom",
                     fontsize=9)
-        ax.set_xticks(x, [LABELS.get(m, m) for m in names], fontsize=9)
+        ax.set_xticks(x, [SHORT.get(m, m) for m in names], fontsize=9)
         ax.set_ylabel("seconds per frame (median)")
         if top is not None:
             ax.set_ylim(0, top * 1.08)
@@ -362,7 +363,7 @@ def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     axes[2].bar(np.arange(len(names)), rss, color="#937860", width=0.6)
     for i, v in enumerate(rss):
         axes[2].text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=9)
-    axes[2].set_xticks(np.arange(len(names)), [LABELS.get(m, m) for m in names], fontsize=8)
+    axes[2].set_xticks(np.arange(len(names)), [SHORT.get(m, m) for m in names], fontsize=9)
     axes[2].set_ylabel("peak RSS of the process (GiB)")
     axes[2].set_title("memory", fontsize=10)
     fig.suptitle(title, fontsize=10)
@@ -502,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     png_path = plot(rows, png, title)
     print()
     print(table(rows))
+    for m, r in rows.items():
+        extra = ", ".join(f"{k} {v:.2f} s" for k, v in r["setup_s"].items())
+        print(f"{m}: once per geometry: {extra}; integrate1d with a changed mask= (engine rebuilt) "
+              f"{r['integrate_mask_changed_s']:.2f} s; spots {r['quality']['masked_px']} px, recall "
+              f"{r['quality']['recall']:.3f}, {r['quality'].get('components_1px', '?')} one-pixel components")
     if "skipped" in gpu:
         print(f"torch-cuda: skipped ({gpu['skipped']})")
     else:
