@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     env.update(_versions())
     env["load_average_1_5_15_start"] = load_start
     env["load_average_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
-    env["shared_machine"] = ("the cores were shared with other work (a training job at low priority; see the load "
+    env["shared_machine"] = ("the cores were shared with other processes (among them a training job; see the load "
                              "averages); " + ("the methods ran one after the other at normal priority" if args.jobs == 1
                                               else f"{args.jobs} methods ran at once: a smoke run, not timings"))
     payload = {
