@@ -41,8 +41,8 @@ from _common import RESULTS, environment, save  # noqa: E402
 STAGES = ("read", "normalise", "network", "stitch", "threshold", "integrate")
 METHODS = ("unet", "classical", "authors")
 # stage names of each method's own timings → the common stages
-PLAN_STAGES = {"normalize": "normalise", "tiles": "normalise", "unet": "network", "stitch": "stitch",
-               "mask": "threshold"}  # any other key of the plan's timings is reported as "other"
+PLAN_STAGES = {"normalize": "normalise", "ring": "normalise", "tiles": "normalise", "unet": "network",
+               "stitch": "stitch", "mask": "threshold"}  # any other key of the plan's timings is reported as "other"
 AUTHORS_STAGES = {"normalize": "normalise", "tiles": "normalise", "network": "network", "stitch": "stitch",
                   "threshold": "threshold"}
 BINS = 2000
@@ -143,9 +143,13 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
     rss_before = _maxrss_mib()  # Python, the libraries, the frame and the integrator
 
     if method == "unet":
+        from gixdrt.powder.model import load_card
         from gixdrt.powder.plan import PowderMasker
 
-        masker = PowderMasker("default", detector_mask=dmask, threads=threads)
+        extra = {}
+        if int(load_card("default")["architecture"].get("in_channels", 1)) > 1:
+            extra["geometry"] = geom  # a two-channel model's ring channel needs the geometry
+        masker = PowderMasker("default", detector_mask=dmask, threads=threads, **extra)
         row["settings"] = {"runtime": masker.runtime, "threads": threads, **masker.settings.to_dict()}
 
         def mask(img):
