@@ -9,9 +9,9 @@
 
 Stages per frame: read (the frame from a float32 TIFF, page cache warm), normalise (everything up to the network's
 input, tile extraction included), network, stitch, threshold (for ``classical``: the whole ring search),
-integrate (pyFAI ``integrate1d``, 2000 bins in 2θ°, one fixed method, the engine built by a first call: the spot
-pixels are given a dummy value, so the engine made for the detector mask serves every frame; a changed ``mask=``
-rebuilds it, and what that costs per frame is measured too). End to end: read → mask → integrate, timed as a whole.
+integrate (:func:`gixdrt.powder.integrate.integrate`, what ``gixdrt mask --integrate`` runs: the masked and the
+unmasked pattern, 2000 bins in 2θ°, pyFAI's engine built once by a first call and reused, the spots as NaN; what a
+changed ``mask=`` per frame would cost pyFAI, which rebuilds its engine, is measured too). End to end: read → mask → integrate, timed as a whole.
 Median over the timed runs after a warm-up run (``authors``: warm-up on a 512² crop, 2 timed runs); peak RSS of
 each method's process. With a CUDA GPU, the U-Net's frames/s on torch-cuda as well.
 
@@ -38,6 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, save  # noqa: E402
 
+from gixdrt.powder.integrate import METHOD as PYFAI_METHOD  # noqa: E402
+
 STAGES = ("read", "normalise", "network", "stitch", "threshold", "integrate")
 METHODS = ("unet", "classical", "authors")
 # stage names of each method's own timings → the common stages
@@ -46,8 +48,6 @@ PLAN_STAGES = {"normalize": "normalise", "ring": "normalise", "tiles": "normalis
 AUTHORS_STAGES = {"normalize": "normalise", "tiles": "normalise", "network": "network", "stitch": "stitch",
                   "threshold": "threshold"}
 BINS = 2000
-PYFAI_METHOD = ("bbox", "csr", "cython")
-DUMMY, DELTA_DUMMY = -1.0e30, 1.0e24  # far below any detector value
 CROP = 512  # the authors' warm-up runs on this corner of the frame
 LABELS = {"unet": "U-Net plan (ours)", "classical": "pixel mask search", "authors": "published recipe"}
 SHORT = {"unet": "U-Net plan\n(ours)", "classical": "pixel mask\nsearch", "authors": "published\nrecipe"}
@@ -62,41 +62,22 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-class _Integrator:
-    """pyFAI 1D integration of frames with the detector mask and a per-frame spot mask."""
+def _mask_changed_s(geometry, detector_mask: np.ndarray, image: np.ndarray, spots: np.ndarray) -> float:
+    """Seconds of pyFAI's ``integrate1d(image, mask=detector | spots)`` on an integrator whose engine was made for
+    another mask (the detector's): what passing each frame's spots as ``mask=`` would cost per frame (pyFAI rebuilds
+    its engine); :func:`gixdrt.powder.integrate.integrate` avoids it by marking the spots as NaN."""
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-    def __init__(self, geometry, detector_mask: np.ndarray):
-        from pyFAI.detectors import Detector
-        from pyFAI.integrator.azimuthal import AzimuthalIntegrator
-
-        g = geometry
-
-        def make():
-            det = Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=g.shape)
-            return AzimuthalIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2,
-                                       rot3=g.rot3, detector=det, wavelength=g.wavelength)
-
-        self.make = make
-        self.ai = make()
-        self.mask = np.asarray(detector_mask) != 0
-        # fixed bins: without a range pyFAI spans the unmasked pixels, which would move with every spot mask
-        tth = np.degrees(g.tth()[~self.mask])
-        self.kw = {"unit": "2th_deg", "method": PYFAI_METHOD, "radial_range": (float(tth.min()), float(tth.max()))}
-
-    def __call__(self, image: np.ndarray, spots: np.ndarray):
-        """Integrate ``image`` without the detector-masked and the ``spots`` pixels (spots → dummy)."""
-        data = np.array(image, dtype=np.float32)
-        data[spots] = DUMMY
-        return self.ai.integrate1d(data, BINS, mask=self.mask, dummy=DUMMY, delta_dummy=DELTA_DUMMY, **self.kw)
-
-    def mask_changed(self, image: np.ndarray, spots: np.ndarray) -> tuple[float, Any]:
-        """Seconds of ``integrate1d(image, mask=detector | spots)`` on an integrator whose engine was made for
-        another mask (the detector's): the per-frame cost of passing each frame's spots as ``mask=``."""
-        ai = self.make()
-        ai.integrate1d(image, BINS, mask=self.mask, **self.kw)
-        t0 = time.perf_counter()
-        res = ai.integrate1d(image, BINS, mask=self.mask | spots, **self.kw)
-        return time.perf_counter() - t0, res
+    g = geometry
+    det = Detector(pixel1=g.pixel1, pixel2=g.pixel2, max_shape=g.shape)
+    ai = AzimuthalIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2, rot3=g.rot3,
+                             detector=det, wavelength=g.wavelength)
+    mask = np.asarray(detector_mask) != 0
+    ai.integrate1d(image, BINS, mask=mask, unit="2th_deg", method=PYFAI_METHOD)
+    t0 = time.perf_counter()
+    ai.integrate1d(image, BINS, mask=mask | spots, unit="2th_deg", method=PYFAI_METHOD)
+    return time.perf_counter() - t0
 
 
 def _quality(spots: np.ndarray, truth: np.ndarray, detector_mask: np.ndarray) -> dict[str, Any]:
@@ -135,8 +116,12 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
 
     if method == "unet-cuda":
         return _cuda_child(path, dmask, runs)
+    from gixdrt.powder.integrate import integrate
+
+    def integ(img, spots):  # what gixdrt mask --integrate runs: the masked and the unmasked pattern
+        return integrate(img, geom, spots=spots, detector_mask=dmask, npt=BINS, unit="2th_deg")
+
     t0 = time.perf_counter()
-    integ = _Integrator(geom, dmask)
     image = read_frame(path)
     integ(image, np.zeros(image.shape, bool))  # builds and caches pyFAI's engine for this geometry and mask
     setup["integrator_build_s"] = time.perf_counter() - t0
@@ -222,8 +207,7 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
     keys = list(STAGES) + sorted({k for s in stages for k in s} - set(STAGES))
     med = {k: (None if stages[0].get(k) is None else float(np.median([s.get(k, 0.0) for s in stages])))
            for k in keys}
-    changed_s, res_mask = integ.mask_changed(image, spots)
-    res_dummy = integ(image, spots)
+    changed_s = _mask_changed_s(geom, dmask, image, spots)
     row.update({
         "runs": runs,
         "end_to_end_s": {"median": float(np.median(totals)), "min": float(np.min(totals)),
@@ -232,8 +216,6 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
         "own_timings_median_s": {k: float(np.median([r[k] for r in raw])) for k in (raw[0] if raw[0] else {})},
         "setup_s": setup,
         "integrate_mask_changed_s": changed_s,
-        "integrate_dummy_equals_mask": bool(np.allclose(res_dummy.intensity, res_mask.intensity, rtol=1e-5,
-                                                        equal_nan=True)),
         "peak_rss_mib": peak,
         "rss_before_method_mib": rss_before,
         "quality": _quality(spots, truth, dmask),
@@ -477,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"runs": runs, "authors_runs": authors_runs, "threads": args.threads, "quick": args.quick,
                      "jobs": args.jobs,
                      "integrate": {"bins": BINS, "unit": "2th_deg", "method": list(PYFAI_METHOD),
-                                   "spots": "dummy value (engine cached for the detector mask)"}},
+                                   "patterns": "masked and unmasked (gixdrt.powder.integrate.integrate)",
+                                   "spots": "NaN (engine cached for the detector mask)"}},
         "stages": list(STAGES),
         "notes": [
             "stages_s: median seconds per frame; null = not a stage of that method. unet: normalise = the plan's "
@@ -486,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             "classical: threshold = the whole ring search (ring index built once per geometry, setup_s).",
             "end_to_end_s: read → mask → integrate timed as a whole; it includes work outside the named stages "
             "(copies, the plan's executor).",
-            "integrate: spot pixels set to a dummy value so pyFAI's CSR engine built for the detector mask is reused "
-            "(same result as mask=detector|spots: integrate_dummy_equals_mask); integrate_mask_changed_s is one "
+            "integrate: gixdrt.powder.integrate.integrate (masked and unmasked patterns; spots as NaN, so pyFAI's CSR "
+            "engine built for the detector mask is reused); integrate_mask_changed_s is one "
             "integrate1d(mask=detector|spots) whose engine was built for another mask, which pyFAI rebuilds: the "
             "per-frame cost of passing each frame's spots as mask=.",
             "peak_rss_mib: the process's high-water mark (Python, libraries, the frame, the integrator and the "
