@@ -96,3 +96,11 @@ def test_cli_evaluate_unknown_mode_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--n", "1", "--mode", "nope", "--out-dir", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--mode: invalid choice" in err[0]
+
+
+def test_cli_evaluate_paper_other_size_is_one_line(tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(["evaluate", "--n", "1", "--mode", "paper", "--size", "512x1024", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gixdrt evaluate: error:") and "512x512 images only" in err[0]
+    assert not out.exists()

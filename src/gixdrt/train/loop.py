@@ -182,6 +182,10 @@ class _SimImages(Dataset):
                  mixture: Mapping[str, float] | None = None):
         self.seed, self.size, self.sim_cfg = int(seed), tuple(size), dict(sim)
         self.mixture = dict(mixture or {})
+        if self.mixture:
+            from ..sim import check_mixture
+
+            self._weights = check_mixture(self.mixture)
         self._sims: dict[str, Any] = {}
 
     def __len__(self) -> int:  # not used by the batch sampler; large
@@ -191,9 +195,9 @@ class _SimImages(Dataset):
         """The simulator mode of image ``index``."""
         if not self.mixture:
             return "ours"
-        from ..sim import check_mixture, mixture_mode
+        from ..sim import mixture_mode
 
-        return mixture_mode(check_mixture(self.mixture), self.seed, int(index))
+        return mixture_mode(self._weights, self.seed, int(index))
 
     def _simulator(self, mode: str):
         if mode not in self._sims:
