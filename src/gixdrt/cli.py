@@ -806,17 +806,18 @@ def _parse_size(text: str) -> tuple[int, int]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import json
 
-    from .sim import SimConfig, simulate_to_file
+    from .sim import mode_config, simulate_to_file
 
-    config = None
     if args.sim_config:
         import yaml
 
         try:
             data = yaml.safe_load(Path(args.sim_config).read_text(encoding="utf-8")) or {}
-            config = SimConfig.from_dict(data.get("sim", data))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            config = mode_config(args.mode, data.get("sim", data))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
             raise GixdrtError(f"{args.sim_config}: {exc}") from None
+    else:
+        config = mode_config(args.mode)
     from .io.atomic import check_output
 
     check_output(args.out, inputs=[args.sim_config] if args.sim_config else (), suffixes=(".npz",))
@@ -828,10 +829,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise GixdrtError(str(exc)) from None
     dt = time.perf_counter() - t0
-    print(f"{args.n} simulated {size[0]}×{size[1]} images (seed {args.seed}) in {dt:.1f} s "
+    what = "" if args.mode == "ours" else f" {args.mode}-mode"
+    print(f"{args.n} simulated{what} {size[0]}×{size[1]} images (seed {args.seed}) in {dt:.1f} s "
           f"({args.n / dt if dt > 0 else float('inf'):.1f} images/s) → {out}")
     if args.verbose:
-        print(json.dumps((config or SimConfig()).to_dict(), indent=2))
+        print(json.dumps({"mode": args.mode, **config.to_dict()}, indent=2))
     return 0
 
 
@@ -865,7 +867,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     size = args.size
     try:
         main_evaluate(args.model, n=args.n, seed=args.seed, out_dir=args.out_dir, size=size, backend=args.backend,
-                      batch=args.batch, progress=not args.no_progress, sim=args.sim)
+                      batch=args.batch, progress=not args.no_progress, sim=args.sim, mode=args.mode)
     except ValueError as exc:
         raise GixdrtError(str(exc)) from None
     print(f"results → {Path(args.out_dir).resolve()}")
@@ -1233,6 +1235,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 from .engine.backends import PREFERENCE as _PREFERENCE
 
 DETECTOR_BACKENDS = ["auto", *_PREFERENCE]
+#: simulator modes (= gixdrt.sim.SIM_MODES, written out so that --help does not import the simulator)
+SIM_MODES = ("ours", "shifted", "paper")
 
 
 MASK_HELP = ("bad pixels: an image of the detector's shape in any format read here, nonzero = masked (repeatable; "
@@ -1462,6 +1466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_in_range(int, 0), default=0, help="index of the first image (default 0)")
     p.add_argument("--size", type=_parse_size, default="512x512", help="HxW: 512x512 (default) or 512x1024")
     p.add_argument("--sim-config", help="YAML with simulator parameters (a 'sim' section or the parameters)")
+    p.add_argument("--mode", choices=SIM_MODES, default="ours",
+                   help="simulator: ours (default), shifted, or paper (the authors' simulator from the published "
+                        "facts; 512x512 only)")
     p.add_argument("--workers", type=_in_range(int, 1, 1024), default=1, help="processes (the result does not depend on it)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1537,7 +1544,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS)
     p.add_argument("--batch", type=_in_range(int, 1, 4096), default=8, help="images per detector call (default 8)")
     p.add_argument("--sim", default=None, metavar="YAML",
-                   help="simulator settings overriding the defaults (e.g. configs/sim-shifted.yaml)")
+                   help="simulator settings overriding the mode's defaults (e.g. configs/sim-shifted.yaml)")
+    p.add_argument("--mode", choices=SIM_MODES, default="ours",
+                   help="simulator of the set: ours (default), shifted (= --sim configs/sim-shifted.yaml), or paper "
+                        "(the authors' simulator from the published facts; 512x512 only)")
     p.add_argument("--out-dir", default="runs/evaluate", help="where metrics.json and the PNGs go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

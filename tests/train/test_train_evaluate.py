@@ -280,3 +280,30 @@ def test_faint_label_config_changes_labels_not_images():
         assert {tuple(r) for r in ba} <= {tuple(r) for r in bb}
         extra = ~np.isin(np.arange(len(bb)), [i for i, r in enumerate(bb) if tuple(r) in {tuple(x) for x in ba}])
         assert np.all(pb["snr"][extra] < 10.0) and np.all(pb["snr"] >= 5.0)
+
+
+def test_paper_mode_set_is_evaluated_as_network_input(tmp_path):
+    from gixdrt.sim import PaperSimConfig, SimConfig, simulate
+    from gixdrt.train.evaluate import _sim_overrides, sim_config
+
+    assert sim_config(None, "paper") == PaperSimConfig() and sim_config(None, "shifted") == SimConfig.shifted()
+    y = tmp_path / "p.yaml"
+    y.write_text("p_blur: 0.0\n")
+    assert sim_config(y, "paper") == PaperSimConfig(p_blur=0.0)
+    data = simulate(2, 7, config=PaperSimConfig(n_peaks=(2, 20)))
+    assert _sim_overrides(data) == {"n_peaks": [2, 20]}
+
+    class _Inputs(_Oracle):  # the oracle, recording what the evaluation hands the detector
+        seen: list = []
+
+        def boxes(self, images):
+            self.seen.append(np.array(images))
+            return super().boxes(images)
+
+    det = _Inputs(data)
+    res = compare([det], data=data, progress=False, out_dir=tmp_path / "c", print_table=False)
+    (r,) = res.values()
+    assert np.array_equal(np.concatenate(det.seen), data.images)  # as simulated: no contrast chain in between
+    assert r.detected_pct == 100.0 and r.settings["sim_mode"] == "paper"
+    summary = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert summary["sim_mode"] == "paper" and summary["sim_overrides"] == {"n_peaks": [2, 20]}

@@ -161,3 +161,19 @@ class SimConfig:
     def replace(self, **changes: Any) -> SimConfig:
         """A copy with some fields changed (validated)."""
         return replace(self, **changes)
+
+    @classmethod
+    def shifted(cls) -> SimConfig:
+        """The shifted simulator (``configs/sim-shifted.yaml``): every change moves a distribution away from the
+        training defaults, for checking that a model generalises (the ``shifted`` simulator mode)."""
+        return cls(**SHIFTED)
+
+
+#: the shifted simulator's overrides of the defaults (the same values as ``configs/sim-shifted.yaml``)
+SHIFTED: dict[str, Any] = {
+    "n_peaks": (5, 60), "sigma_x": (0.7, 6.0), "sigma_phi": (0.01, 0.5), "p_ring": 0.6, "amplitude": (0.1, 100.0),
+    "p_voigt": 0.5, "voigt_eta": (0.2, 0.9), "p_modulation": 0.95, "modulation_depth": (0.3, 0.95),
+    "modulation_freq": (2.0, 16.0), "p_bg_noise": 0.8, "bg_noise_amp": (0.1, 2.0), "p_halo": 0.9,
+    "halo_amp": (0.5, 8.0), "exposure": (5.0, 1000.0), "p_oversample": 0.8, "p_gaps": 0.7, "n_gaps": (2, 6),
+    "p_beamstop": 0.7, "p_wedge": 1.0,
+}

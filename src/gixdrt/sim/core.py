@@ -95,7 +95,7 @@ class SimSample:
     boxes: np.ndarray  # float32[K, 4] (x0, y0, x1, y1)
     peaks: dict[str, np.ndarray]  # PEAK_FIELDS → [K]
     info: dict[str, Any]  # image-level parameters (exposure, which steps ran, ...)
-    counts: np.ndarray | None = None  # float32[H, W] counts before the contrast chain
+    counts: np.ndarray | None = None  # float32[H, W] counts before the contrast chain (paper mode: before step 15)
     valid: np.ndarray | None = None  # bool[H, W]: False in the dark regions
 
 
@@ -109,7 +109,7 @@ class SimBatch:
     info: list[dict[str, Any]]
     indices: np.ndarray  # int64[n]: the image indices within the seed's stream
     seed: int
-    config: SimConfig = field(default_factory=SimConfig)
+    config: Any = field(default_factory=SimConfig)  # SimConfig or PaperSimConfig
 
     def __len__(self) -> int:
         return len(self.images)
@@ -129,7 +129,7 @@ class SimBatch:
         return np.array([len(b) for b in self.boxes], np.int64)
 
     @classmethod
-    def from_samples(cls, samples: Sequence[SimSample], seed: int, config: SimConfig, size: tuple[int, int]) -> SimBatch:
+    def from_samples(cls, samples: Sequence[SimSample], seed: int, config: Any, size: tuple[int, int]) -> SimBatch:
         h, w = size
         images = np.empty((len(samples), h, w), np.float32)
         for k, s in enumerate(samples):
@@ -556,7 +556,10 @@ class Simulator:
     >>> s = sim.sample()             # the next index of this instance's counter (0, 1, 2, ...)
     >>> for s in sim.stream(start=worker_id, step=n_workers): ...   # a worker's share
 
-    aux: also return the counts before the contrast chain and the visible-region mask.
+    config: a :class:`SimConfig` (ours), a dict of its fields, or a :class:`gixdrt.sim.PaperSimConfig` (the
+    ``paper`` mode, 512 × 512 only; see :mod:`gixdrt.sim.paper`).
+    aux: also return the counts before the contrast chain (paper mode: the image before its final
+    normalisation) and the visible-region mask.
     threads: Numba threads for the contrast kernels while simulating (default 1: one image is too small
     to gain from more; run several workers instead). None leaves the process setting alone.
     """
@@ -570,15 +573,20 @@ class Simulator:
         aux: bool = False,
         threads: int | None = 1,
     ):
+        from .paper import PaperSimConfig, check_paper_size
+
         if config is None:
             config = SimConfig()
         elif isinstance(config, dict):
             config = SimConfig.from_dict(config)
-        elif not isinstance(config, SimConfig):
-            raise TypeError(f"config must be a SimConfig, a dict or None, got {type(config).__name__}")
-        self.config: SimConfig = config
+        elif not isinstance(config, (SimConfig, PaperSimConfig)):
+            raise TypeError(f"config must be a SimConfig, a PaperSimConfig, a dict or None, got {type(config).__name__}")
+        self.config: SimConfig | PaperSimConfig = config
         self.seed = int(seed)
         self.size = _check_size(size)
+        self._paper = isinstance(config, PaperSimConfig)
+        if self._paper:
+            check_paper_size(self.size)
         self.aux = bool(aux)
         self.threads = threads
         self._next = 0
@@ -594,9 +602,13 @@ class Simulator:
         index = int(index)
         rng = image_rng(self.seed, index)
         h, w = self.size
-        image, boxes, peaks, info, counts, valid = _simulate_one(
-            self.config, rng, h, w, self.aux if aux is None else aux, self.threads
-        )
+        aux = self.aux if aux is None else aux
+        if self._paper:
+            from .paper import simulate_paper
+
+            image, boxes, peaks, info, counts, valid = simulate_paper(self.config, rng, aux)
+        else:
+            image, boxes, peaks, info, counts, valid = _simulate_one(self.config, rng, h, w, aux, self.threads)
         return SimSample(index, image, boxes, peaks, info, counts, valid)
 
     def stream(self, start: int = 0, step: int = 1, stop: int | None = None) -> Iterator[SimSample]:

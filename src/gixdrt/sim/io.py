@@ -2,12 +2,13 @@
 
 Members::
 
-    images.npy       float32[n, H, W]   contrast-processed images in [0, 1]
+    images.npy       float32[n, H, W]   network-input images in [0, 1] (ours: contrast-processed)
     boxes.npy        float32[ΣK, 4]     (x0, y0, x1, y1) of all images, concatenated
     n_boxes.npy      int64[n]           boxes per image (image i owns rows offsets[i] : offsets[i] + n_boxes[i])
     indices.npy      int64[n]           image index within the seed's stream
     peak_<field>.npy [ΣK]               per-label metadata (gixdrt.sim.PEAK_FIELDS), concatenated
-    meta.npy         0-d str            JSON: format, version, seed, size, config (SimConfig.to_dict()), info
+    meta.npy         0-d str            JSON: format, version, seed, size, config (SimConfig.to_dict()), info;
+                                        "simulator": "paper" for a paper-mode set (config: PaperSimConfig)
 
 :func:`simulate_to_file` streams the images into the archive as they are made (memory stays at one
 image per worker plus the labels), optionally with several worker processes; the file only appears
@@ -28,6 +29,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from .config import SimConfig
 from .core import DEFAULT_SIZE, PEAK_FIELDS, SimBatch, Simulator, _check_size
+from .paper import PaperSimConfig
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_npz", "save_npz", "simulate_to_file"]
 
@@ -60,12 +62,13 @@ class _NpzWriter:
         self.zf.close()
 
 
-def _meta(seed: int, size: tuple[int, int], config: SimConfig, info: list[dict]) -> np.ndarray:
+def _meta(seed: int, size: tuple[int, int], config: SimConfig | PaperSimConfig, info: list[dict]) -> np.ndarray:
     doc = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "seed": int(seed),
         "size": list(size),
+        **({"simulator": "paper"} if isinstance(config, PaperSimConfig) else {}),
         "config": config.to_dict(),
         "info": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()} for d in info],
     }
@@ -123,8 +126,17 @@ def load_npz(path: str | os.PathLike) -> SimBatch:
             info=list(meta.get("info", [{} for _ in range(len(images))])),
             indices=z["indices"],
             seed=int(meta["seed"]),
-            config=SimConfig.from_dict(meta["config"]),
+            config=_config_from_meta(meta, path),
         )
+
+
+def _config_from_meta(meta: dict, path: Any) -> SimConfig | PaperSimConfig:
+    kind = meta.get("simulator", "ours")
+    if kind == "paper":
+        return PaperSimConfig.from_dict(meta["config"])
+    if kind != "ours":
+        raise ValueError(f"{path}: unknown simulator {kind!r} in the set's metadata")
+    return SimConfig.from_dict(meta["config"])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -133,9 +145,10 @@ def load_npz(path: str | os.PathLike) -> SimBatch:
 _WORKER_SIM: Simulator | None = None
 
 
-def _worker_init(config: dict, seed: int, size: tuple[int, int]) -> None:
+def _worker_init(config: dict, seed: int, size: tuple[int, int], paper: bool = False) -> None:
     global _WORKER_SIM
-    _WORKER_SIM = Simulator(SimConfig.from_dict(config), seed, size=size)
+    cfg = PaperSimConfig.from_dict(config) if paper else SimConfig.from_dict(config)
+    _WORKER_SIM = Simulator(cfg, seed, size=size)
 
 
 def _worker_chunk(indices: range) -> list[tuple]:
@@ -153,7 +166,7 @@ def simulate_to_file(
     out: str | os.PathLike,
     *,
     size: Sequence[int] = DEFAULT_SIZE,
-    config: SimConfig | dict[str, Any] | None = None,
+    config: SimConfig | PaperSimConfig | dict[str, Any] | None = None,
     progress: bool = True,
     start: int = 0,
     workers: int = 1,
@@ -206,7 +219,7 @@ def simulate_to_file(
                         chunks = [range(a, min(a + chunk, start + n)) for a in range(start, start + n, chunk)]
                         with ProcessPoolExecutor(
                             workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                            initargs=(cfg.to_dict(), sim.seed, (h, w)),
+                            initargs=(cfg.to_dict(), sim.seed, (h, w), isinstance(cfg, PaperSimConfig)),
                         ) as ex:
                             for items in ex.map(_worker_chunk, chunks):
                                 consume(f, items)

@@ -405,7 +405,9 @@ def format_comparison(results: dict[str, EvalResult], *, paper: bool = True) -> 
     for r in rows:
         out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     if first is not None:
-        out.append(f"({first.n_images} simulated {first.size[0]}×{first.size[1]} images, seed {first.seed}; "
+        mode = first.settings.get("sim_mode", "ours")
+        sim = "" if mode == "ours" else f" ({mode} simulator)"
+        out.append(f"({first.n_images} simulated {first.size[0]}×{first.size[1]} images{sim}, seed {first.seed}; "
                    f"score > {first.settings.get('score_threshold', SCORE_MIN)}, "
                    f"NMS {first.settings.get('nms_iou', NMS_IOU)})")
     if common is not None:
@@ -520,6 +522,7 @@ def evaluate(
     data: Any = None,
     out_dir: str | os.PathLike | None = None,
     name: str | None = None,
+    mode: str = "ours",
 ) -> EvalResult:
     """Evaluate a model on ``n`` simulated images of ``seed`` (reference §6).
 
@@ -528,12 +531,11 @@ def evaluate(
         predictions with score ≤ score_threshold are dropped here).
     data: a :class:`gixdrt.sim.SimBatch` to use instead of simulating (n, seed and size are then taken from it).
     out_dir: where to save ``metrics.json`` and the figures (nothing saved when None).
+    mode: the simulator when ``data`` is None (:data:`gixdrt.sim.SIM_MODES`: ours, shifted, paper).
     """
     t0 = time.perf_counter()
     if data is None:
-        from ..sim import simulate
-
-        data = simulate(int(n), int(seed), size=tuple(size), progress=progress)
+        data = _simulate_set(n, seed, size, mode, None, progress)
     detector, owned = _make_detector(model, backend, score_threshold, nms_iou)
     if name is None:
         name = model if isinstance(model, (str, os.PathLike)) else str(getattr(detector, "model_spec", "model"))
@@ -552,6 +554,7 @@ def evaluate(
         "backend": getattr(detector, "backend", None),
         "device": str(getattr(detector, "device", "")) or None,
         "thresholds": _thresholds_dict(getattr(detector, "thresholds", None)),
+        "sim_mode": _sim_mode(data),
         "sim_overrides": _sim_overrides(data),
     }
     res = score_results(name, data.boxes, preds, scores, seed=data.seed, size=data.size,
@@ -576,14 +579,13 @@ def compare(
     out_dir: str | os.PathLike | None = None,
     data: Any = None,
     print_table: bool = True,
+    mode: str = "ours",
 ) -> dict[str, EvalResult]:
     """Evaluate several models on the same simulated set (simulated once) → {name: EvalResult}; prints the
     side-by-side table with the paper's column. out_dir: one sub-directory per model plus
-    ``comparison.json``, ``comparison.txt`` and the joint figures."""
+    ``comparison.json``, ``comparison.txt`` and the joint figures. mode: the simulator when ``data`` is None."""
     if data is None:
-        from ..sim import simulate
-
-        data = simulate(int(n), int(seed), size=tuple(size), progress=progress)
+        data = _simulate_set(n, seed, size, mode, None, progress)
     results: dict[str, EvalResult] = {}
     for m in models:
         name = os.fspath(m) if isinstance(m, (str, os.PathLike)) else str(getattr(m, "model_spec", f"model{len(results)}"))
@@ -606,7 +608,8 @@ def compare(
             r.save(out / slug)
         summary = {"paper": PAPER, "models": {k: r.summary() for k, r in results.items()},
                    "common_targets": common_dq(results),
-                   "n_images": len(data), "seed": data.seed, "size": list(data.size), "sim_overrides": _sim_overrides(data)}
+                   "n_images": len(data), "seed": data.seed, "size": list(data.size), "sim_mode": _sim_mode(data),
+                   "sim_overrides": _sim_overrides(data)}
         (out / "comparison.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
         (out / "comparison.txt").write_text(table + "\n")
         _plot_pr(results, out / "pr_curve.png")
@@ -614,39 +617,55 @@ def compare(
     return results
 
 
+def _simulate_set(n: int, seed: int, size: Sequence[int], mode: str, sim: Any, progress: bool):
+    from ..sim import simulate
+
+    return simulate(int(n), int(seed), size=tuple(size), config=sim_config(sim, mode), progress=progress)
+
+
+def _sim_mode(data: Any) -> str:
+    """The simulator mode of ``data`` (``ours``, ``shifted`` or ``paper``)."""
+    from ..sim import config_mode
+
+    return config_mode(getattr(data, "config", None))
+
+
 def _sim_overrides(data: Any) -> dict[str, Any]:
-    """The simulator settings of ``data`` that differ from the defaults ({} for the default simulator)."""
-    from ..sim import SimConfig
+    """The simulator settings of ``data`` that differ from the defaults of its simulator ({} for the default
+    simulator; a paper-mode set is compared with :class:`gixdrt.sim.PaperSimConfig`, a SimConfig with SimConfig())."""
+    from ..sim import PaperSimConfig, SimConfig
 
     cfg = getattr(data, "config", None)
     if cfg is None:
         return {}
-    default = SimConfig().to_dict()
+    default = (PaperSimConfig() if isinstance(cfg, PaperSimConfig) else SimConfig()).to_dict()
     return {k: v for k, v in cfg.to_dict().items() if default.get(k) != v}
 
 
-def sim_config(sim: Any):
-    """A :class:`gixdrt.sim.SimConfig` from None (defaults), a SimConfig, a dict of overrides or a YAML file of
-    overrides; errors name the file and the unknown or invalid setting."""
+def sim_config(sim: Any, mode: str = "ours"):
+    """The simulator configuration of ``mode`` (:data:`gixdrt.sim.SIM_MODES`) with overrides from None, a
+    SimConfig / PaperSimConfig (taken as is), a dict or a YAML file of that mode's fields; errors name the
+    file and the unknown or invalid setting."""
     from ..errors import ConfigError
-    from ..sim import SimConfig
+    from ..sim import PaperSimConfig, SimConfig, mode_config
 
-    if sim is None or isinstance(sim, SimConfig):
-        return sim or SimConfig()
-    if isinstance(sim, dict):
-        return SimConfig.from_dict(sim)
+    if isinstance(sim, (SimConfig, PaperSimConfig)):
+        return sim
+    if sim is None or isinstance(sim, dict):
+        return mode_config(mode, sim)
     import yaml
 
+    mode_config(mode)  # an unknown mode is named before the file is read
     path = Path(sim)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read simulator settings: {exc}", path=path) from None
     if not isinstance(data, dict):
-        raise ConfigError("simulator settings must be a YAML mapping of SimConfig fields", path=path)
+        raise ConfigError("simulator settings must be a YAML mapping of simulator fields", path=path)
     data = data.get("sim", data)  # a training config's `sim:` section works too
     try:
-        return SimConfig.from_dict(data)
+        return mode_config(mode, data)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), path=path) from None
 
@@ -664,15 +683,15 @@ def main_evaluate(
     nms_iou: float = NMS_IOU,
     progress: bool = True,
     sim: Any = None,
+    mode: str = "ours",
 ) -> dict[str, EvalResult]:
     """CLI entry: evaluate one or more models (names or paths) on one simulated set, print the table and save
     the numbers and figures. One model: ``metrics.json``, ``pr_curve.png``, ``dq_hist.png`` in out_dir;
     several: a sub-directory each plus ``comparison.json`` / ``comparison.txt`` and joint figures.
-    sim: simulator settings (a :class:`gixdrt.sim.SimConfig`, a dict of overrides or a YAML file of them)."""
+    sim: simulator settings (a :class:`gixdrt.sim.SimConfig`, a dict of overrides or a YAML file of them).
+    mode: the simulator (:data:`gixdrt.sim.SIM_MODES`); ``sim`` overrides fields of that mode's configuration."""
     models = list(models) or ["default"]
-    from ..sim import simulate
-
-    data = simulate(int(n), int(seed), size=tuple(size), config=sim_config(sim), progress=progress)
+    data = _simulate_set(n, seed, size, mode, sim, progress)
     if len(models) == 1:
         res = evaluate(models[0], data=data, batch=batch, score_threshold=score_threshold,
                        nms_iou=nms_iou, backend=backend, progress=progress, out_dir=out_dir)

@@ -7,6 +7,8 @@
 
 Data: step s (0-based) trains on simulator images s·B … s·B + B − 1 of ``seed`` (or, with ``pool_size`` > 0,
 those indices modulo ``pool_size``: a fixed set, for overfitting tests), made in DataLoader worker processes;
+with ``mixture`` (e.g. ``{"ours": 0.5, "paper": 0.3, "shifted": 0.2}``) each image's simulator mode is drawn
+from its own stream keyed by (seed, index) (:func:`gixdrt.sim.mixture_mode`);
 the images depend only on (seed, index), never on the number of workers. The random target sampling of step s
 uses a ``torch.Generator`` seeded from (seed, s), so a resumed run repeats an uninterrupted one exactly.
 
@@ -70,7 +72,9 @@ class TrainConfig:
     rpn_pre_nms_top_n: int | None = None  # proposals while training (None: the detector's own setting)
     rpn_post_nms_top_n: int | None = None
     detector: dict[str, Any] = field(default_factory=dict)  # DetectorConfig overrides (architecture)
-    sim: dict[str, Any] = field(default_factory=dict)  # SimConfig overrides
+    sim: dict[str, Any] = field(default_factory=dict)  # SimConfig overrides (of the "ours" simulator)
+    mixture: dict[str, float] = field(default_factory=dict)  # {} (ours only) or simulator mode → weight, e.g.
+    # {"ours": 0.5, "paper": 0.3, "shifted": 0.2}: each image's mode is drawn per (seed, index) (gixdrt.sim.modes)
     targets: dict[str, Any] = field(default_factory=dict)  # TargetConfig overrides
     loss_weights: dict[str, Any] = field(default_factory=dict)  # LossWeights overrides
 
@@ -82,9 +86,16 @@ class TrainConfig:
             raise ValueError("steps must be ≥ 0 and batch_size ≥ 1")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        for name in ("detector", "sim", "targets", "loss_weights"):
+        for name in ("detector", "sim", "targets", "loss_weights", "mixture"):
             if getattr(self, name) is None:
                 setattr(self, name, {})
+        if self.mixture:
+            from ..sim import check_mixture
+
+            weights = check_mixture(self.mixture, "mixture")
+            if weights.get("paper", 0) > 0 and tuple(self.image_size) != (512, 512):
+                raise ValueError(f"mixture: the paper simulator makes 512x512 images only, image_size is "
+                                 f"{self.image_size[0]}x{self.image_size[1]}")
         # fail early on unknown keys
         self.detector_config()
         self.target_config()
@@ -108,6 +119,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
+        if not d["mixture"]:  # absent = ours only: configs and checkpoints from before the field stay identical
+            del d["mixture"]
         return d
 
     @classmethod
@@ -159,21 +172,44 @@ class TrainResult:
 # data
 # -------------------------------------------------------------------------------------------------
 class _SimImages(Dataset):
-    """Simulator image ``index`` → (float32[1, H, W], float32[K, 4]). Picklable for worker processes."""
+    """Simulator image ``index`` → (float32[1, H, W], float32[K, 4]). Picklable for worker processes.
 
-    def __init__(self, seed: int, size: tuple[int, int], sim: Mapping[str, Any]):
+    mixture: {} (the "ours" simulator with ``sim`` overrides) or {mode: weight}: image ``index`` comes from the
+    mode drawn for (seed, index) by :func:`gixdrt.sim.mixture_mode`, and is that mode's image ``index`` of
+    ``seed`` (``sim`` overrides apply to "ours" only)."""
+
+    def __init__(self, seed: int, size: tuple[int, int], sim: Mapping[str, Any],
+                 mixture: Mapping[str, float] | None = None):
         self.seed, self.size, self.sim_cfg = int(seed), tuple(size), dict(sim)
-        self._sim = None
+        self.mixture = dict(mixture or {})
+        if self.mixture:
+            from ..sim import check_mixture
+
+            self._weights = check_mixture(self.mixture)
+        self._sims: dict[str, Any] = {}
 
     def __len__(self) -> int:  # not used by the batch sampler; large
         return 2**62
 
-    def __getitem__(self, index: int):
-        if self._sim is None:
-            from ..sim import Simulator
+    def mode(self, index: int) -> str:
+        """The simulator mode of image ``index``."""
+        if not self.mixture:
+            return "ours"
+        from ..sim import mixture_mode
 
-            self._sim = Simulator(self.sim_cfg or None, self.seed, size=self.size)
-        s = self._sim.sample(int(index))
+        return mixture_mode(self._weights, self.seed, int(index))
+
+    def _simulator(self, mode: str):
+        if mode not in self._sims:
+            from ..sim import Simulator, mode_config
+
+            cfg = (self.sim_cfg or None) if mode == "ours" and not self.mixture else mode_config(
+                mode, self.sim_cfg if mode == "ours" else None)
+            self._sims[mode] = Simulator(cfg, self.seed, size=self.size)
+        return self._sims[mode]
+
+    def __getitem__(self, index: int):
+        s = self._simulator(self.mode(int(index))).sample(int(index))
         return torch.from_numpy(s.image)[None], torch.from_numpy(np.ascontiguousarray(s.boxes, np.float32)).reshape(-1, 4)
 
 
@@ -383,7 +419,7 @@ def train(
 
     targets, weights = cfg.target_config(), cfg.weights()
     loader = DataLoader(
-        _SimImages(cfg.seed, cfg.image_size, cfg.sim),
+        _SimImages(cfg.seed, cfg.image_size, cfg.sim, cfg.mixture),
         batch_sampler=_StepBatches(start, end, cfg.batch_size, cfg.pool_size),
         num_workers=cfg.num_workers,
         collate_fn=_collate,
