@@ -961,13 +961,14 @@ def cmd_mask(args: argparse.Namespace) -> int:
     refuse_options(args)  # --work-unit/--retries/--fresh need --cluster
     if args.cluster is not None:
         return mask_on_cluster(args)
-    import numpy as np
 
-    from .io import read_frame
-    from .io.atomic import atomic_path, check_distinct, check_output
+    from .io.atomic import check_distinct, check_output
+    from .io.sources import count_frames, first_frame_shape, iter_frames, resolve_inputs
     from .powder.geometry import PowderGeometry
+    from .powder.job import MaskEngine, MaskFile, combine_masks, output_attrs
 
-    inputs = [*args.frames, *args.mask, *([args.poni] if args.poni else [])]
+    files = resolve_inputs(args.frames)
+    inputs = [*(str(f.path) for f in files), *args.mask, *([args.poni] if args.poni else [])]
     out = check_output(args.out, inputs=inputs, option="--out", suffixes=(".npy", ".h5", ".hdf5"))
     methods = ["unet", "classical"] if args.method == "both" else [args.method]
     if len(methods) > 1 and out.suffix == ".npy":
@@ -985,72 +986,63 @@ def cmd_mask(args: argparse.Namespace) -> int:
         from .powder.integrate import check_pyfai
 
         check_pyfai()
-    frames, labels = [], []
-    for spec in args.frames:
-        data = np.asarray(read_frame(spec))
-        frames.extend(data if data.ndim == 3 else [data])
-        labels.extend([f"{spec}[{k}]" for k in range(data.shape[0])] if data.ndim == 3 else [spec])
-    shape = frames[0].shape
-    if any(f.shape != shape for f in frames):
-        raise GixdrtError("FRAMES: all frames must have the same shape")
+    shape = first_frame_shape(files)
+    note = f"the first frame's shape {shape} (all frames must have the same shape)"
+    n_frames = count_frames(args.frames, expect_shape=shape, expect_note=note)
     if integ is not None and integ.suffix == ".xy":
         from .powder.integrate import xy_names
 
-        for pair in xy_names(integ, len(frames)):
+        for pair in xy_names(integ, n_frames):
             for name in pair:
                 check_output(name, inputs=inputs, option="--integrate")
                 check_distinct({"--out": out, "--integrate": name})
-    mask = None
-    for spec in args.mask:
-        m = np.asarray(read_frame(spec))
-        if m.shape != shape:
-            raise GixdrtError(f"--mask {spec}: shape {m.shape} differs from the frames' {shape}")
-        mask = (m != 0) if mask is None else (mask | (m != 0))
+    mask = combine_masks(args.mask, shape)
     geom = PowderGeometry.from_poni(args.poni, shape=shape) if args.poni else None
-    results = {}
-    if "unet" in methods:
-        from .powder.plan import PowderMasker
+    engine = MaskEngine(methods, shape, geometry=geom, detector_mask=mask, model=args.model, runtime=args.runtime,
+                        precision=args.precision, threads=args.threads, threshold=args.threshold,
+                        min_size=args.min_size)
+    attrs = output_attrs(settings=engine.settings(), sources=args.frames, poni=args.poni, geometry=geom,
+                         detector_masks=args.mask)
+    curves: dict[str, list] = {m: [] for m in methods}
+    labels: list[str] = []
+    bar = None
+    if not args.no_progress and sys.stderr.isatty() and n_frames > 1:
+        from tqdm import tqdm
 
-        masker = PowderMasker(args.model, detector_mask=mask, geometry=geom, threads=args.threads,
-                              threshold=args.threshold, min_size=args.min_size)
-        results["unet"] = np.stack([masker(f) for f in frames])
-        masker.close()
-    if "classical" in methods:
-        from .powder.classical import RingIndex, pixel_mask_search
+        bar = tqdm(total=n_frames, unit="frame", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with MaskFile(out, methods, n_frames, shape, attrs=attrs) as mf:
+            for frame in iter_frames(args.frames, expect_shape=shape, expect_note=note):
+                masks = {m: engine(m, frame.data) for m in methods}
+                mf.write(frame.index, masks)
+                labels.append(frame.source)
+                if integ is not None:
+                    from .powder.integrate import integrate
 
-        index = RingIndex.from_geometry(geom, None if mask is None else mask.astype(np.uint8))
-        results["classical"] = np.stack([pixel_mask_search(f, index) for f in frames])
-    patterns = {}
-    if integ is not None:
-        from .powder.integrate import integrate
-
-        stack = np.stack(frames)
-        patterns = {name: integrate(stack, geom, spots=results[name], detector_mask=mask, npt=args.npt,
-                                    unit=args.unit) for name in methods}
-    with atomic_path(out) as tmp:
-        if out.suffix == ".npy":
-            np.save(tmp, results[methods[0]])
-        else:
-            import h5py
-
-            with h5py.File(tmp, "w") as h5:
-                for name, value in results.items():
-                    ds = h5.create_dataset(f"spots_{name}", data=value.astype(np.uint8), compression="gzip",
-                                           chunks=(1, *shape))
-                    ds.attrs["meaning"] = "1 = spot pixel (exclude from integration), one image per input frame"
-                h5.attrs["frames"] = [str(s) for s in args.frames]
-    for name, value in results.items():
-        print(f"{name}: {int(value.sum())} spot pixels in {len(frames)} frame(s) "
-              f"({value.mean() * 100:.3f} % of the pixels)")
+                    for m in methods:
+                        curves[m].append(integrate(frame.data, geom, spots=masks[m], detector_mask=mask,
+                                                   npt=args.npt, unit=args.unit))
+                if bar is not None:
+                    bar.update(1)
+            mf.set_labels(labels)
+    finally:
+        engine.close()
+        if bar is not None:
+            bar.close()
+    for name in methods:
+        px = mf.spot_pixels[name]
+        print(f"{name}: {px} spot pixels in {n_frames} frame(s) ({px / (n_frames * shape[0] * shape[1]) * 100:.3f} "
+              "% of the pixels)")
     print(f"masks → {out}")
     if integ is not None:
-        from .powder.integrate import write_patterns
+        from .powder.integrate import stack_patterns, write_patterns
 
+        patterns = {m: stack_patterns(curves[m]) for m in methods}
         written = write_patterns(integ, patterns, frames=labels, sources=args.frames, poni=str(args.poni),
                                  geometry=geom)
         first = patterns[methods[0]]
         where = str(written[0]) if len(written) == 1 else f"{len(written)} files {written[0]} … {written[-1]}"
-        print(f"patterns ({len(frames)} frame(s), {first.npt} bins in {first.unit}, masked ({', '.join(methods)} "
+        print(f"patterns ({n_frames} frame(s), {first.npt} bins in {first.unit}, masked ({', '.join(methods)} "
               f"spots) and unmasked; pyFAI {','.join(first.method)}) → {where}")
     return 0
 
@@ -1516,16 +1508,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("mask", help="spot masks of powder frames (U-Net, classical pixel mask search, or both)")
     p.add_argument("frames", nargs="+", metavar="FRAMES", help="frames or stacks (.tif, .npy, .edf/.cbf, FILE.h5::/dataset)")
-    p.add_argument("--out", required=True, help="masks: .npy (one method, bool[N, H, W]) or .h5 (spots_<method> datasets)")
+    p.add_argument("--out", required=True,
+                   help="masks: .npy (one method, bool[N, H, W]) or .h5 (dataset masks bool[N, H, W], masks_<method> "
+                        "for each with --method both, frames, and the settings as attributes)")
     p.add_argument("--method", choices=["unet", "classical", "both"], default="unet", help="default unet")
-    p.add_argument("--poni", help="pyFAI PONI file of the detector (needed by the classical method)")
+    p.add_argument("--poni", help="pyFAI PONI file of the detector (needed by the classical method, --integrate and "
+                                  "U-Nets with a ring channel)")
     p.add_argument("--model", default="default", help="powder model name or directory (default: default)")
     p.add_argument("--mask", action="append", default=[], metavar="FILE",
                    help="detector mask image, nonzero = excluded (repeatable); never masked as spots")
     _cluster_options(p, "--work-unit")  # --unit is the integration's radial unit
     p.add_argument("--threshold", type=_in_range(float, 1e-6, 1 - 1e-6), help="P(spot) threshold (default: the card's)")
     p.add_argument("--min-size", type=_in_range(int, 0, 1_000_000), help="drop smaller components (default: the card's)")
-    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads")
+    p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime / PyTorch CPU threads")
+    p.add_argument("--runtime", choices=["onnxruntime", "torch", "auto"], default="onnxruntime",
+                   help="the U-Net's runtime: onnxruntime (default, fp32), torch, or auto (PyTorch in bfloat16 where "
+                        "the CPU has AMX/AVX512-BF16, else onnxruntime)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the U-Net's precision on --runtime torch (bf16: CPU autocast; default fp32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--integrate", metavar="PATTERNS.h5|PATTERNS.xy",
                    help="also integrate every frame azimuthally (pyFAI; needs --poni): the pattern with the spots "
                         "masked and the one with the detector mask only. .h5: datasets radial, masked, unmasked "

@@ -41,12 +41,37 @@ def test_mask_both_methods_to_hdf5(setup, capsys):
                "--model", str(model), "--mask", str(d / "dmask.npy"), "--threads", "1"])
     assert rc == 0, capsys.readouterr().err
     with h5py.File(out) as h5:
-        unet, classical = h5["spots_unet"][()], h5["spots_classical"][()]
+        unet, classical, first = h5["masks_unet"][()], h5["masks_classical"][()], h5["masks"][()]
+        attrs, frames = dict(h5.attrs), [s.decode() for s in h5["frames"][()]]
     want_c = pixel_mask_search(f.image, RingIndex.from_geometry(f.geometry, f.detector_mask))
-    np.testing.assert_array_equal(classical[0].astype(bool), want_c)
+    np.testing.assert_array_equal(classical[0], want_c)
     want_u = PowderMasker(model, detector_mask=f.detector_mask != 0, threads=1)(f.image)
-    np.testing.assert_array_equal(unet[0].astype(bool), want_u)
-    assert want_c.any()
+    np.testing.assert_array_equal(unet[0], want_u)
+    np.testing.assert_array_equal(first, unet)
+    assert want_c.any() and unet.dtype == bool and frames == [str(d / "frame.npy")]
+    settings = json.loads(attrs["settings"])
+    assert settings["unet"]["threshold"] == 0.5 and settings["unet"]["runtime"] == "onnxruntime"
+    assert settings["classical"]["n_mad"] == 3.0 and list(attrs["methods"]) == ["unet", "classical"]
+    assert json.loads(attrs["geometry"])["dist"] == f.geometry.dist
+
+
+def test_mask_streams_stacks_in_input_order(setup, capsys, tmp_path):
+    """Several files and a stack: one mask per frame, in input order, labelled; the frames are read one at a time."""
+    d, model, f = setup
+    from gixdrt.sim.powder import PowderSimulator
+
+    others = PowderSimulator(seed=5, size=f.image.shape).frames([1, 2])
+    np.save(tmp_path / "stack.npy", np.stack([o.image for o in others]))
+    out = tmp_path / "m.npy"
+    rc = main(["mask", str(d / "frame.npy"), str(tmp_path / "stack.npy"), "--out", str(out), "--method", "classical",
+               "--poni", str(d / "det.poni"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    got = np.load(out)
+    index = RingIndex.from_geometry(f.geometry)
+    want = np.stack([pixel_mask_search(img, index) for img in (f.image, others[0].image, others[1].image)])
+    assert got.dtype == bool and got.shape == (3, *f.image.shape)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got[1], got[2])
 
 
 def test_mask_errors_are_one_line(setup, capsys):

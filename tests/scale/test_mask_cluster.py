@@ -89,17 +89,19 @@ def test_same_masks_as_serial(tmp_path, data, serial, cluster, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     (got, attrs), (want, want_attrs) = _read(out), serial
-    assert sorted(got) == ["spots_classical", "spots_unet"] == sorted(want)
-    for name in want:
-        assert got[name].dtype == np.uint8 and got[name].shape == (5, *SHAPE)
+    assert sorted(got) == ["frames", "masks", "masks_classical", "masks_unet"] == sorted(want)
+    for name in ("masks", "masks_classical", "masks_unet"):
+        assert got[name].dtype == bool and got[name].shape == (5, *SHAPE)
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    assert list(attrs["frames"]) == list(want_attrs["frames"])
+    np.testing.assert_array_equal(got["masks"], got["masks_unet"])
+    assert list(got["frames"]) == list(want["frames"]) and len(got["frames"]) == 5
+    assert attrs["settings"] == want_attrs["settings"] and "weights_sha256" in attrs["settings"]
     # the classical masks computed here, frame by frame, in input order
     index = RingIndex.from_geometry(PowderGeometry.from_poni(data["poni"], shape=SHAPE),
                                     np.load(data["dmask"]).astype(np.uint8))
     direct = np.stack([pixel_mask_search(image, index) for image in data["images"]])
     assert direct.any() and not direct.all()
-    np.testing.assert_array_equal(got["spots_classical"].astype(bool), direct)
+    np.testing.assert_array_equal(got["masks_classical"], direct)
     assert "cluster: 3 unit(s), 5 frame(s)" in captured.out  # a.npy in 2 units (2 + 1 frames), b.h5 in 1
     assert f"classical: {int(direct.sum())} spot pixels in 5 frame(s)" in captured.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]  # parts folder and manifest removed
@@ -148,7 +150,10 @@ def test_corrupt_file_reported_others_finish_then_resume(tmp_path, data, serial,
     assert "cluster: 3 unit(s), 3 frame(s)" in captured.out
     got, _ = _read(out)
     for name, want in serial[0].items():
-        np.testing.assert_array_equal(got[name], want, err_msg=name)
+        if name != "frames":  # the labels name these copies of the inputs
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+    assert [s.decode().rsplit("/", 1)[-1] for s in got["frames"]] == \
+        [s.decode().rsplit("/", 1)[-1] for s in serial[0]["frames"]]
     assert sorted(p.name for p in out.parent.iterdir()) == ["run.h5"]
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from ..errors import FrameError
 from .readers import H5_BLOCK_BYTES, SUPPORTED_DTYPES, Stack, check_file, format_of, reader_for, split_spec
 
-__all__ = ["Frame", "InputFile", "count_frames", "input_files", "iter_frames", "iter_pieces", "resolve_inputs",
-           "stack_sizes"]
+__all__ = ["Frame", "InputFile", "count_frames", "first_frame_shape", "input_files", "iter_frames", "iter_pieces",
+           "resolve_inputs", "stack_sizes"]
 
 # Upper bound of one HDF5 read: a block of whole chunk rows, but never more than this many bytes.
 _H5_BLOCK_BYTES = H5_BLOCK_BYTES
@@ -132,6 +132,24 @@ def count_frames(inputs: Sequence[str], sum_n: int = 1, *, expect_shape: tuple[i
         with _reader(inp, expect, expect_note) as reader:
             total += sum(stack.n for stack in reader.stacks)
     return total // sum_n
+
+
+def first_frame_shape(files: Sequence[InputFile]) -> tuple[int, int]:
+    """(H, W) of the first frame of ``files`` (from :func:`resolve_inputs`): from its header, else from the frame
+    itself. FrameError when no file holds a frame."""
+    for inp in files:
+        with reader_for(inp.path, label=inp.label, dataset=inp.dataset) as reader:
+            for k, stack in enumerate(reader.stacks):
+                if stack.n > 0:
+                    if stack.frame_shape is not None:
+                        return (int(stack.frame_shape[0]), int(stack.frame_shape[1]))
+                    frames = reader.frames(k, 0, 1)
+                    try:
+                        first = next(frames)
+                    finally:
+                        frames.close()
+                    return (int(first.shape[0]), int(first.shape[1]))
+    raise FrameError(f"{files[0].label if files else 'FRAMES'}: no frames")
 
 
 def stack_sizes(files: Sequence[InputFile], *, expect_shape: tuple[int, int] | None = None,

@@ -49,7 +49,7 @@ from ..errors import GixdrtError
 from .geometry import PowderGeometry
 
 __all__ = ["METHOD", "UNITS", "IntegrationError", "Patterns", "azimuthal_integrator", "check_pyfai", "integrate",
-           "write_patterns", "xy_names"]
+           "stack_patterns", "write_patterns", "xy_names"]
 
 #: pyFAI method: (pixel splitting, engine, implementation); see the module docstring for the timings
 METHOD = ("full", "csr", "cython")
@@ -181,6 +181,24 @@ def integrate(frames: np.ndarray, geometry: PowderGeometry, *, spots: np.ndarray
 
     return Patterns(radial=radial, masked=out(masked), unmasked=out(unmasked), unit=unit, npt=int(npt),
                     sigma_masked=out(s_masked), sigma_unmasked=out(s_unmasked))
+
+
+def stack_patterns(items: Sequence[Patterns]) -> Patterns:
+    """One :class:`Patterns` of N frames from N single-frame (or stacked) ones of the same bins and unit."""
+    if not items:
+        raise IntegrationError("no patterns to stack")
+    first = items[0]
+    for p in items[1:]:
+        if p.unit != first.unit or p.npt != first.npt or not np.array_equal(p.radial, first.radial):
+            raise IntegrationError("patterns to stack must share their bins and unit")
+
+    def rows(name):
+        vals = [getattr(p, name) for p in items]
+        return None if any(v is None for v in vals) else np.concatenate([np.atleast_2d(v) for v in vals])
+
+    return Patterns(radial=first.radial, masked=rows("masked"), unmasked=rows("unmasked"), unit=first.unit,
+                    npt=first.npt, method=first.method, sigma_masked=rows("sigma_masked"),
+                    sigma_unmasked=rows("sigma_unmasked"))
 
 
 def xy_names(path: str | Path, n: int) -> list[tuple[Path, Path]]:

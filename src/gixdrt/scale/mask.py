@@ -4,8 +4,8 @@ The client reads the frame shape from the first input's header, plans the units 
 ``file``, ``files:K`` or ``frames:K``; the name ``--unit`` is the radial unit of the integration), combines the
 detector masks once and hands the units to the workers, which mask their frames with the method(s) of ``--method``
 (:mod:`gixdrt.scale.powder`). At the end the part files are merged in unit order into the output ``gixdrt mask``
-writes without ``--cluster`` (``.npy``: bool[N, H, W]; ``.h5``: one ``spots_<method>`` dataset per method), written
-atomically, and the parts folder and manifest are removed. Resume, ``--fresh``, ``--retries``, the report of failed
+writes without ``--cluster`` (:class:`gixdrt.powder.job.MaskFile`: ``.npy`` bool[N, H, W]; ``.h5`` dataset ``masks``
+and one ``masks_<method>`` per method with ``--method both``, the frame labels and the settings), written atomically, and the parts folder and manifest are removed. Resume, ``--fresh``, ``--retries``, the report of failed
 units and the exit status are those of ``gixdrt detect --cluster`` (:mod:`gixdrt.scale.flow`).
 """
 from __future__ import annotations
@@ -35,88 +35,37 @@ def refuse_options(args: argparse.Namespace) -> None:
                           "without --cluster")
 
 
-def _frame_shape(files) -> tuple[int, int]:
-    """(H, W) of the first frame of the inputs, from its header (else the frame); GixdrtError when there is none."""
-    from ..io.readers import reader_for
-
-    for inp in files:
-        with reader_for(inp.path, label=inp.label, dataset=inp.dataset) as reader:
-            for k, stack in enumerate(reader.stacks):
-                if stack.n > 0:
-                    if stack.frame_shape is not None:
-                        return tuple(int(n) for n in stack.frame_shape)
-                    frames = reader.frames(k, 0, 1)
-                    try:
-                        return tuple(int(n) for n in next(frames).shape)
-                    finally:
-                        frames.close()
-    raise GixdrtError(f"{files[0].label}: no frames")
-
-
-def _detector_mask(specs, shape: tuple[int, int]) -> np.ndarray | None:
-    """The --mask images OR-ed (nonzero = excluded) as bool[H, W], as ``gixdrt mask`` combines them."""
-    from ..io import read_frame
-
-    mask = None
-    for spec in specs:
-        m = np.asarray(read_frame(spec))
-        if m.shape != shape:
-            raise GixdrtError(f"--mask {spec}: shape {m.shape} differs from the frames' {shape}")
-        mask = (m != 0) if mask is None else (mask | (m != 0))
-    return mask
-
-
-def _write_masks(out: Path, methods: list[str], units, parts: Path, shape: tuple[int, int], frames: list[str],
-                 n_frames: int) -> dict[str, int]:
-    """Merge the mask part files in unit order into ``out`` (written atomically) as ``gixdrt mask`` writes it;
-    returns the spot pixels per method."""
-    from ..io.atomic import atomic_path
+def _write_masks(out: Path, methods: list[str], units, parts: Path, shape: tuple[int, int], n_frames: int,
+                 attrs: dict) -> dict[str, int]:
+    """Merge the mask part files in unit order into ``out`` (:class:`gixdrt.powder.job.MaskFile`, as ``gixdrt
+    mask`` writes it); returns the spot pixels per method."""
+    from ..powder.job import MaskFile
     from .flow import check_part
     from .powder import read_mask_part
     from .worker import part_name
 
-    spots = dict.fromkeys(methods, 0)
-    with atomic_path(out) as tmp:
-        h5 = None
-        if out.suffix == ".npy":
-            sinks = {methods[0]: np.lib.format.open_memmap(tmp, mode="w+", dtype=bool, shape=(n_frames, *shape))}
-        else:
-            import h5py
-
-            h5 = h5py.File(tmp, "w")
-            sinks = {}
-            for name in methods:
-                ds = h5.create_dataset(f"spots_{name}", shape=(n_frames, *shape), dtype=np.uint8, compression="gzip",
-                                       chunks=(1, *shape))
-                ds.attrs["meaning"] = "1 = spot pixel (exclude from integration), one image per input frame"
-                sinks[name] = ds
-            h5.attrs["frames"] = frames
-        try:
-            at = 0
-            for unit in units:
-                path = parts / part_name(unit)
-                masks, sources = read_mask_part(path)
-                check_part(path, unit, len(sources))
-                for name in methods:
-                    if name not in masks:
-                        raise GixdrtError(f"{path}: holds no {name} masks; remove it and run again")
-                    value = masks[name]
-                    sinks[name][at:at + len(sources)] = value if h5 is None else value.astype(np.uint8)
-                    spots[name] += int(value.sum())
-                at += len(sources)
-        finally:
-            if h5 is not None:
-                h5.close()
-            else:
-                sinks.pop(methods[0]).flush()  # the memory map is closed before the file is renamed
-    return spots
+    labels: list[str] = []
+    with MaskFile(out, methods, n_frames, shape, attrs=attrs) as mf:
+        for unit in units:
+            path = parts / part_name(unit)
+            masks, sources = read_mask_part(path)
+            check_part(path, unit, len(sources))
+            missing = [m for m in methods if m not in masks]
+            if missing:
+                raise GixdrtError(f"{path}: holds no {missing[0]} masks; remove it and run again")
+            mf.write_block(len(labels), masks)
+            labels.extend(sources)
+        mf.set_labels(labels)
+    return mf.spot_pixels
 
 
 def mask_on_cluster(args: argparse.Namespace) -> int:
     """The cluster branch of ``gixdrt mask`` (``args`` as its parser makes them, with --cluster given)."""
     from ..io.assets import sha256
     from ..io.atomic import check_output
-    from ..io.sources import resolve_inputs
+    from ..io.sources import first_frame_shape, resolve_inputs
+    from ..powder.geometry import PowderGeometry
+    from ..powder.job import combine_masks, output_attrs
     from .flow import ClusterRun, local_threads, plan_run, print_rates, run_fingerprint
     from .powder import make_mask_settings
 
@@ -128,19 +77,19 @@ def mask_on_cluster(args: argparse.Namespace) -> int:
         raise GixdrtError(f"--out {out}: --method both needs an HDF5 output (.h5), one dataset per method")
     if "classical" in methods and not args.poni:
         raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
-    shape = _frame_shape(files)
+    shape = first_frame_shape(files)
     unit_spec = args.work_unit or "file"
     files, units, _ = plan_run(args.frames, unit_spec, option=UNIT_OPTION, expect_shape=shape,
                                expect_note=f"the first frame's shape {shape} (all frames must have the same shape)")
     if not units:
         raise GixdrtError(f"{args.frames[0]}: no frames")
-    detector_mask = _detector_mask(args.mask, shape)
+    detector_mask = combine_masks(args.mask, shape)
     run = ClusterRun("mask", out, inputs, unit_option=UNIT_OPTION)
     settings = make_mask_settings(
         methods=methods, shape=shape, model=args.model, poni=args.poni,
         mask=run.parts / "mask.npy" if detector_mask is not None else None,
         threads=local_threads(args.cluster, args.threads), threshold=args.threshold, min_size=args.min_size,
-        parts=run.parts)
+        runtime=args.runtime, precision=args.precision, parts=run.parts)
     mask_digest = None
     if detector_mask is not None:
         mask_digest = hashlib.sha256(repr(shape).encode() + np.packbits(detector_mask).tobytes()).hexdigest()
@@ -153,13 +102,16 @@ def mask_on_cluster(args: argparse.Namespace) -> int:
              arrays={"mask.npy": detector_mask.astype(np.uint8)} if detector_mask is not None else None)
     run.announce(unit_spec, f"method {args.method}" + (f", model {args.model}" if "unet" in methods else ""),
                  args.cluster)
-    code = run.run(settings, args.cluster, retries=args.retries, progress=sys.stderr.isatty(),
+    code = run.run(settings, args.cluster, retries=args.retries, progress=sys.stderr.isatty() and not args.no_progress,
                    tally=lambda s: {"spot_px": sum(s["spots"].values())})
     if code is not None:
         return code
 
     n = run.n_frames
-    spots = _write_masks(out, methods, units, run.parts, shape, [str(s) for s in args.frames], n)
+    attrs = output_attrs(settings=run.engine.get("settings", {}), sources=args.frames, poni=args.poni,
+                         geometry=PowderGeometry.from_poni(args.poni, shape=shape) if args.poni else None,
+                         detector_masks=args.mask)
+    spots = _write_masks(out, methods, units, run.parts, shape, n, attrs)
     run.finish()
     for name in methods:
         print(f"{name}: {spots[name]} spot pixels in {n} frame(s) ({spots[name] / (n * shape[0] * shape[1]) * 100:.3f} "

@@ -12,26 +12,26 @@ bool[N, H, W] masks flattened in C order and packed 8 pixels per byte (:func:`nu
 """
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..powder.job import METHODS
 from .units import WorkUnit
 
 __all__ = ["MASK_ENGINE_KEYS", "METHODS", "build_mask_engine", "make_mask_settings", "mask_unit", "read_mask_part"]
 
 #: settings that decide the mask task's engine (and the results)
-MASK_ENGINE_KEYS = ("methods", "model", "threads", "threshold", "min_size", "poni", "mask", "shape")
-#: the masking methods, in the order ``gixdrt mask --method both`` writes them
-METHODS = ("unet", "classical")
+MASK_ENGINE_KEYS = ("methods", "model", "runtime", "precision", "threads", "threshold", "min_size", "poni", "mask",
+                    "shape")
 
 
 def make_mask_settings(*, methods: Sequence[str], shape: tuple[int, int], model: str = "default",
                        poni: str | os.PathLike | None = None, mask: str | os.PathLike | None = None,
                        threads: int | None = None, threshold: float | None = None, min_size: int | None = None,
+                       runtime: str = "onnxruntime", precision: str = "fp32",
                        parts: str | os.PathLike) -> dict[str, Any]:
     """The settings of :func:`gixdrt.scale.worker.process_unit` for powder spot masks, a plain JSON-serialisable
     dict with ``task`` ``"mask"``. methods: ``unet`` and/or ``classical`` (as ``--method``). shape: (H, W) of every
@@ -50,58 +50,25 @@ def make_mask_settings(*, methods: Sequence[str], shape: tuple[int, int], model:
     model = str(model)
     if os.path.exists(model):
         model = absolute(model)
-    return {"task": "mask", "methods": methods, "model": model, "threads": threads,
+    return {"task": "mask", "methods": methods, "model": model, "runtime": runtime, "precision": precision,
+            "threads": threads,
             "threshold": None if threshold is None else float(threshold),
             "min_size": None if min_size is None else int(min_size), "poni": absolute(poni), "mask": absolute(mask),
             "shape": [int(shape[0]), int(shape[1])], "sum": 1, "parts": absolute(parts)}
 
 
-class _MaskEngine:
-    """What masks one frame by each method of the run (built once per process)."""
+def _engine(settings: Mapping[str, Any]):
+    from ..powder.geometry import PowderGeometry
+    from ..powder.job import MaskEngine
 
-    def __init__(self, settings: Mapping[str, Any]):
-        from ..powder.geometry import PowderGeometry
-
-        self.methods = list(settings["methods"])
-        self.shape = (int(settings["shape"][0]), int(settings["shape"][1]))
-        detector_mask = None
-        if settings.get("mask"):
-            detector_mask = np.load(settings["mask"], allow_pickle=False) != 0
-        poni = settings.get("poni")
-        geometry = PowderGeometry.from_poni(poni, shape=self.shape) if poni else None
-        self.masker = self.index = None
-        if "unet" in self.methods:
-            from ..powder.plan import PowderMasker
-
-            kwargs: dict[str, Any] = {"detector_mask": detector_mask, "threads": settings.get("threads"),
-                                      "threshold": settings.get("threshold"), "min_size": settings.get("min_size")}
-            if geometry is not None and "geometry" in inspect.signature(PowderMasker).parameters:
-                kwargs["geometry"] = geometry
-            self.masker = PowderMasker(settings.get("model", "default"), **kwargs)
-        if "classical" in self.methods:
-            from ..powder.classical import RingIndex
-
-            self.index = RingIndex.from_geometry(geometry, None if detector_mask is None
-                                                 else detector_mask.astype(np.uint8))
-
-    def __call__(self, method: str, frame: np.ndarray) -> np.ndarray:
-        """bool[H, W] spot mask of ``frame`` [H, W] by ``method``."""
-        if method == "unet":
-            return np.asarray(self.masker(frame), dtype=bool)
-        from ..powder.classical import pixel_mask_search
-
-        return np.asarray(pixel_mask_search(frame, self.index), dtype=bool)
-
-    def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"methods": self.methods}
-        if self.masker is not None:
-            info.update(runtime=self.masker.runtime, threshold=float(self.masker.settings.threshold),
-                        min_size=int(self.masker.settings.min_size), card=self.masker.card)
-        return info
-
-    def close(self) -> None:
-        if self.masker is not None:
-            self.masker.close()
+    shape = (int(settings["shape"][0]), int(settings["shape"][1]))
+    detector_mask = np.load(settings["mask"], allow_pickle=False) != 0 if settings.get("mask") else None
+    poni = settings.get("poni")
+    return MaskEngine(settings["methods"], shape, geometry=PowderGeometry.from_poni(poni, shape=shape) if poni else None,
+                      detector_mask=detector_mask, model=settings.get("model", "default"),
+                      runtime=settings.get("runtime") or "onnxruntime", precision=settings.get("precision") or "fp32",
+                      threads=settings.get("threads"), threshold=settings.get("threshold"),
+                      min_size=settings.get("min_size"))
 
 
 def build_mask_engine(settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -109,7 +76,7 @@ def build_mask_engine(settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]
     info (plain values): methods, and with ``unet`` the runtime, threshold, min_size and the model card."""
     import json
 
-    eng = _MaskEngine(settings)
+    eng = _engine(settings)
     return eng, json.loads(json.dumps(eng.info(), default=str))
 
 
