@@ -49,15 +49,7 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from numba import njit, prange
-except ImportError:  # pragma: no cover
-    prange = range
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        if args and callable(args[0]):
-            return args[0]
-        return lambda f: f
+from .._numba import njit, prange
 
 __all__ = ["BG_THRESHOLD", "BORDER", "BORDER_WEIGHT", "EQ_RADIUS", "STEP", "TILE", "authors_mask",
            "authors_normalize", "disk_half_widths", "equalize_disk", "equalize_disk_reference", "extract_tiles",

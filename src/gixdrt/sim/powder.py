@@ -45,17 +45,10 @@ from typing import Any
 
 import numpy as np
 
+from .._numba import njit
 from ..powder.calibrants import CALIBRANTS, Phase, d_spacings, random_phase
 from ..powder.geometry import PowderGeometry
 from .core import image_rng
-
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        if args and callable(args[0]):
-            return args[0]
-        return lambda f: f
 
 __all__ = [
     "MASK_BEAMSTOP",

@@ -134,13 +134,7 @@ def ring_normalize(images, *, out, pixels, ptr, channel: int = 1, min_pixels: in
         pixels = pixels.astype(np.int64)
     ptr = np.ascontiguousarray(ptr, dtype=np.int64)
     for k in range(n):
-        flat = np.ascontiguousarray(images[k]).reshape(-1)
-        if flat.dtype != np.float32:  # as the classical mask: float32 holds 8/16-bit integers exactly
-            exact32 = flat.dtype.kind in "iu" and flat.dtype.itemsize <= 2
-            flat = flat.astype(np.float32 if exact32 else np.float64)
-        plane = out[k, channel]
-        plane[...] = 0
-        ring_zscores(flat, pixels, ptr, int(min_pixels), float(min_scale), w, plane)
+        ring_zscores(images[k], pixels, ptr, int(min_pixels), float(min_scale), out[k, channel])
     return out
 
 
