@@ -19,7 +19,22 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["SimConfig"]
+import numpy as np
+
+__all__ = ["PEAK_FIELDS", "SimConfig"]
+
+#: per-label metadata (arrays of length K, aligned with the boxes)
+PEAK_FIELDS: dict[str, type] = {
+    "x": np.float32,  # true |Q| centre (px); box centre
+    "sigma_x": np.float32,  # radial σ (px); box half-width
+    "y": np.float32,  # φ centre of the drawn angular profile (rows; may lie in a dark region); rings: box centre
+    "sigma_y": np.float32,  # angular σ (rows); NaN for rings and merged labels
+    "amplitude": np.float32,  # peak height relative to the mean background (merged: the largest)
+    "snr": np.float32,  # box-sum SNR of the label
+    "ring": np.bool_,  # full ring (0–90° before masking)
+    "n_merged": np.int32,  # how many drawn peaks the label stands for
+}
+
 
 Range = tuple[float, float]
 IntRange = tuple[int, int]

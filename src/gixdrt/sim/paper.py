@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
+from .config import PEAK_FIELDS
 
 __all__ = ["PAPER_SIZE", "PaperSimConfig", "angle_limits", "render_peaks", "simulate_paper"]
 
@@ -375,8 +376,6 @@ def simulate_paper(cfg: PaperSimConfig, rng: np.random.Generator, aux: bool = Fa
 
     aux: also return the image just before the final min–max normalisation (``counts``, float32) and the
     visible region (``valid``, bool: inside the angle limits and outside the detector gaps)."""
-    from .core import PEAK_FIELDS
-
     h, w = PAPER_SIZE
     xs, ys, qz = _grids()
     info: dict[str, Any] = {"mode": "paper"}
