@@ -66,7 +66,7 @@ def merge_parts(units, parts: Path):
 
 def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks, n_frames: int) -> int:
     """The cluster branch of ``gixdrt detect`` (called after its checks of options, outputs, headers and masks)."""
-    from ..cli import _detect_outputs
+    from ..gixd.outputs import detect_outputs
     from ..io.assets import sha256
     from ..model import zoo
     from .flow import ClusterRun, local_threads, plan_run, print_rates, run_fingerprint
@@ -114,7 +114,7 @@ def detect_on_cluster(args: argparse.Namespace, out: Path, cfg, geometry, masks,
         screener = Screener(ScreeningConfig(min_peaks=1 if args.min_peaks is None else args.min_peaks,
                                             keep_misses=args.keep_misses or 0.0))
         flags = list(screen(table, n_frames, screener.config, sources=sources))
-    table, notes = _detect_outputs(args, out, table, n_frames, metadata, None, screener, flags)
+    table, notes = detect_outputs(args, out, table, n_frames, metadata, None, screener, flags)
     run.finish()
     with_peaks = len(np.unique(table.frame)) if len(table) else 0
     print(f"{len(table)} peak(s) in {n_frames} frame(s) ({with_peaks} with peaks), {run.rate_text()} → {out}")
