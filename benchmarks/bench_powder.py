@@ -41,7 +41,7 @@ from _common import RESULTS, environment, save  # noqa: E402
 from gixdrt.powder.integrate import METHOD as PYFAI_METHOD  # noqa: E402
 
 STAGES = ("read", "normalise", "network", "stitch", "threshold", "integrate")
-METHODS = ("unet", "classical", "authors")
+METHODS = ("unet", "unet-bf16", "classical", "authors")  # unet-bf16: the plan on PyTorch, CPU autocast bfloat16
 # stage names of each method's own timings → the common stages
 PLAN_STAGES = {"normalize": "normalise", "ring": "normalise", "tiles": "normalise", "unet": "network",
                "stitch": "stitch", "mask": "threshold"}  # any other key of the plan's timings is reported as "other"
@@ -49,8 +49,10 @@ AUTHORS_STAGES = {"normalize": "normalise", "tiles": "normalise", "network": "ne
                   "threshold": "threshold"}
 BINS = 2000
 CROP = 512  # the authors' warm-up runs on this corner of the frame
-LABELS = {"unet": "U-Net plan (ours)", "classical": "pixel mask search", "authors": "published recipe"}
-SHORT = {"unet": "U-Net plan\n(ours)", "classical": "pixel mask\nsearch", "authors": "published\nrecipe"}
+LABELS = {"unet": "U-Net plan (ours, ONNX Runtime fp32)", "unet-bf16": "U-Net plan (ours, PyTorch bf16)",
+          "classical": "pixel mask search", "authors": "published recipe"}
+SHORT = {"unet": "U-Net plan\n(ours, fp32)", "unet-bf16": "U-Net plan\n(ours, bf16)", "classical": "pixel mask\nsearch",
+         "authors": "published\nrecipe"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
     setup: dict[str, float] = {}
 
     if method == "unet-cuda":
-        return _cuda_child(path, dmask, runs)
+        return _cuda_child(path, dmask, geom, runs)
     from gixdrt.powder.integrate import integrate
 
     def integ(img, spots):  # what gixdrt mask --integrate runs: the masked and the unmasked pattern
@@ -127,15 +129,15 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
     setup["integrator_build_s"] = time.perf_counter() - t0
     rss_before = _maxrss_mib()  # Python, the libraries, the frame and the integrator
 
-    if method == "unet":
-        from gixdrt.powder.model import load_card
+    if method in ("unet", "unet-bf16"):
         from gixdrt.powder.plan import PowderMasker
 
-        extra = {}
-        if int(load_card("default")["architecture"].get("in_channels", 1)) > 1:
-            extra["geometry"] = geom  # a two-channel model's ring channel needs the geometry
-        masker = PowderMasker("default", detector_mask=dmask, threads=threads, **extra)
-        row["settings"] = {"runtime": masker.runtime, "threads": threads, **masker.settings.to_dict()}
+        runtime, precision = ("torch", "bf16") if method == "unet-bf16" else ("onnxruntime", "fp32")
+        # the geometry: a two-channel model's ring channel needs it (a one-channel one ignores it)
+        masker = PowderMasker("default", detector_mask=dmask, threads=threads, geometry=geom, runtime=runtime,
+                              precision=precision)
+        row["settings"] = {"runtime": masker.runtime, "precision": masker.precision, "threads": threads,
+                           **masker.settings.to_dict()}
 
         def mask(img):
             res = masker.run(img, timed=True)
@@ -223,9 +225,10 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
     return row
 
 
-def _cuda_child(path: Path, dmask: np.ndarray, runs: int) -> dict[str, Any]:
-    """frames/s of the U-Net (default model, fp32, whole frame, batch 1) on torch-cuda: host→device copy of the
-    normalised frame, forward, P(spot) > threshold on the device, mask back to the host."""
+def _cuda_child(path: Path, dmask: np.ndarray, geom: Any, runs: int) -> dict[str, Any]:
+    """frames/s of the U-Net plan (default model) on the GPU: PowderMasker(device="cuda") runs normalisation, the
+    ring channel, the network (torch-cuda, fp32, tiles as on the CPU), stitching and the threshold on the device;
+    one copy of the frame in and of the mask and log-odds out per frame."""
     row: dict[str, Any] = {"method": "unet-cuda"}
     try:
         import torch
@@ -234,39 +237,23 @@ def _cuda_child(path: Path, dmask: np.ndarray, runs: int) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {**row, "skipped": "torch.cuda.is_available() is False"}
     from gixdrt.io import read_frame
-    from gixdrt.kernels.reference.powder import powder_normalize
-    from gixdrt.powder.model import load_card, load_unet
+    from gixdrt.powder.plan import PowderMasker
 
-    card = load_card("default")
-    net = load_unet("default").cuda().eval()
     img = read_frame(path)
-    h, w = img.shape
-    m = net.config.multiple
-    x = np.zeros((1, 1, -(-h // m) * m, -(-w // m) * m), np.float32)
-    powder_normalize(img[None], dmask, out=x, **card["normalization"])
-    thr = float(card["mask"]["threshold"])
-    cut = float(np.log(thr / (1 - thr)))
-
-    def once():
-        with torch.no_grad():
-            logits = net(torch.from_numpy(x).cuda(non_blocking=False))
-            spots = (logits[:, 1] - logits[:, 0] > cut)[0, :h, :w]
-            return spots.cpu().numpy()
-
+    masker = PowderMasker("default", runtime="torch", device="cuda", detector_mask=dmask, geometry=geom)
     for _ in range(3):
-        once()
+        masker(img)
     torch.cuda.synchronize()
     times = []
     for _ in range(max(runs, 10)):
         t0 = time.perf_counter()
-        once()
-        torch.cuda.synchronize()
+        masker(img)
         times.append(time.perf_counter() - t0)
+    masker.run(img, timed=True)
     med = float(np.median(times))
     return {**row, "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "runs": len(times),
-            "median_s": med, "frames_per_s": 1.0 / med,
-            "what": "normalised frame (host) → device, forward with fp32 weights (cuDNN's defaults, TF32 allowed) "
-                    "batch 1, threshold, mask → host"}
+            "median_s": med, "frames_per_s": 1.0 / med, "stages_s": dict(masker.timings),
+            "what": "raw frame (host) → device, the whole plan on the GPU (fp32), mask and log-odds → host"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None, help="frame side in px (default 2880; --quick: 1024)")
     ap.add_argument("--runs", type=int, default=None, help="timed runs of unet and classical (default 5)")
     ap.add_argument("--authors-runs", type=int, default=None, help="timed runs of the authors' recipe (default 2)")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated subset of " + ",".join(METHODS) + " (default: all; unet-bf16 only where the "
+                         "CPU has AMX/AVX512-BF16)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime / PyTorch threads (default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1024², one timed run each")
@@ -381,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_child(args.child, args.workdir, int(args.runs), args.threads)))
         return 0
 
+    if args.methods is None:
+        from gixdrt.engine.pyt import cpu_bf16_fast
+
+        args.methods = ",".join(m for m in METHODS if m != "unet-bf16" or cpu_bf16_fast())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:

@@ -13,6 +13,8 @@
    (87 GFLOP per 512×1024 frame: the convolutions and the FPN/RPN head, counted from the layer shapes).
 4. Kernels against their references on the real frame: polar remap, contrast, decode_topk, nms_fixed,
    decode_final and RoIAlign on the device (time, and the largest difference from the host result).
+5. The powder U-Net plan (default powder model) on a generated 2880² frame with ``PowderMasker(device=...)``:
+   frames/s, the stages, and the log-odds and mask against the CPU plan.
 
 Writes ``gpu-check-<gpu>.json`` into ``--out`` (default ``benchmarks/results/``) and prints a summary. Every part
 has its own time limit so that the whole stays within about 8 minutes on an H100; a part that fails is recorded
@@ -249,6 +251,29 @@ def bench_kernels(device: str, runs: int) -> list[dict]:
     return rows
 
 
+def bench_powder(device: str, runs: int) -> dict:
+    """The powder plan on the device against the CPU plan on one generated 2880² frame."""
+    from gixdrt.powder.plan import PowderMasker
+    from gixdrt.sim.powder import PowderSimulator
+
+    f = PowderSimulator(seed=0, size=(2880, 2880)).frame(0)
+    cpu = PowderMasker("default", detector_mask=f.detector_mask, geometry=f.geometry).run(f.image)
+    dev = "cpu-check" if device == "cpu" else device
+    m = PowderMasker("default", runtime="torch", device=dev, detector_mask=f.detector_mask, geometry=f.geometry)
+    m.run(f.image)
+    times = []
+    for _ in range(max(runs, 3)):
+        t = time.perf_counter()
+        got = m.run(f.image)
+        times.append(time.perf_counter() - t)
+    m.run(f.image, timed=True)
+    med = float(np.median(times))
+    return {"device": device, "runs": len(times), "median_s": med, "frames_per_s": 1.0 / med,
+            "stages_s": dict(m.timings), "log_odds_max_abs_diff_vs_cpu": float(np.abs(got["log_odds"] - cpu["log_odds"]).max()),
+            "mask_pixels_differing_vs_cpu": int(np.count_nonzero(got["spots"] != cpu["spots"])),
+            "mask_pixels_cpu": int(cpu["spots"].sum())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes (default benchmarks/results)")
@@ -281,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = [("tests", lambda: run_tests(args.out, args.test_timeout)) if not args.skip_tests else None,
              ("raw_to_peaks", lambda: bench_raw(args.device, batches, args.runs, precisions)),
              ("dense_roofline", lambda: bench_dense(args.device, batches, args.runs, precisions, gpu_name)),
-             ("kernels", lambda: bench_kernels(args.device, args.runs))]
+             ("kernels", lambda: bench_kernels(args.device, args.runs)),
+             ("powder", lambda: bench_powder(args.device, args.runs))]
     for part in filter(None, parts):
         name, fn = part
         t = time.perf_counter()

@@ -228,3 +228,23 @@ def test_precision_and_runtime_checks(model_dir):
     runtime, precision = auto_runtime()
     m = PowderMasker(model_dir, runtime="auto")
     assert (m.runtime, m.precision) == (runtime, precision) and precision in ("fp32", "bf16")
+
+
+def test_device_plan_sequence_in_check_mode(ring_model_dir, powder_frame):
+    """PowderMasker(device=...) runs the plan on tensors through the device kernel set; "cpu-check" does that on CPU
+    tensors with the host kernels, so the sequence (constants, tiles, the runner on the kernels' device, the copy of
+    the results to the host) is tested without a GPU."""
+    f = powder_frame
+    want = PowderMasker(ring_model_dir, runtime="torch", detector_mask=f.detector_mask, geometry=f.geometry,
+                        tile=96, halo=24).run(f.image)
+    m = PowderMasker(ring_model_dir, runtime="torch", device="cpu-check", detector_mask=f.detector_mask,
+                     geometry=f.geometry, tile=96, halo=24)
+    got = m.run(f.image, timed=True)
+    assert isinstance(got["spots"], np.ndarray) and got["spots"].dtype == bool
+    np.testing.assert_allclose(got["log_odds"], want["log_odds"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["spots"], want["spots"])
+    assert {"normalize", "ring", "tiles", "unet", "stitch", "mask"} <= set(m.timings)
+    with pytest.raises(ValueError, match="runtime='torch'"):
+        PowderMasker(ring_model_dir, device="cuda", geometry=f.geometry)
+    with pytest.raises(ValueError, match="device must be"):
+        PowderMasker(ring_model_dir, runtime="torch", device="tpu", geometry=f.geometry)

@@ -231,8 +231,8 @@ class PowderMasker:
 
     def __init__(self, model: Any = "default", *, runtime: str = "onnxruntime", kernels: str = "cpu",
                  threads: int | None = None, detector_mask: np.ndarray | None = None, geometry: Any = None,
-                 precision: str = "fp32", **settings: Any):
-        from ..engine.kernelsets import HostKernels
+                 precision: str = "fp32", device: str = "cpu", **settings: Any):
+        from ..engine.kernelsets import DeviceKernels, HostKernels
 
         if runtime == "auto":
             runtime, precision = auto_runtime()
@@ -243,6 +243,14 @@ class PowderMasker:
         if precision == "bf16" and runtime != "torch":
             raise ValueError("precision 'bf16' runs on PyTorch (runtime='torch'); ONNX Runtime's CPU provider has "
                              "no bfloat16 convolutions")
+        self.device = str(device)
+        if self.device != "cpu":
+            # the plan's buffers as PyTorch tensors on the GPU, the CUDA kernels, the network on torch-cuda;
+            # "cpu-check": the same sequence on CPU tensors with the host kernels (tests without a GPU)
+            if runtime != "torch":
+                raise ValueError(f"device {self.device!r} runs the network on PyTorch (runtime='torch')")
+            if self.device != "cpu-check" and not self.device.startswith("cuda"):
+                raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'cpu-check', got {self.device!r}")
         self.runtime = runtime
         self.precision = precision
         self.threads = threads
@@ -289,7 +297,10 @@ class PowderMasker:
         self._rings: dict[tuple[int, int], Any] = {}
         settings = {k: v for k, v in settings.items() if v is not None}
         self.settings = MaskSettings.from_card(card, **settings) if card else MaskSettings(**settings)
-        self.kernels = HostKernels(kernels)
+        if self.device == "cpu":
+            self.kernels = HostKernels(kernels)
+        else:
+            self.kernels = DeviceKernels("cpu" if self.device == "cpu-check" else self.device)
         self._executors: dict[tuple, Any] = {}
         self.timings: dict[str, float] = {}
 
@@ -310,8 +321,9 @@ class PowderMasker:
                 import torch
 
                 torch.set_num_threads(int(self.threads))
+            dev = str(self.kernels.device) if self.kernels.on_device else "cpu"
             inner = TorchRunner(self._module, {"x": (np.float32, (chunk, self.in_channels, sh, sw))}, ["logits"],
-                                precision=self.precision)
+                                precision=self.precision, device=dev)
         return inner if chunk == total else ChunkedRunner(inner, total)
 
     def rings(self, shape: tuple[int, int]):
@@ -354,7 +366,8 @@ class PowderMasker:
         if timed:
             self.timings = dict(ex.timings)
         spots_name = ex.plan.outputs[0]
-        res = {"spots": np.array(out[spots_name]), "log_odds": np.array(out["log_odds"])}
+        spots, log_odds = ex.kernels.to_host([out[spots_name], out["log_odds"]])
+        res = {"spots": np.array(spots), "log_odds": np.array(log_odds)}
         return {k: v[0] for k, v in res.items()} if single else res
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
