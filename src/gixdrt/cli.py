@@ -1186,9 +1186,9 @@ def _detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto: the first available of tensorrt, onnxruntime, torch)")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
                    help="exported graphs' precision (box arithmetic stays fp32; int8: the dense graph quantised, "
-                        "onnxruntime only)")
+                        "onnxruntime only; bf16: the dense graph under CPU autocast, --backend torch only)")
     p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
     p.add_argument("--score-threshold", type=_in_range(float, -1.0, 1.0), default=None,
                    help="keep peaks scoring ≥ this (default: the config's, else the model card's: 0.6)")
@@ -1544,8 +1544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=DETECTOR_BACKENDS,
                    help="detector backend (default auto, as gixdrt detect chooses)")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: chosen with the backend)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
-                   help="graph precision (int8: onnxruntime only)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
+                   help="graph precision (int8: onnxruntime only; bf16: torch on the CPU only)")
     p.add_argument("--threads", type=_in_range(int, 1, 1024), default=None, help="ONNX Runtime CPU threads (default: one per core)")
     p.add_argument("--batch", type=_in_range(int, 1, 4096), default=1, help="images per detector call (default 1)")
     p.add_argument("--runs", type=_in_range(int, 1, 1_000_000), default=20, help="timed calls (default 20)")

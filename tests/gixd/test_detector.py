@@ -186,6 +186,30 @@ def test_real_frame_onnxruntime_fp16(published_model, real_image, torch_result, 
 
 
 @pytest.mark.published
+def test_real_frame_torch_bf16_on_the_cpu(published_model, real_image, torch_result, graph_cache):
+    """bf16 autocast of the dense graph (BN folded, channels-last) finds the same 12 rings as fp32."""
+    det = PeakDetector(published_model, backend="torch", precision="bf16", cache=graph_cache)
+    got = det.boxes(real_image)[0]
+    assert len(got[0]) == 12 and det.describe().endswith("bf16")
+    match_boxes(got, torch_result, centre_px=FP16_CENTRE_PX, min_iou=FP16_IOU, tol_score=FP16_SCORE)
+    # the 12 published rings: |Q| (box centre in x) within 0.05 px; the φ ends of these boxes (up to 500 px long)
+    # move by up to ~1.2 px
+    idx = match_detections(*got, tol_px=2.0, tol_score=0.01)
+    from gixdrt.testing import PUBLISHED_REAL_FRAME_DETECTIONS as ref
+
+    x_got = (got[0][idx, 0] + got[0][idx, 2]) / 2
+    np.testing.assert_allclose(x_got, (ref[:, 0] + ref[:, 2]) / 2, atol=0.05)
+
+
+def test_bf16_runs_on_the_torch_backend_only():
+    from gixdrt.engine.backends import Runtime
+
+    with pytest.raises(ValueError, match="bf16 runs on the torch backend"):
+        Runtime("onnxruntime", "cpu", "bf16")
+    assert Runtime("torch", "cpu", "bf16").describe() == "torch on cpu, bf16"
+
+
+@pytest.mark.published
 def test_real_frame_512_by_512(published_model, real_image, graph_cache):
     crop = np.ascontiguousarray(real_image[:, :512])
     want = PeakDetector(published_model, backend="torch").boxes(crop)[0]

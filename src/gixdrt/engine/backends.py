@@ -40,7 +40,7 @@ __all__ = ["PRECISIONS", "PREFERENCE", "GraphSource", "Runtime", "available_back
 #: TensorRT engines have to beat) and before ONNX Runtime's CUDA provider; on a CPU-only machine ``auto`` ends
 #: at ONNX Runtime on the CPU.
 PREFERENCE = ("tensorrt", "torch-cuda", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 _CHOICES = (("tensorrt", "cuda"), ("torch-cuda", "cuda"), ("onnxruntime", "cuda"), ("onnxruntime", "cpu"),
             ("torch", "cpu"))
 #: backends that run on a GPU only: a named one without a device goes to CUDA
@@ -216,13 +216,16 @@ class Runtime:
     def __init__(self, backend: str, device: str, precision: str = "fp32", *, threads: int | None = None,
                  engine_cache: Path | None = None, workspace_gib: float = 4.0):
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; expected fp32, fp16 or int8")
+            raise ValueError(f"unknown precision {precision!r}; expected fp32, fp16, bf16 or int8")
+        if precision == "bf16" and backend != "torch":
+            raise ValueError(f"precision bf16 runs on the torch backend on the CPU (autocast; fast on CPUs with AMX or "
+                             f"AVX512-BF16); {backend} runs fp32, fp16 or int8")
         if precision == "int8" and backend != "onnxruntime":
             raise ValueError(f"precision int8 runs on onnxruntime (its Q/DQ graph passes TensorRT's op check, but "
                              f"gixdrt does not build int8 engines yet); {backend} runs fp32 or fp16")
-        if backend == "torch" and precision != "fp32":
+        if backend == "torch" and precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {precision} is for onnxruntime, torch-cuda and tensorrt; the torch backend "
-                             "runs fp32 (the reference)")
+                             "runs fp32 (the reference) or bf16")
         kind, _ = parse_device(device)
         if backend == "torch-cuda" and kind != "cuda":
             raise EngineUnavailableError("torch-cuda runs on a CUDA GPU only (use onnxruntime or torch on the CPU)")
@@ -266,9 +269,15 @@ class Runtime:
             from .pyt import TorchRunner
 
             gpu = self.backend == "torch-cuda"
+            spec = {k: (m.dtype, m.shape) for k, m in inputs.items()}
+            if self.precision == "bf16":
+                # the dense graph BN-folded, channels-last, under CPU autocast in bfloat16 (oneDNN's AMX/AVX512-BF16
+                # convolutions); the head (1 of 88 GFLOP) stays fp32
+                dense = graph == "dense"
+                module = source.torch_module(graph, precision="fp32", fold=dense, channels_last=dense)
+                return TorchRunner(module, spec, outputs, device=self.device, precision="bf16" if dense else "fp32")
             module = source.torch_module(graph, precision=self.precision, fold=gpu,
                                          channels_last=gpu and self.precision == "fp16")
-            spec = {k: (m.dtype, m.shape) for k, m in inputs.items()}
             return TorchRunner(module, spec, outputs, device=self.device, precision=self.precision, cuda_graph=gpu)
         if self.backend == "tensorrt":
             return self._tensorrt_runner(source, artifact, shapes)

@@ -70,9 +70,10 @@ class PeakDetector:
         CPU, PyTorch; logged) or one of ``"tensorrt"``, ``"torch-cuda"``, ``"onnxruntime"``, ``"torch"``; a named
         backend that cannot run here raises :class:`gixdrt.engine.EngineUnavailableError` with the reason.
     device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None lets the backend choose.
-    precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (graphs; box arithmetic stays fp32; int8: the dense graph
-        quantised with Q/DQ, onnxruntime only, see :mod:`gixdrt.export.quantize`). threads: ONNX Runtime's CPU
-        threads.
+    precision: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"`` (graphs; box arithmetic stays fp32; int8: the
+        dense graph quantised with Q/DQ, onnxruntime only, see :mod:`gixdrt.export.quantize`; bf16: the dense graph
+        BN-folded, channels-last, under CPU autocast in bfloat16, the torch backend only, fast on CPUs with AMX or
+        AVX512-BF16). threads: ONNX Runtime's CPU threads.
     cache: where exported graphs are kept (True: the user cache; a directory; False: a temporary one).
     calibration: the int8 graph's :class:`gixdrt.export.quantize.Calibration` (None: the default settings).
     score_threshold, nms_iou, max_detections: override the model card's (0.6, 0.1, 250 for the published model).
@@ -86,6 +87,8 @@ class PeakDetector:
                  max_detections: int | None = None, calibration: Any = None):
         if precision == "int8" and backend == "auto":
             backend = "onnxruntime"  # the one runtime that runs the int8 graph
+        if precision == "bf16" and backend == "auto":
+            backend = "torch"  # the one runtime that runs bf16 on the CPU
         self.backend, self.device = choose(backend, device)
         self.runtime = Runtime(self.backend, self.device, precision, threads=threads)
         self.graphs = ModelGraphs.open(model, cache=cache)

@@ -34,7 +34,7 @@ CURRENT_VERSION = 1
 MODES = ("lossless", "monitor")
 
 _INPUTS = ("raw", "polar", "processed")
-_PRECISIONS = ("fp32", "fp16", "int8")
+_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def _v0_to_v1(d: dict[str, Any]) -> dict[str, Any]:
