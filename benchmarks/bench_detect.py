@@ -6,7 +6,7 @@ to the peak table. Every backend that runs here (torch and onnxruntime on the CP
 tensorrt too with a GPU), each through the same plan.
 
     python benchmarks/bench_detect.py [--runs 20] [--model default] [--backends torch onnxruntime]
-                                      [--precisions fp32 int8] [--threads 2]
+                                      [--precisions fp32 bf16 int8] [--threads 2]
 
 Prints a table and writes JSON under benchmarks/results/ (``detect-cpu.json``, ``detect-cpu-cuda.json``).
 """
@@ -55,8 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
     ap.add_argument("--model", default="default", help="model name or path (default: default)")
     ap.add_argument("--backends", nargs="+", default=None, help="backends to time (default: all that run here)")
-    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
-                    help="precisions to time, each where its backend runs it (default: fp32; torch: fp32 only)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16", "int8"],
+                    help="precisions to time, each where its backend runs it (default: fp32; torch: fp32 and bf16; "
+                         "int8: onnxruntime)")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: one per core)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args(argv)
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
             print(f"skipping {backend} on {device}: {why}")
             continue
         for precision in args.precisions:
-            if (precision != "fp32" and backend == "torch") or (precision == "int8" and backend != "onnxruntime"):
+            if (precision not in ("fp32", "bf16") and backend == "torch") or (precision == "int8" and backend != "onnxruntime") \
+                    or (precision == "bf16" and backend != "torch"):
                 continue
             t0 = time.perf_counter()
             key = f"{backend}/{device}" + ("" if precision == "fp32" else f"/{precision}")

@@ -168,6 +168,11 @@ def speedups(results: dict) -> dict:
     """ONNX Runtime engines' frames/s over PyTorch's on the same device, per batch; the CPU goal at batch 1."""
     out: dict = {}
     for name, entry in results["engines"].items():
+        if entry["backend"] == "torch" and entry["precision"] == "bf16":  # bf16 on PyTorch over ONNX Runtime fp32
+            for batch in entry.get("batches", {}):
+                a, c = _ok(results, name, int(batch)), _ok(results, "onnxruntime", int(batch))
+                if a and c:
+                    out.setdefault(f"{name}/onnxruntime", {})[batch] = a["frames_per_s"] / c["frames_per_s"]
         if entry["backend"] != "onnxruntime":
             continue
         base = "torch" if entry["device"] == "cpu" else "torch-cuda"

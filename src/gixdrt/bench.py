@@ -61,6 +61,7 @@ __all__ = [
 #: engine name → (backend, device, precision)
 ENGINES: dict[str, tuple[str, str, str]] = {
     "torch": ("torch", "cpu", "fp32"),
+    "torch-bf16": ("torch", "cpu", "bf16"),
     "onnxruntime": ("onnxruntime", "cpu", "fp32"),
     "onnxruntime-fp16": ("onnxruntime", "cpu", "fp16"),
     "onnxruntime-int8": ("onnxruntime", "cpu", "int8"),
