@@ -13,7 +13,10 @@ from gixdrt.sim.powder import PowderSimulator
 def test_default_model_is_shipped_with_its_card():
     assert "default" in builtin()
     card = load_card("default")
-    assert card["parameters"] == 29_650 and card["storage_dtype"] == "float16"
+    assert card["storage_dtype"] == "float16"
+    channels = card["architecture"].get("in_channels", 1)
+    assert card["parameters"] == 29_650 + 72 * (channels - 1)  # the paper's depth-3 count, 3×3×8 more per channel
+    assert channels == 1 or {"width_px", "min_pixels", "min_scale"} <= set(card["ring"])
     assert 0 < card["mask"]["threshold"] < 1 and "calibration" in card and "evaluation" in card
 
 
@@ -25,7 +28,7 @@ def test_default_model_masks_generated_frames():
     for i in (0, 1):
         f = sim.frame(i)
         valid = f.detector_mask == 0
-        masker = PowderMasker("default", detector_mask=f.detector_mask, threads=2)
+        masker = PowderMasker("default", detector_mask=f.detector_mask, geometry=f.geometry, threads=2)
         pred = masker(f.image)
         assert not pred[~valid].any()
         u = pixel_counts(pred, f.spots, valid)
