@@ -5,7 +5,7 @@
 - ``classical``: the pixel mask search (:func:`gixdrt.powder.classical.pixel_mask_search`; the ring index is built
   once per geometry and reported apart);
 - ``authors``: the published recipe (:func:`gixdrt.powder.authors.authors_mask`: disk equalisation, 484 tiles in
-  one batch with BatchNorm in training mode) on our default model's weights.
+  one batch with BatchNorm in training mode) on the weights of our one-channel model (powder-unet-d3).
 
 Stages per frame: read (the frame from a float32 TIFF, page cache warm), normalise (everything up to the network's
 input, tile extraction included), network, stitch, threshold (for ``classical``: the whole ring search),
@@ -171,7 +171,9 @@ def run_child(method: str, workdir: Path, runs: int, threads: int) -> dict[str, 
         from gixdrt.powder.model import load_unet
 
         torch.set_num_threads(threads)
-        net = load_unet("default")
+        from gixdrt.powder.authors import ONE_CHANNEL
+
+        net = load_unet(ONE_CHANNEL)  # the recipe feeds the frame alone: our one-channel model
         row["settings"] = {"torch": torch.__version__, "threads": threads, "batch": "all tiles",
                            "batch_norm": "training mode (batch statistics)"}
 
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             "per-frame cost of passing each frame's spots as mask=.",
             "peak_rss_mib: the process's high-water mark (Python, libraries, the frame, the integrator and the "
             "method); rss_before_method_mib: the same before the method was set up.",
-            "authors: our depth-3 architecture with our default model's weights (the published weights are not "
+            "authors: our depth-3 architecture with our one-channel model's weights (powder-unet-d3) (the published weights are not "
             "available), so its quality numbers say little about the published models; its time and memory are "
             "the recipe's.",
         ],

@@ -1,8 +1,8 @@
 """The powder U-Net plan on a generated 2880×2880 frame on the CPU: end-to-end time (normalisation, ring channel,
 tiles, network, stitching, mask) per stage with 2 threads, for each runtime and tile size — ONNX Runtime fp32 with
-tiles of 1024 px (the default), 1472 px (2 × 2 tiles on 2880²) and the whole frame; PyTorch bf16 (CPU autocast) with
-tiles of 1024 and 1472 px where the CPU has AMX/AVX512-BF16 — and each configuration's peak resident memory,
-measured in a fresh process.
+tiles of 768 px (the default), 1024, 1472 px (2 × 2 tiles on 2880²) and the whole frame; PyTorch bf16 (CPU autocast,
+channels-last weights) with tiles of 512–1472 px where the CPU has AMX/AVX512-BF16 — and each configuration's peak
+resident memory, measured in a fresh process.
 
     python benchmarks/bench_powder_unet.py [--model default] [--runs 5] [--threads 2] [--out FILE.json]
 
@@ -51,9 +51,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from gixdrt.engine.pyt import cpu_bf16_fast
 
-    configs = [("onnxruntime", "fp32", 1024), ("onnxruntime", "fp32", 1472), ("onnxruntime", "fp32", 0)]
+    configs = [("onnxruntime", "fp32", 768), ("onnxruntime", "fp32", 1024), ("onnxruntime", "fp32", 1472),
+               ("onnxruntime", "fp32", 0)]
     if cpu_bf16_fast():
-        configs += [("torch", "bf16", 1024), ("torch", "bf16", 1472)]
+        configs += [("torch", "bf16", 512), ("torch", "bf16", 768), ("torch", "bf16", 1024), ("torch", "bf16", 1472)]
     rows = []
     for runtime, precision, tile in configs:
         res = subprocess.run([sys.executable, "-c", CHILD, args.model, str(tile), str(args.threads), str(args.runs),

@@ -38,7 +38,7 @@ def test_mask_both_methods_to_hdf5(setup, capsys):
     d, model, f = setup
     out = d / "masks.h5"
     rc = main(["mask", str(d / "frame.npy"), "--out", str(out), "--method", "both", "--poni", str(d / "det.poni"),
-               "--model", str(model), "--mask", str(d / "dmask.npy"), "--threads", "1"])
+               "--model", str(model), "--mask", str(d / "dmask.npy"), "--threads", "1", "--runtime", "onnxruntime"])
     assert rc == 0, capsys.readouterr().err
     with h5py.File(out) as h5:
         unet, classical, first = h5["masks_unet"][()], h5["masks_classical"][()], h5["masks"][()]
@@ -72,6 +72,23 @@ def test_mask_streams_stacks_in_input_order(setup, capsys, tmp_path):
     assert got.dtype == bool and got.shape == (3, *f.image.shape)
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got[1], got[2])
+
+
+def test_mask_runtime_auto_is_the_default(setup, capsys, tmp_path):
+    """Without --runtime the U-Net runs where auto_runtime says (PyTorch bf16 on CPUs with native bf16, else ONNX
+    Runtime fp32); the settings say which, and the masks stay those of fp32 here up to a few pixels."""
+    from gixdrt.powder.plan import auto_runtime
+
+    d, model, f = setup
+    out = tmp_path / "auto.h5"
+    rc = main(["mask", str(d / "frame.npy"), "--out", str(out), "--poni", str(d / "det.poni"), "--model", str(model),
+               "--mask", str(d / "dmask.npy"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    with h5py.File(out) as h5:
+        got, settings = h5["masks"][0], json.loads(h5.attrs["settings"])["unet"]
+    assert (settings["runtime"], settings["precision"]) == auto_runtime()
+    want = PowderMasker(model, detector_mask=f.detector_mask != 0, threads=1)(f.image)
+    assert np.count_nonzero(got != want) <= max(5, want.sum() // 50)
 
 
 def test_mask_errors_are_one_line(setup, capsys):

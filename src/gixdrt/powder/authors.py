@@ -51,7 +51,7 @@ import numpy as np
 
 from .._numba import njit, prange
 
-__all__ = ["BG_THRESHOLD", "BORDER", "BORDER_WEIGHT", "EQ_RADIUS", "STEP", "TILE", "authors_mask",
+__all__ = ["BG_THRESHOLD", "BORDER", "BORDER_WEIGHT", "EQ_RADIUS", "ONE_CHANNEL", "STEP", "TILE", "authors_mask",
            "authors_normalize", "disk_half_widths", "equalize_disk", "equalize_disk_reference", "extract_tiles",
            "stitch_tiles", "tile_probabilities", "tile_starts", "tile_weights"]
 
@@ -63,6 +63,8 @@ EQ_RADIUS = 32  # disk radius of the local histogram equalisation (px)
 LOG_OFFSET = 1e-7  # log(I − min + 1e-7)
 PERCENTILES = (2.0, 98.0)
 BG_THRESHOLD = 0.9  # spot when P(background) < 0.9
+#: the shipped one-channel powder model the recipe runs by default (the recipe feeds the frame alone)
+ONE_CHANNEL = "powder-unet-d3"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def _module(model: Any):
     return load_unet(model)
 
 
-def tile_probabilities(tiles: np.ndarray, model: Any = "default", *, batch: int | None = None,
+def tile_probabilities(tiles: np.ndarray, model: Any = ONE_CHANNEL, *, batch: int | None = None,
                        batch_norm: str = "batch") -> np.ndarray:
     """Step 3: tiles float32[T, 1, S, S] → P(background) float32[T, S, S] (softmax over the 2 logits per tile).
 
@@ -260,12 +262,13 @@ def tile_probabilities(tiles: np.ndarray, model: Any = "default", *, batch: int 
 # -------------------------------------------------------------------------------------------------
 # the whole recipe
 # -------------------------------------------------------------------------------------------------
-def authors_mask(frame: np.ndarray, model: Any = "default", batch: int | None = None, *,
+def authors_mask(frame: np.ndarray, model: Any = ONE_CHANNEL, batch: int | None = None, *,
                  timings: dict[str, float] | None = None) -> np.ndarray:
     """The published recipe end to end: frame [H, W] (detector counts, finite; H, W ≥ 256) → bool[H, W], True =
     spot pixel (P(background) < 0.9).
 
-    model: a UNet or a powder model name/path (default: our shipped depth-3 model's weights). batch: tiles per
+    model: a one-channel UNet or powder model name/path (default: :data:`ONE_CHANNEL`, our first shipped depth-3
+    model, which takes the frame alone as the recipe does). batch: tiles per
     forward call (None: all at once, the recipe). timings: when given, filled with seconds per step
     (``normalize``, ``tiles``, ``network`` (forward and softmax), ``stitch``, ``threshold``)."""
     t = {} if timings is None else timings
