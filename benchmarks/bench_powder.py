@@ -338,7 +338,7 @@ def plot(rows: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     axes[2].bar(np.arange(len(names)), rss, color="#937860", width=0.6)
     for i, v in enumerate(rss):
         axes[2].text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=9)
-    axes[2].set_xticks(np.arange(len(names)), [SHORT.get(m, m) for m in names], fontsize=9)
+    axes[2].set_xticks(np.arange(len(names)), [SHORT.get(m, m) for m in names], fontsize=7)
     axes[2].set_ylabel("peak RSS of the process (GiB)")
     axes[2].set_title("memory", fontsize=10)
     fig.suptitle(title, fontsize=10)
