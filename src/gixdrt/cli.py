@@ -941,6 +941,12 @@ def cmd_mask(args: argparse.Namespace) -> int:
             for name in pair:
                 check_output(name, inputs=inputs, option="--integrate")
                 check_distinct({"--out": out, "--integrate": name})
+    overlays = None
+    if args.overlays:
+        overlays = Path(args.overlays)
+        if overlays.exists() and not overlays.is_dir():
+            raise GixdrtError(f"--overlays {overlays}: exists and is not a directory")
+        overlays.mkdir(parents=True, exist_ok=True)
     mask = combine_masks(args.mask, shape)
     geom = PowderGeometry.from_poni(args.poni, shape=shape) if args.poni else None
     engine = MaskEngine(methods, shape, geometry=geom, detector_mask=mask, model=args.model, runtime=args.runtime,
@@ -961,6 +967,11 @@ def cmd_mask(args: argparse.Namespace) -> int:
                 masks = {m: engine(m, frame.data) for m in methods}
                 mf.write(frame.index, masks)
                 labels.append(frame.source)
+                if overlays is not None:
+                    from .powder.demo import plot_mask_overlay
+
+                    plot_mask_overlay(overlays / f"frame_{frame.index:06d}.png", frame.data, masks, mask,
+                                      title=f"{frame.source}: spot mask{'s' if len(masks) > 1 else ''}")
                 if integ is not None:
                     from .powder.integrate import integrate
 
@@ -979,6 +990,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
         print(f"{name}: {px} spot pixels in {n_frames} frame(s) ({px / (n_frames * shape[0] * shape[1]) * 100:.3f} "
               "% of the pixels)")
     print(f"masks → {out}")
+    if overlays is not None:
+        print(f"overlays → {overlays}/frame_*.png ({n_frames})")
     if integ is not None:
         from .powder.integrate import stack_patterns, write_patterns
 
@@ -1471,6 +1484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the U-Net's precision on --runtime torch (bf16: CPU autocast; default fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overlays", metavar="DIR",
+                   help="also write one PNG per frame into DIR (created): the frame with its spot mask(s) over it, "
+                        "frame_NNNNNN.png in input order")
     p.add_argument("--integrate", metavar="PATTERNS.h5|PATTERNS.xy",
                    help="also integrate every frame azimuthally (pyFAI; needs --poni): the pattern with the spots "
                         "masked and the one with the detector mask only. .h5: datasets radial, masked, unmasked "

@@ -121,3 +121,19 @@ def test_train_powder_cli(tmp_path, capsys):
     assert (tmp_path / "run" / "model" / "unet.onnx").is_file()
     rc = main(["train-powder", "--run-dir", str(tmp_path / "run"), "--config", str(cfg)])
     assert rc == 2 and "a run exists here" in capsys.readouterr().err
+
+
+def test_mask_overlays_one_png_per_frame(setup, capsys, tmp_path):
+    d, model, f = setup
+    np.save(tmp_path / "two.npy", np.stack([f.image, f.image[::-1].copy()]))
+    rc = main(["mask", str(tmp_path / "two.npy"), "--out", str(tmp_path / "m.npy"), "--method", "classical",
+               "--poni", str(d / "det.poni"), "--overlays", str(tmp_path / "png"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    pngs = sorted((tmp_path / "png").iterdir())
+    assert [p.name for p in pngs] == ["frame_000000.png", "frame_000001.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
+    (tmp_path / "file").write_text("x")
+    rc = main(["mask", str(tmp_path / "two.npy"), "--out", str(tmp_path / "m2.npy"), "--method", "classical",
+               "--poni", str(d / "det.poni"), "--overlays", str(tmp_path / "file")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--overlays" in err and err.count("\n") == 1 and not (tmp_path / "m2.npy").exists()

@@ -30,6 +30,8 @@ def refuse_options(args: argparse.Namespace) -> None:
     from .flow import check_cluster_options
 
     check_cluster_options(args.cluster, args.work_unit, args.retries, args.fresh, unit_option=UNIT_OPTION)
+    if args.cluster is not None and getattr(args, "overlays", None):
+        raise GixdrtError("--overlays: not available with --cluster; run it without --cluster on the frames to look at")
     if args.cluster is not None and getattr(args, "integrate", None):
         raise GixdrtError("--integrate: not available with --cluster (the client would read every frame); run it "
                           "without --cluster")
