@@ -248,3 +248,26 @@ def test_device_plan_sequence_in_check_mode(ring_model_dir, powder_frame):
         PowderMasker(ring_model_dir, device="cuda", geometry=f.geometry)
     with pytest.raises(ValueError, match="device must be"):
         PowderMasker(ring_model_dir, runtime="torch", device="tpu", geometry=f.geometry)
+
+
+def test_tensorrt_runtime_is_gated_and_its_static_graph_matches(ring_model_dir, powder_frame, tmp_path):
+    """Without TensorRT or a GPU, runtime='tensorrt' says why in one error (never a crash later); the static-shape
+    graph it would build from runs and equals the dynamic one."""
+    import onnxruntime as ort
+
+    from gixdrt.engine import EngineUnavailableError
+    from gixdrt.engine.backends import backend_status
+    from gixdrt.powder.model import onnx_graph, static_graph
+
+    if backend_status().get(("tensorrt", "cuda")):
+        with pytest.raises(EngineUnavailableError, match="TensorRT"):
+            PowderMasker(ring_model_dir, runtime="tensorrt", geometry=powder_frame.geometry)
+    with pytest.raises(ValueError, match="bf16"):
+        PowderMasker(ring_model_dir, runtime="tensorrt", precision="bf16", geometry=powder_frame.geometry)
+    path = static_graph(ring_model_dir, (1, 2, 64, 96), tmp_path)
+    assert static_graph(ring_model_dir, (1, 2, 64, 96), tmp_path) == path  # made once
+    x = np.random.default_rng(3).normal(size=(1, 2, 64, 96)).astype(np.float32)
+    dyn = ort.InferenceSession(str(onnx_graph(ring_model_dir)), providers=["CPUExecutionProvider"])
+    sta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [d for d in sta.get_outputs()[0].shape] == [1, 2, 64, 96]
+    np.testing.assert_allclose(sta.run(None, {"x": x})[0], dyn.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

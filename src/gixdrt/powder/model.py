@@ -23,7 +23,7 @@ from ..errors import CheckpointError
 from ..io.assets import sha256
 
 __all__ = ["FORMAT", "WEIGHTS", "builtin", "export_onnx", "load_card", "load_unet", "model_dir", "onnx_graph",
-           "save_unet"]
+           "save_unet", "static_graph"]
 
 FORMAT = "gixdrt-powder-unet"
 FORMAT_VERSION = 1
@@ -89,6 +89,42 @@ def onnx_graph(spec: str | os.PathLike) -> Path:
     if not path.is_file():
         raise CheckpointError(f"the model has no {ONNX_NAME}", path=d)
     return path
+
+
+def static_graph(spec: str | os.PathLike, shape: tuple[int, int, int, int], folder: str | os.PathLike) -> Path:
+    """The model's ONNX graph with its input fixed to ``shape`` (N, C, H, W) and every shape inferred: what a
+    TensorRT build takes (the same weights and operators). Written once into ``folder`` as
+    ``unet-<weights sha256[:16]>-NxCxHxW.onnx`` (atomically) and reused."""
+    import onnx
+    from onnx import shape_inference
+
+    from ..io.atomic import atomic_path
+
+    src = onnx_graph(spec)
+    key = sha256(src)[:16]
+    n, c, h, w = (int(v) for v in shape)
+    dst = Path(folder) / f"unet-{key}-{n}x{c}x{h}x{w}.onnx"
+    if dst.is_file():
+        return dst
+    model = onnx.load(os.fspath(src))
+    (inp,) = model.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != c):
+        raise CheckpointError(f"the graph's input is not [N, {c}, H, W]", path=src)
+    for d, v in zip(dims, (n, c, h, w)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    for out in model.graph.output:  # re-inferred below
+        for d in out.type.tensor_type.shape.dim:
+            d.ClearField("dim_param")
+            d.ClearField("dim_value")
+    del model.graph.value_info[:]
+    inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(inferred)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        onnx.save(inferred, os.fspath(tmp))
+    return dst
 
 
 def export_onnx(model, path: str | os.PathLike, *, opset: int = 17) -> Path:

@@ -220,8 +220,10 @@ class PowderMasker:
     """Spot masks of powder frames with a U-Net model through the engine.
 
     model: a model name or directory (:mod:`gixdrt.powder.model`), or a :class:`~gixdrt.model.unet.UNet` (runs on
-    PyTorch). runtime: ``"onnxruntime"`` (default; the model's ONNX graph on the CPU), ``"torch"``, or ``"auto"``
-    (:func:`auto_runtime`: the fastest here, with its precision). precision: ``"fp32"`` or ``"bf16"`` (PyTorch on
+    PyTorch). runtime: ``"onnxruntime"`` (default; the model's ONNX graph on the CPU), ``"torch"``, ``"tensorrt"``
+    (on a CUDA GPU where TensorRT is installed: the graph with the tile's static shape built into an engine, cached
+    under ``$GIXDRT_CACHE/powder-engines/``, between the plan's CUDA kernels; EngineUnavailableError elsewhere), or
+    ``"auto"`` (:func:`auto_runtime`: the fastest CPU runtime here, with its precision). precision: ``"fp32"`` or ``"bf16"`` (PyTorch on
     the CPU: autocast in bfloat16; the masks agree with fp32's to a few pixels per frame). kernels:
     ``"cpu"`` (Numba) or ``"reference"`` (NumPy). threads: ONNX Runtime / PyTorch CPU threads (None: default).
     detector_mask: [H, W] nonzero = excluded (never masked as spots, not used for the normalisation). geometry: the
@@ -237,15 +239,28 @@ class PowderMasker:
 
         if runtime == "auto":
             runtime, precision = auto_runtime()
-        if runtime not in ("onnxruntime", "torch"):
-            raise ValueError(f"runtime must be 'auto', 'onnxruntime' or 'torch', got {runtime!r}")
+        if runtime not in ("onnxruntime", "torch", "tensorrt"):
+            raise ValueError(f"runtime must be 'auto', 'onnxruntime', 'torch' or 'tensorrt', got {runtime!r}")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if precision == "bf16" and runtime != "torch":
             raise ValueError("precision 'bf16' runs on PyTorch (runtime='torch'); ONNX Runtime's CPU provider has "
                              "no bfloat16 convolutions")
         self.device = str(device)
-        if self.device != "cpu":
+        if runtime == "tensorrt":
+            # the network as a TensorRT engine (built from the model's graph with the tile's static shape, cached)
+            # between the plan's CUDA kernels; gated: where TensorRT or a GPU is missing, say so here
+            from ..engine import EngineUnavailableError
+            from ..engine.backends import backend_status
+
+            if precision != "fp32":
+                raise ValueError("runtime 'tensorrt' builds fp32 engines")
+            if self.device == "cpu":
+                self.device = "cuda"
+            why = backend_status().get(("tensorrt", "cuda"))
+            if why:
+                raise EngineUnavailableError(f"the powder U-Net on TensorRT cannot run here: {why}")
+        elif self.device != "cpu":
             # the plan's buffers as PyTorch tensors on the GPU, the CUDA kernels, the network on torch-cuda;
             # "cpu-check": the same sequence on CPU tensors with the host kernels (tests without a GPU)
             if runtime != "torch":
@@ -261,8 +276,9 @@ class PowderMasker:
         if hasattr(model, "forward"):
             self._module = model.eval()
             card = getattr(model, "card", None) or {}
-            if runtime == "onnxruntime":
-                raise ValueError("a PyTorch module runs with runtime='torch'; give a model name or path for ONNX")
+            if runtime != "torch":
+                raise ValueError("a PyTorch module runs with runtime='torch'; give a model name or path for "
+                                 f"{runtime}")
             self.multiple = model.config.multiple
         else:
             from .model import load_card, model_dir, onnx_graph
@@ -271,6 +287,8 @@ class PowderMasker:
             self.multiple = 2 ** (int(card["architecture"].get("depth", 3)) - 1)
             if runtime == "onnxruntime":
                 self._graph = onnx_graph(model).read_bytes()
+            elif runtime == "tensorrt":
+                self._graph = None
             else:
                 from .model import load_unet
 
@@ -300,6 +318,8 @@ class PowderMasker:
         self.settings = MaskSettings.from_card(card, **settings) if card else MaskSettings(**settings)
         if self.device == "cpu":
             self.kernels = HostKernels(kernels)
+        elif runtime == "tensorrt":
+            self.kernels = DeviceKernels(self.device)
         else:
             self.kernels = DeviceKernels("cpu" if self.device == "cpu-check" else self.device)
         self._executors: dict[tuple, Any] = {}
@@ -311,6 +331,16 @@ class PowderMasker:
         total = batch * lay.count
         chunk = 1 if not lay.whole else batch
         sh, sw = lay.tile
+        if self.runtime == "tensorrt":
+            from ..engine.trt import TensorRTRunner
+            from ..io.assets import cache_dir
+            from .model import static_graph
+
+            folder = cache_dir() / "powder-engines"
+            onnx_path = static_graph(self.model_dir, (chunk, self.in_channels, sh, sw), folder)
+            inner = TensorRTRunner(onnx_path.with_suffix(".engine"), device=self.device, onnx_path=onnx_path,
+                                   cuda_graph=True, build={"precision": "fp32"})
+            return inner if chunk == total else ChunkedRunner(inner, total)
         if self.runtime == "onnxruntime":
             from ..engine.onnxrt import OnnxRuntimeRunner
 
