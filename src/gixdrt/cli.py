@@ -910,7 +910,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from .io.atomic import check_distinct, check_output
     from .io.sources import count_frames, first_frame_shape, iter_frames, resolve_inputs
     from .powder.geometry import PowderGeometry
-    from .powder.job import MaskEngine, MaskFile, combine_masks, output_attrs
+    from .powder.job import MaskEngine, MaskFile, check_options, combine_masks, output_attrs
 
     files = resolve_inputs(args.frames)
     inputs = [*(str(f.path) for f in files), *args.mask, *([args.poni] if args.poni else [])]
@@ -918,8 +918,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     methods = ["unet", "classical"] if args.method == "both" else [args.method]
     if len(methods) > 1 and out.suffix == ".npy":
         raise GixdrtError(f"--out {out}: --method both needs an HDF5 output (.h5), one dataset per method")
-    if not args.poni and "classical" in methods:
-        raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
+    check_options(methods, args.model, args.poni)
     integ = None
     if args.integrate:
         if not args.poni:

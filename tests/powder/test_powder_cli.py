@@ -93,6 +93,9 @@ def test_mask_runtime_auto_is_the_default(setup, capsys, tmp_path):
 
 def test_mask_errors_are_one_line(setup, capsys):
     d, model, _ = setup
+    rc = main(["mask", str(d / "frame.npy"), "--out", str(d / "m.npy")])  # the default model has a ring channel
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("gixdrt mask: error: --poni: the U-Net model 'default'") and err.count("\n") == 1
     rc = main(["mask", str(d / "frame.npy"), "--out", str(d / "m.npy"), "--method", "both", "--poni", str(d / "det.poni")])
     err = capsys.readouterr().err
     assert rc == 2 and "needs an HDF5 output" in err and err.count("\n") == 1

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import GixdrtError
 
-__all__ = ["METHODS", "MaskEngine", "MaskFile", "combine_masks", "output_attrs"]
+__all__ = ["METHODS", "MaskEngine", "MaskFile", "check_options", "combine_masks", "output_attrs"]
 
 #: the masking methods, in the order ``--method both`` writes them
 METHODS = ("unet", "classical")
@@ -54,6 +54,21 @@ def combine_masks(specs: Sequence[str], shape: tuple[int, int]) -> np.ndarray | 
             raise GixdrtError(f"--mask {spec}: shape {m.shape} differs from the frames' {tuple(shape)}")
         mask = (m != 0) if mask is None else (mask | (m != 0))
     return mask
+
+
+def check_options(methods: Sequence[str], model: str, poni: str | None) -> None:
+    """What the methods need from the command line, checked before any frame is read: GixdrtError naming --poni
+    when the classical mask or a U-Net with a ring channel has no geometry."""
+    if poni:
+        return
+    if "classical" in methods:
+        raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
+    if "unet" in methods:
+        from .model import load_card
+
+        if int(load_card(model)["architecture"].get("in_channels", 1)) > 1:
+            raise GixdrtError(f"--poni: the U-Net model {model!r} compares each pixel with its powder ring and needs "
+                              "the detector geometry (a pyFAI PONI file)")
 
 
 def output_attrs(*, settings: Mapping[str, Any], sources: Sequence[str], poni: str | None = None, geometry: Any = None,

@@ -67,7 +67,7 @@ def mask_on_cluster(args: argparse.Namespace) -> int:
     from ..io.atomic import check_output
     from ..io.sources import first_frame_shape, resolve_inputs
     from ..powder.geometry import PowderGeometry
-    from ..powder.job import combine_masks, output_attrs
+    from ..powder.job import check_options, combine_masks, output_attrs
     from .flow import ClusterRun, local_threads, plan_run, print_rates, run_fingerprint
     from .powder import make_mask_settings
 
@@ -77,8 +77,7 @@ def mask_on_cluster(args: argparse.Namespace) -> int:
     methods = ["unet", "classical"] if args.method == "both" else [args.method]
     if len(methods) > 1 and out.suffix == ".npy":
         raise GixdrtError(f"--out {out}: --method both needs an HDF5 output (.h5), one dataset per method")
-    if "classical" in methods and not args.poni:
-        raise GixdrtError("--poni: the classical method needs the detector geometry (a pyFAI PONI file)")
+    check_options(methods, args.model, args.poni)
     shape = first_frame_shape(files)
     unit_spec = args.work_unit or "file"
     files, units, _ = plan_run(args.frames, unit_spec, option=UNIT_OPTION, expect_shape=shape,
