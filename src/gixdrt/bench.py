@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .gixd.preprocess import published_image  # noqa: F401  (re-exported: part of this module's API)
 from .model.config import STAGES
 
 __all__ = [
@@ -103,21 +104,6 @@ def summarize(samples_s: Sequence[float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
-def published_image() -> tuple[np.ndarray, str]:
-    """The published real frame, preprocessed with its config → (float32[512, 1024] contrast image, label)."""
-    from .geometry import load_config
-    from .gixd.preprocess import Preprocessor
-    from .io import fetch_published, read_frame
-
-    assets = fetch_published(quiet=True)
-    cfg = load_config(assets.config)
-    frame = read_frame(assets.frame)
-    cfg.geometry.check_frame_shape(frame.shape, assets.frame)
-    pre = Preprocessor(cfg)
-    image = np.ascontiguousarray(pre.contrast(pre.polar(frame)), np.float32)
-    return image, f"published real frame {assets.frame.name}"
-
-
 def load_images(inputs: Sequence[str], *, config: str | os.PathLike | None = None, input: str = "raw",
                 sum_n: int = 1, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
     """The first ``limit`` (summed) frames of ``inputs``, made detector input as ``gixdrt detect`` makes it

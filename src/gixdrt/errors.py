@@ -38,6 +38,14 @@ class CheckpointError(GixdrtError, ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class BackendUnavailableError(GixdrtError, RuntimeError):
+    """A kernel implementation was asked for by name but cannot run here."""
+
+
+class ExtensionUnavailableError(BackendUnavailableError, ImportError):
+    """The compiled extension gixdrt._ext (or the part of it a call needs) is not available in this installation."""
+
+
 class AssetError(GixdrtError, RuntimeError):
     """A published asset could not be downloaded, extracted or verified."""
 

@@ -93,7 +93,7 @@ def calibration_images(cal: Calibration) -> list[np.ndarray]:
     images: list[np.ndarray] = []
     if cal.real_frame:
         try:
-            from ..bench import published_image
+            from ..gixd.preprocess import published_image
 
             images.append(published_image()[0])
         except Exception as exc:  # noqa: BLE001 - offline: calibrate on the simulated images alone

@@ -94,3 +94,17 @@ def _codes_like(frames: Any, shape: tuple[int, int]) -> Any:
 def preprocess(frames: Any, config: Config, stage: str = "contrast", impl: str | None = None) -> Any:
     """One-shot helper: ``Preprocessor(config, impl)(frames, stage)``."""
     return Preprocessor(config, impl)(frames, stage)
+
+
+def published_image() -> tuple[np.ndarray, str]:
+    """The published real frame, preprocessed with its config → (float32[512, 1024] contrast image, label)."""
+    from ..geometry import load_config
+    from ..io import fetch_published, read_frame
+
+    assets = fetch_published(quiet=True)
+    cfg = load_config(assets.config)
+    frame = read_frame(assets.frame)
+    cfg.geometry.check_frame_shape(frame.shape, assets.frame)
+    pre = Preprocessor(cfg)
+    image = np.ascontiguousarray(pre.contrast(pre.polar(frame)), np.float32)
+    return image, f"published real frame {assets.frame.name}"

@@ -28,19 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GixdrtError
+from ..errors import BackendUnavailableError, ExtensionUnavailableError  # noqa: F401  (re-exported)
 
 IMPLS = ("reference", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailableError(GixdrtError, RuntimeError):
-    """A kernel implementation was asked for by name but cannot run here."""
-
-
-class ExtensionUnavailableError(BackendUnavailableError, ImportError):
-    """The compiled extension gixdrt._ext (or the part of it a call needs) is not available in this installation."""
 
 
 @dataclass

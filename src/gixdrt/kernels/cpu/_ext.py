@@ -35,10 +35,10 @@ def unavailable_reason() -> str | None:
 
 
 def ext():
-    """The compiled extension; :class:`gixdrt.kernels.registry.ExtensionUnavailableError` when it is unusable."""
+    """The compiled extension; :class:`gixdrt.errors.ExtensionUnavailableError` when it is unusable."""
     module, reason = _load()
     if module is None:
-        from ..registry import ExtensionUnavailableError
+        from ...errors import ExtensionUnavailableError
 
         raise ExtensionUnavailableError(f"cpu implementation: {reason}")
     return module
