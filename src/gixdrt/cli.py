@@ -918,7 +918,6 @@ def cmd_mask(args: argparse.Namespace) -> int:
     methods = ["unet", "classical"] if args.method == "both" else [args.method]
     if len(methods) > 1 and out.suffix == ".npy":
         raise GixdrtError(f"--out {out}: --method both needs an HDF5 output (.h5), one dataset per method")
-    check_options(methods, args.model, args.poni)
     integ = None
     if args.integrate:
         if not args.poni:
@@ -930,6 +929,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
         from .powder.integrate import check_pyfai
 
         check_pyfai()
+    check_options(methods, args.model, args.poni)
     shape = first_frame_shape(files)
     note = f"the first frame's shape {shape} (all frames must have the same shape)"
     n_frames = count_frames(args.frames, expect_shape=shape, expect_note=note)
